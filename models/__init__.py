@@ -1,0 +1,1 @@
+"""cvtasks models: PyTorch only (never imports grpc or generated stubs)."""

@@ -1,0 +1,264 @@
+"""Faster R-CNN detectors: a registry of builders, local weights, and predict -> dataclasses.
+
+Box format everywhere: ``(x1, y1, x2, y2)`` in pixels of the input image (pascal_voc).
+Labels follow torchvision: ``0`` is background, ``1..K`` index ``class_names[label - 1]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import detection as tvd
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.rpn import AnchorGenerator
+from torchvision.ops import MultiScaleRoIAlign
+
+from models.checkpoints import MODEL_BUILDERS, ModelConfig
+from models.errors import InvalidInputError
+from models.registry import Registry
+
+DETECTORS: Registry[Callable[..., nn.Module]] = Registry("detection architecture")
+
+# torchvision's COCO weights for each full-size architecture (used only when the file is local).
+_TORCHVISION_WEIGHTS: dict[str, Any] = {
+    "fasterrcnn_resnet50_fpn_v2": tvd.FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1,
+    "fasterrcnn_resnet50_fpn": tvd.FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
+    "fasterrcnn_mobilenet_v3_large_fpn": tvd.FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1,
+    "fasterrcnn_mobilenet_v3_large_320_fpn": tvd.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1,
+}
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object. ``box`` is (x1, y1, x2, y2) in input-image pixels."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    label: int
+    class_name: str
+
+
+def _register_torchvision(name: str) -> None:
+    tv_builder = getattr(tvd, name)
+
+    def build(*, num_classes: int, **kwargs: Any) -> nn.Module:
+        # weights=None and weights_backbone=None: builders never download.
+        return tv_builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+
+    build.__doc__ = f"torchvision `{name}` with random weights and ``num_classes`` (incl. background)."
+    DETECTORS.register(name)(build)
+
+
+for _name in _TORCHVISION_WEIGHTS:
+    _register_torchvision(_name)
+
+
+class TinyBackbone(nn.Sequential):
+    """One stride-2 conv block per width: (B, 3, H, W) -> (B, out_channels, H/2**len(widths), ...).
+
+    A few layers is all the synthetic shapes need, and it trains in minutes on two CPU cores.
+    """
+
+    def __init__(self, *, widths: Sequence[int] = (32, 64, 128), out_channels: int = 128) -> None:
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for width in widths:
+            layers += [
+                nn.Conv2d(in_ch, width, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            in_ch = width
+        layers += [nn.Conv2d(in_ch, out_channels, 1), nn.ReLU(inplace=True)]
+        super().__init__(*layers)
+        self.out_channels = out_channels  # read by torchvision's FasterRCNN
+
+
+@DETECTORS.register("fasterrcnn_tiny")
+def fasterrcnn_tiny(
+    *,
+    num_classes: int,
+    image_size: int = 128,
+    widths: Sequence[int] = (32, 64, 128),
+    anchor_sizes: Sequence[int] = (16, 24, 32, 48, 64),
+    representation_size: int = 256,
+) -> nn.Module:
+    """A CPU-friendly Faster R-CNN for the quickstart and the tests.
+
+    Single stride-8 feature map, small input (``image_size`` on both min and max side), fewer
+    proposals. ``num_classes`` includes background.
+    """
+    backbone = TinyBackbone(widths=widths, out_channels=widths[-1])
+    anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=((0.5, 1.0, 2.0),))
+    roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    head = TwoMLPHead(backbone.out_channels * 7 * 7, representation_size)
+    return tvd.FasterRCNN(
+        backbone,
+        num_classes=None,
+        min_size=image_size,
+        max_size=image_size,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool,
+        box_head=head,
+        box_predictor=FastRCNNPredictor(representation_size, num_classes),
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=150,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=60,
+        rpn_batch_size_per_image=128,
+        box_batch_size_per_image=128,
+        box_detections_per_img=50,
+    )
+
+
+def build_detector(architecture: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build ``architecture`` from the registry with random weights (``num_classes`` incl. background)."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (background + at least one class), got {num_classes}")
+    return DETECTORS.get(architecture)(num_classes=num_classes, **kwargs)
+
+
+@MODEL_BUILDERS.register("detection")
+def build_from_config(config: ModelConfig) -> nn.Module:
+    """The stored detector's architecture with random weights (classes + background outputs)."""
+    return build_detector(config.architecture, num_classes=len(config.classes) + 1, **config.model_args)
+
+
+# --------------------------------------------------------------------------- local COCO weights
+
+
+def coco_weights_file(architecture: str, path: str | os.PathLike | None = None) -> Path | None:
+    """Where torchvision's COCO weights for ``architecture`` are on disk, or None.
+
+    Looks at ``path`` if given, else ``$TORCH_HOME/hub/checkpoints/<file>`` (torch.hub's cache).
+    Never downloads: ``cvtasks weights pull`` does that explicitly.
+    """
+    weights = _TORCHVISION_WEIGHTS.get(architecture)
+    if weights is None:
+        raise InvalidInputError(
+            f"`{architecture}` has no torchvision COCO weights; choose one of {sorted(_TORCHVISION_WEIGHTS)}"
+        )
+    if path is not None:
+        return Path(path) if Path(path).is_file() else None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    return cached if cached.is_file() else None
+
+
+def coco_category_names(architecture: str) -> list[str]:
+    """The 90 COCO class names (index ``label - 1``; 'N/A' for unused ids) for torchvision weights."""
+    return list(_TORCHVISION_WEIGHTS[architecture].meta["categories"][1:])
+
+
+def pull_coco_weights(architecture: str) -> Path:
+    """Download torchvision's COCO weights into torch.hub's cache. Needs internet; explicit only."""
+    weights = _TORCHVISION_WEIGHTS.get(architecture)
+    if weights is None:
+        raise InvalidInputError(f"no torchvision weights for `{architecture}`; known: {sorted(_TORCHVISION_WEIGHTS)}")
+    weights.get_state_dict(progress=True, check_hash=True)
+    found = coco_weights_file(architecture)
+    assert found is not None
+    return found
+
+
+def build_coco_pretrained(architecture: str, *, path: str | os.PathLike | None = None) -> nn.Module:
+    """A full-size detector with torchvision's COCO weights read from a local file (91 classes)."""
+    found = coco_weights_file(architecture, path)
+    if found is None:
+        where = path or Path(torch.hub.get_dir()) / "checkpoints"
+        raise FileNotFoundError(
+            f"COCO weights for `{architecture}` not found at {where}. "
+            f"On a connected host run `cvtasks weights pull {architecture}`, or pass the file's path."
+        )
+    model = build_detector(architecture, num_classes=91)
+    # weights_only=True: a restricted unpickler that loads tensors only, never arbitrary objects.
+    model.load_state_dict(torch.load(found, map_location="cpu", weights_only=True))
+    return model
+
+
+# --------------------------------------------------------------------------- fine-tuning helpers
+
+
+def replace_box_predictor(model: nn.Module, *, num_classes: int) -> None:
+    """Swap in a new (randomly initialised) box predictor for a new class set (incl. background)."""
+    old = model.roi_heads.box_predictor
+    model.roi_heads.box_predictor = FastRCNNPredictor(old.cls_score.in_features, num_classes)
+
+
+def set_trainable_backbone_layers(model: nn.Module, layers: int) -> None:
+    """Freeze all but the last ``layers`` top-level blocks of the backbone body (0 freezes all)."""
+    body = getattr(model.backbone, "body", model.backbone)
+    blocks = list(body.children())
+    if not 0 <= layers <= len(blocks):
+        raise ValueError(f"trainable backbone layers must be in 0..{len(blocks)}, got {layers}")
+    for i, block in enumerate(blocks):
+        block.requires_grad_(i >= len(blocks) - layers)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Per-request filtering. ``class_filter`` holds class names; empty keeps every class."""
+
+    score_threshold: float = 0.5
+    max_detections: int = 100
+    class_filter: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise InvalidInputError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if self.max_detections < 1:
+            raise InvalidInputError(f"max_detections must be >= 1, got {self.max_detections}")
+
+    def check_classes(self, class_names: Sequence[str]) -> None:
+        unknown = sorted(set(self.class_filter) - set(class_names))
+        if unknown:
+            raise InvalidInputError(f"unknown classes in class_filter: {unknown}; this model knows {list(class_names)}")
+
+
+def postprocess(
+    output: dict[str, torch.Tensor], *, class_names: Sequence[str], options: DetectOptions
+) -> list[Detection]:
+    """torchvision's output dict (boxes [N,4] xyxy, scores [N], labels [N]) -> sorted, filtered Detections."""
+    wanted = set(options.class_filter)
+    boxes = output["boxes"].detach().cpu().tolist()
+    scores = output["scores"].detach().cpu().tolist()
+    labels = output["labels"].detach().cpu().tolist()
+    found: list[Detection] = []
+    for box, score, label in sorted(zip(boxes, scores, labels), key=lambda t: -t[1]):
+        if score < options.score_threshold:
+            break
+        name = class_names[label - 1] if 0 < label <= len(class_names) else str(label)
+        if wanted and name not in wanted:
+            continue
+        found.append(Detection(box=tuple(float(v) for v in box), score=float(score), label=int(label), class_name=name))
+        if len(found) >= options.max_detections:
+            break
+    return found
+
+
+def predict(
+    model: nn.Module,
+    images: Sequence[torch.Tensor],
+    *,
+    class_names: Sequence[str],
+    options: Sequence[DetectOptions] | DetectOptions = DetectOptions(),
+) -> list[list[Detection]]:
+    """Run ``model`` (in eval mode) on float images (3, H, W) in [0, 1] already on its device.
+
+    Returns one list of Detections per image, boxes in that image's pixels.
+    """
+    per_image = [options] * len(images) if isinstance(options, DetectOptions) else list(options)
+    with torch.inference_mode():
+        outputs = model(list(images))
+    return [postprocess(o, class_names=class_names, options=opt) for o, opt in zip(outputs, per_image)]

@@ -1,0 +1,37 @@
+"""Domain errors raised by model code.
+
+Transport-free: the serving layer (services/errors.py) maps each class to exactly one
+gRPC status, so model code never needs to know about gRPC.
+"""
+
+from __future__ import annotations
+
+
+class CvtasksError(Exception):
+    """Base class of every error cvtasks raises on purpose."""
+
+
+class InvalidInputError(CvtasksError, ValueError):
+    """The caller sent something unusable (bad image, bad option value). Maps to INVALID_ARGUMENT."""
+
+
+class DecodeError(InvalidInputError):
+    """Bytes that are not a decodable image: empty, truncated, corrupt or of an unsupported format."""
+
+
+class ImageTooLargeError(DecodeError):
+    """The image has more pixels than the configured limit (decompression-bomb guard)."""
+
+
+class UnknownModelError(CvtasksError, KeyError):
+    """A name that is not in a registry or model store. Maps to NOT_FOUND.
+
+    The message lists the names that do exist, so the caller can fix the request.
+    """
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0]) if self.args else "unknown model"
+
+
+class DatasetError(CvtasksError, ValueError):
+    """A dataset file is malformed (e.g. a degenerate box); the message names the record."""

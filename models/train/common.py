@@ -1,0 +1,123 @@
+"""Pieces every trainer shares: device choice, optimiser + warmup/cosine schedule, resume
+state, history plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+RESUME_FILE = "last.pt"
+HISTORY_FILE = "history.json"
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` if given ("cpu", "cuda", "cuda:1"), else CUDA when available, else CPU."""
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} asked for, but CUDA is not available here; use 'cpu'")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(
+    params: Iterable[nn.Parameter], *, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
+    """``sgd`` (with momentum) or ``adamw``."""
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose 'sgd' or 'adamw'")
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, min_factor: float = 0.02
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from 0.1x over ``warmup_steps``, then cosine decay to ``min_factor`` x lr."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return 0.1 + 0.9 * step / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def save_resume_state(
+    run_dir: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epoch: int,
+    history: Mapping[str, Sequence[float]],
+    best: float,
+) -> None:
+    """Everything ``--resume`` needs, written atomically to ``run_dir/last.pt``.
+
+    Only tensors, numbers and strings go in, so it loads with ``weights_only=True``.
+    """
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "history": {k: list(v) for k, v in history.items()},
+        "best": best,
+        "rng": torch.get_rng_state(),
+    }
+    tmp = run_dir / (RESUME_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, run_dir / RESUME_FILE)
+    (run_dir / HISTORY_FILE).write_text(json.dumps(state["history"], indent=1))
+
+
+def load_resume_state(run_dir: Path) -> dict[str, Any] | None:
+    """The state saved by save_resume_state, or None if there is none (restricted unpickler)."""
+    path = run_dir / RESUME_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def plot_history(history: Mapping[str, Sequence[float]], path: Path, *, title: str) -> Path:
+    """PNG with one panel for the ``*loss*`` curves and one for the metrics, per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = {k: v for k, v in history.items() if "loss" in k and v}
+    metrics = {k: v for k, v in history.items() if "loss" not in k and k != "lr" and v}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, curves, label in ((axes[0], losses, "loss"), (axes[1], metrics, "metric")):
+        for name, values in curves.items():
+            ax.plot(range(1, len(values) + 1), values, marker="o", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if curves:
+            ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

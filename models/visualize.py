@@ -1,0 +1,36 @@
+"""Drawing results on images for people to look at (OpenCV, RGB uint8 in and out)."""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from models.detection import Detection
+
+
+def class_color(label: int) -> tuple[int, int, int]:
+    """A stable, well-separated RGB colour for a class label (golden-ratio hue steps)."""
+    hue = (label * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_detections(image: np.ndarray, detections: Sequence[Detection], *, thickness: int | None = None) -> np.ndarray:
+    """A copy of ``image`` (RGB uint8 HxWx3) with each box and "class score" drawn on it."""
+    out = np.ascontiguousarray(image.copy())
+    height, width = out.shape[:2]
+    thick = thickness or max(1, round(max(height, width) / 300))
+    scale = max(0.35, max(height, width) / 900)
+    for det in detections:
+        color = class_color(det.label)
+        x1, y1, x2, y2 = (int(round(v)) for v in det.box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, thick)
+        text = f"{det.class_name} {det.score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        ty = y1 - 2 if y1 - th - base - 2 >= 0 else min(height - 1, y2 + th + 2)
+        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
+        cv2.putText(out, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return out

@@ -1,0 +1,43 @@
+"""Shared fixtures: a small synthetic dataset and a briefly trained tiny detector in a model store."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory):
+    """The synthetic shapes dataset: 96 train / 24 val / 16 test images of 128 px."""
+    from models.synth import generate_shapes
+
+    out = tmp_path_factory.mktemp("shapes")
+    generate_shapes(out, splits={"train": 96, "val": 24, "test": 16}, image_size=128, seed=123)
+    return out
+
+
+@pytest.fixture(scope="session")
+def detector_store(shapes_dir, tmp_path_factory):
+    """A model store holding `tiny-detector`, trained for a few epochs (boxes, not accuracy)."""
+    from models.train.detection import DetectionTrainConfig, train_detection
+
+    torch.set_num_threads(2)
+    store = tmp_path_factory.mktemp("store")
+    cfg = DetectionTrainConfig(
+        train_images=str(shapes_dir / "images" / "train"),
+        train_annotations=str(shapes_dir / "annotations" / "train.json"),
+        val_images=str(shapes_dir / "images" / "val"),
+        val_annotations=str(shapes_dir / "annotations" / "val.json"),
+        run_dir=str(tmp_path_factory.mktemp("run")),
+        model_store=str(store),
+        name="tiny-detector",
+        epochs=3,
+        warmup_steps=10,
+        progress=False,
+    )
+    train_detection(cfg)
+    return store
