@@ -70,6 +70,7 @@ def save_resume_state(
     epoch: int,
     history: Mapping[str, Sequence[float]],
     best: float,
+    version: str = "1",
 ) -> None:
     """Everything ``--resume`` needs, written atomically to ``run_dir/last.pt``.
 
@@ -82,6 +83,7 @@ def save_resume_state(
         "epoch": epoch,
         "history": {k: list(v) for k, v in history.items()},
         "best": best,
+        "version": version,
         "rng": torch.get_rng_state(),
     }
     tmp = run_dir / (RESUME_FILE + ".tmp")

@@ -127,7 +127,9 @@ def _initial_model(cfg: DetectionTrainConfig, class_names: list[str]) -> nn.Modu
     return model
 
 
-def _store_config(cfg: DetectionTrainConfig, model: nn.Module, classes: list[str], metrics: dict) -> checkpoints.ModelConfig:
+def _store_config(
+    cfg: DetectionTrainConfig, model: nn.Module, classes: list[str], metrics: dict, version: str
+) -> checkpoints.ModelConfig:
     architecture = cfg.architecture
     model_args = dict(cfg.model_args)
     if cfg.pretrained not in (None, "coco"):
@@ -143,7 +145,7 @@ def _store_config(cfg: DetectionTrainConfig, model: nn.Module, classes: list[str
         input_size=int(transform.min_size[0]),
         normalization={"mean": list(transform.image_mean), "std": list(transform.image_std)},
         metrics=metrics,
-        version=checkpoints.next_version(cfg.model_store, cfg.name),
+        version=version,
         extra={"max_size": int(transform.max_size), "train_config": asdict(cfg)},
     )
 
@@ -178,13 +180,15 @@ def train_detection(cfg: DetectionTrainConfig) -> TrainResult:
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
     history: dict[str, list[float]] = defaultdict(list)
     start_epoch, best = 1, -1.0
+    # One store version per training run; a resumed run keeps the version it started with.
+    version = checkpoints.next_version(cfg.model_store, cfg.name)
     if cfg.resume and (state := common.load_resume_state(run_dir)) is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         history.update({k: list(v) for k, v in state["history"].items()})
-        start_epoch, best = state["epoch"] + 1, state["best"]
+        start_epoch, best, version = state["epoch"] + 1, state["best"], state["version"]
 
     model_dir = Path(cfg.model_store) / cfg.name
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -202,9 +206,10 @@ def train_detection(cfg: DetectionTrainConfig) -> TrainResult:
                   f"AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}  AP75 {metrics['AP75']:.3f}", flush=True)
         if metrics["AP50"] > best:
             best = metrics["AP50"]
-            checkpoints.save_model(model, _store_config(cfg, model, classes, metrics), model_dir)
+            checkpoints.save_model(model, _store_config(cfg, model, classes, metrics, version), model_dir)
         common.save_resume_state(
-            run_dir, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, history=history, best=best
+            run_dir, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, history=history, best=best,
+            version=version,
         )
         common.plot_history(history, run_dir / "curves.png", title=f"{cfg.name} ({cfg.architecture})")
 

@@ -1,0 +1,43 @@
+"""The ``cvtasks`` command. Thin: each sub-command lives in services/commands/ and only parses
+arguments into the config dataclasses of models/ and services/."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+# albumentations checks PyPI for updates at import unless told not to; we are often offline.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from services.commands import data, demo, detect, evaluate, serve, train, weights  # noqa: E402
+
+COMMANDS = (serve, detect, data, train, evaluate, weights, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cvtasks", description="Computer-vision tasks: serve, train, evaluate and run models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError) as exc:  # user errors: say what, no traceback
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"cvtasks {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Python client for cvtasks servers (sync gRPC channel).
+
+    with CvtasksClient("localhost:50051") as client:
+        response = client.detect(open("cat.jpg", "rb").read(), score_threshold=0.3)
+        for d in response.detections: print(d.class_name, d.score, d.box)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.pb import common_pb2, detection_pb2, detection_pb2_grpc, models_pb2, models_pb2_grpc
+
+MiB = 1024 * 1024
+ImageLike = bytes | bytearray | memoryview | np.ndarray
+
+
+def image_proto(image: ImageLike) -> common_pb2.Image:
+    """Encoded file bytes as they are, or an RGB/gray uint8 array (H, W[, C]) as raw pixels."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(f"arrays must be uint8 (H, W) or (H, W, C), got {image.dtype} {image.shape}")
+        pixels = np.ascontiguousarray(image if image.ndim == 3 else image[..., None])
+        height, width, channels = pixels.shape
+        return common_pb2.Image(raw=common_pb2.RawImage(data=pixels.tobytes(), height=height, width=width,
+                                                        channels=channels))
+    return common_pb2.Image(encoded=bytes(image))
+
+
+def detect_request(
+    image: ImageLike, *, model: str = "", score_threshold: float | None = None, max_detections: int | None = None,
+    classes: Sequence[str] = (), request_id: str = "",
+) -> detection_pb2.DetectRequest:
+    options = detection_pb2.DetectOptions(class_filter=list(classes))
+    if score_threshold is not None:
+        options.score_threshold = score_threshold
+    if max_detections is not None:
+        options.max_detections = max_detections
+    return detection_pb2.DetectRequest(model=common_pb2.ModelRef(name=model), image=image_proto(image),
+                                       options=options, request_id=request_id)
+
+
+class CvtasksClient:
+    """One channel to a cvtasks server. ``timeout`` (seconds) is each call's deadline."""
+
+    def __init__(self, target: str, *, timeout: float = 30.0, max_message_bytes: int = 64 * MiB,
+                 metadata: Sequence[tuple[str, str]] | None = None) -> None:
+        self.target, self.timeout, self.metadata = target, timeout, list(metadata or [])
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ])
+        self.detection = detection_pb2_grpc.DetectionServiceStub(self.channel)
+        self.models = models_pb2_grpc.ModelServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def _call_args(self, timeout: float | None) -> dict[str, Any]:
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self.metadata or None}
+
+    def detect(self, image: ImageLike, *, timeout: float | None = None, **options: Any) -> detection_pb2.DetectResponse:
+        """Detect objects in one image (options: model, score_threshold, max_detections, classes, request_id)."""
+        return self.detection.Detect(detect_request(image, **options), **self._call_args(timeout))
+
+    def detect_stream(self, images: Iterable[ImageLike], *, timeout: float | None = None,
+                      **options: Any) -> Iterator[detection_pb2.DetectResponse]:
+        """Stream many images; responses come in order, request_id = the image's index as text.
+        ``timeout`` bounds the whole stream (default: none)."""
+        requests = (detect_request(img, request_id=str(i), **options) for i, img in enumerate(images))
+        return self.detection.DetectStream(requests, timeout=timeout, metadata=self.metadata or None)
+
+    def list_models(self, task: str = "") -> list[models_pb2.ModelInfo]:
+        return list(self.models.ListModels(models_pb2.ListModelsRequest(task=task), **self._call_args(None)).models)
+
+    def get_model(self, name: str = "") -> models_pb2.ModelInfo:
+        return self.models.GetModel(models_pb2.GetModelRequest(name=name), **self._call_args(None))
+
+    def health(self, service: str = "") -> str:
+        """"SERVING", "NOT_SERVING", ... for ``service`` ("" = the whole server)."""
+        response = self._health.Check(health_pb2.HealthCheckRequest(service=service), **self._call_args(None))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "CvtasksClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,62 @@
+"""``cvtasks data``: synthetic datasets and format converters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("data", help="make or convert datasets")
+    data_sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    synth = data_sub.add_parser("synth", help="write the seeded synthetic 'shapes' dataset")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--train", type=int, default=600, help="training images")
+    synth.add_argument("--val", type=int, default=100, help="validation images")
+    synth.add_argument("--test", type=int, default=100, help="held-out test images")
+    synth.add_argument("--size", type=int, default=128, help="image side in pixels")
+    synth.add_argument("--max-shapes", type=int, default=3)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(run=run_synth)
+
+    voc = data_sub.add_parser("voc2coco", help="convert Pascal VOC XML annotations to COCO JSON")
+    voc.add_argument("--xml-dir", required=True)
+    voc.add_argument("--images", required=True)
+    voc.add_argument("--out", required=True, help="COCO JSON file to write")
+    voc.add_argument("--classes", nargs="*", default=None, help="class names in order (default: as found)")
+    voc.set_defaults(run=run_voc)
+
+    yolo = data_sub.add_parser("yolo2coco", help="convert YOLO txt labels to COCO JSON")
+    yolo.add_argument("--labels", required=True, help="folder of <image-stem>.txt files")
+    yolo.add_argument("--images", required=True)
+    yolo.add_argument("--classes-file", required=True, help="one class name per line")
+    yolo.add_argument("--out", required=True)
+    yolo.set_defaults(run=run_yolo)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from models.synth import generate_shapes
+
+    summary = generate_shapes(
+        args.out, splits={"train": args.train, "val": args.val, "test": args.test},
+        image_size=args.size, max_shapes=args.max_shapes, seed=args.seed, progress=True,
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def run_voc(args: argparse.Namespace) -> int:
+    from models.datasets import voc_to_coco
+
+    coco = voc_to_coco(args.xml_dir, args.images, args.out, classes=args.classes)
+    print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} boxes")
+    return 0
+
+
+def run_yolo(args: argparse.Namespace) -> int:
+    from models.datasets import yolo_to_coco
+
+    coco = yolo_to_coco(args.labels, args.images, args.classes_file, args.out)
+    print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} boxes")
+    return 0

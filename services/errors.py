@@ -1,0 +1,61 @@
+"""Serving errors and the one table that maps every domain error to a gRPC status.
+
+Servicers raise (or let through) these exceptions and carry no try/except of their own;
+the interceptor in services/server.py turns them into statuses with `status_for`.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from models.errors import (
+    CvtasksError,
+    DatasetError,
+    DecodeError,
+    ImageTooLargeError,
+    InvalidInputError,
+    UnknownModelError,
+)
+
+__all__ = [
+    "CvtasksError",
+    "DecodeError",
+    "DeadlineExceededError",
+    "ImageTooLargeError",
+    "InvalidInputError",
+    "QueueFullError",
+    "UnavailableError",
+    "UnknownModelError",
+    "status_for",
+]
+
+
+class QueueFullError(CvtasksError):
+    """The model's request queue is at its bound; retry later or slow down. RESOURCE_EXHAUSTED."""
+
+
+class DeadlineExceededError(CvtasksError):
+    """The request's deadline passed before the model could run it. DEADLINE_EXCEEDED."""
+
+
+class UnavailableError(CvtasksError):
+    """The server or model is not ready (loading, shutting down). UNAVAILABLE."""
+
+
+# Most specific classes first: the first isinstance match wins.
+_STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (DatasetError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownModelError, grpc.StatusCode.NOT_FOUND),
+    (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status for a domain error, or None for an unexpected exception (-> INTERNAL)."""
+    for cls, code in _STATUS_TABLE:
+        if isinstance(exc, cls):
+            return code
+    return None

@@ -1,0 +1,160 @@
+"""Loaded models of one task, each behind its own dynamic batcher.
+
+A task plugs in with a ``TaskRuntime`` (how to run a batch, what a warm-up input is); the
+host does the rest for every task alike: load from the model store, pick the device, warm up,
+route by name (empty name -> the default model), report model info.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from models import checkpoints
+from models.errors import UnknownModelError
+from models.preprocessing import DEFAULT_MAX_PIXELS
+from models.train.common import pick_device
+from services.batching import DynamicBatcher
+from services.errors import UnavailableError
+from services.models import LoadedModelInfo
+
+log = logging.getLogger("cvtasks.host")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Limits and batching of every model a host serves."""
+
+    max_batch_size: int = 8
+    max_delay_ms: float = 5.0
+    max_queue_size: int = 64
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    device: str | None = None  # None: CUDA when available, else CPU
+    decode_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_queue_size < 1 or self.decode_workers < 1:
+            raise ValueError("max_batch_size, max_queue_size and decode_workers must be >= 1")
+        if self.max_delay_ms < 0 or self.max_pixels < 1:
+            raise ValueError("max_delay_ms must be >= 0 and max_pixels >= 1")
+
+
+class TaskRuntime(Protocol):
+    """What a task tells the host: its name, a warm-up item, and how to run one batch."""
+
+    task: str
+
+    def warmup_item(self, config: checkpoints.ModelConfig, device: torch.device) -> Any: ...
+
+    def run_batch(self, model: nn.Module, config: checkpoints.ModelConfig, items: Sequence[Any]) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A batch item's output plus when its batch started and ended (time.perf_counter seconds)."""
+
+    value: Any
+    started: float
+    finished: float
+
+
+class LoadedModel:
+    """A model on its device with its batcher. ``submit`` returns a BatchResult."""
+
+    def __init__(self, model: nn.Module, config: checkpoints.ModelConfig, device: torch.device,
+                 runtime: TaskRuntime, serving: ServingConfig) -> None:
+        self.model, self.config, self.device, self.runtime = model, config, device, runtime
+        self.ready = False
+        self.batcher: DynamicBatcher[Any, BatchResult] = DynamicBatcher(
+            self._run, max_batch_size=serving.max_batch_size, max_delay_s=serving.max_delay_ms / 1000,
+            max_queue_size=serving.max_queue_size, name=config.name,
+        )
+
+    def _run(self, items: list[Any]) -> list[BatchResult]:
+        started = time.perf_counter()
+        values = self.runtime.run_batch(self.model, self.config, items)
+        finished = time.perf_counter()
+        return [BatchResult(v, started, finished) for v in values]
+
+    async def submit(self, item: Any, *, deadline: float | None = None) -> BatchResult:
+        return await self.batcher.submit(item, deadline=deadline)
+
+    def info(self, *, is_default: bool = False) -> LoadedModelInfo:
+        c = self.config
+        return LoadedModelInfo(
+            name=c.name, task=c.task, architecture=c.architecture, classes=list(c.classes), version=c.version,
+            device=str(self.device), ready=self.ready, input_size=c.input_size or 0, created=c.created,
+            metrics=dict(c.metrics), is_default=is_default,
+        )
+
+
+class ModelHost:
+    """Every model of one task found in a model store (or the names given), ready to serve."""
+
+    def __init__(self, store: str | Path, runtime: TaskRuntime, serving: ServingConfig = ServingConfig(),
+                 *, names: Sequence[str] = (), default: str | None = None) -> None:
+        self.store, self.runtime, self.serving = Path(store), runtime, serving
+        self._names, self._default = list(names), default
+        self._models: dict[str, LoadedModel] = {}
+        self.device = pick_device(serving.device)
+
+    @property
+    def task(self) -> str:
+        return self.runtime.task
+
+    async def load_all(self) -> None:
+        """Load and warm up every requested model (all of this task in the store when none named)."""
+        names = self._names or [c.name for c in checkpoints.list_store(self.store) if c.task == self.task]
+        if not names:
+            raise UnknownModelError(f"no {self.task} models in model store {self.store}; train one first "
+                                    f"(cvtasks train {self.task} ...)")
+        for name in names:
+            await self.load(name)
+        if self._default is None:
+            self._default = names[0]
+        self.get(self._default)  # a wrong --default-model fails here, listing what is loaded
+
+    async def load(self, name: str) -> LoadedModel:
+        """Load ``name`` from the store, warm it up, then swap it in (replacing an older version)."""
+        folder = checkpoints.resolve(self.store, name)
+        model, config = await asyncio.to_thread(checkpoints.load_model, folder, device=self.device)
+        if config.task != self.task:
+            raise UnknownModelError(f"model `{name}` is a {config.task} model, not {self.task}")
+        loaded = LoadedModel(model, config, self.device, self.runtime, self.serving)
+        await loaded.batcher.start()
+        warm = self.runtime.warmup_item(config, self.device)
+        await loaded.submit(warm)
+        loaded.ready = True
+        old = self._models.get(name)
+        self._models[name] = loaded
+        log.info("model loaded", extra={"model": name, "version": config.version, "device": str(self.device)})
+        if old is not None:
+            await old.batcher.stop(drain=True)
+        return loaded
+
+    def get(self, name: str = "") -> LoadedModel:
+        """The model called ``name`` ("" -> the default); UnknownModelError lists what is served."""
+        key = name or self._default or ""
+        loaded = self._models.get(key)
+        if loaded is None:
+            if not self._models:
+                raise UnavailableError(f"no {self.task} model is loaded yet; retry shortly")
+            raise UnknownModelError(f"Unknown model `{key}`. This server serves: {sorted(self._models)}")
+        return loaded
+
+    def list_models(self) -> list[LoadedModelInfo]:
+        return [m.info(is_default=name == self._default) for name, m in self._models.items()]
+
+    async def close(self) -> None:
+        for loaded in self._models.values():
+            await loaded.batcher.stop(drain=True)
+        self._models.clear()
+

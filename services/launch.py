@@ -1,0 +1,61 @@
+"""Run a full server in a background thread (demo, benchmarks, tests of the CLI client)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from services.app import build_app, run_app
+from services.host import ServingConfig
+from services.server import ServerConfig
+
+
+@contextlib.contextmanager
+def running_server(
+    *,
+    task: str,
+    model_store: str | Path,
+    models: Sequence[str] = (),
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready_timeout_s: float = 300.0,
+    **serving: Any,
+) -> Iterator[str]:
+    """Serve ``task`` from ``model_store`` until the block ends; yields "HOST:PORT" once SERVING."""
+    app = build_app([task], model_store, ServingConfig(**serving), models=models)
+    ready, stopped = threading.Event(), threading.Event()
+    state: dict[str, Any] = {}
+
+    def on_ready(bound: int) -> None:
+        state["port"] = bound
+        ready.set()
+
+    def main() -> None:
+        async def go() -> None:
+            state["stop"] = asyncio.Event()
+            state["loop"] = asyncio.get_running_loop()
+            await run_app(app, ServerConfig(host=host, port=port, grace_s=5.0), on_ready=on_ready,
+                          stop_event=state["stop"])
+
+        try:
+            asyncio.run(go())
+        except BaseException as exc:  # noqa: BLE001 — handed to the waiting thread
+            state["error"] = exc
+        finally:
+            ready.set()
+            stopped.set()
+
+    thread = threading.Thread(target=main, name="cvtasks-server", daemon=True)
+    thread.start()
+    ready.wait(ready_timeout_s)
+    if "error" in state or "port" not in state:
+        raise RuntimeError(f"server did not start: {state.get('error', 'timed out')}") from state.get("error")
+    try:
+        yield f"{host}:{state['port']}"
+    finally:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        stopped.wait(60)

@@ -1,0 +1,69 @@
+"""ModelService: lists and describes the loaded models of every task this process serves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+
+from models.errors import UnknownModelError
+from services.pb import models_pb2, models_pb2_grpc
+
+
+@dataclass(frozen=True)
+class LoadedModelInfo:
+    """What ModelService reports of one loaded model (the ModelInfo proto, transport-free)."""
+
+    name: str
+    task: str
+    architecture: str
+    classes: list[str]
+    version: str
+    device: str
+    ready: bool
+    input_size: int = 0
+    created: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    is_default: bool = False
+
+
+class ModelSource(Protocol):
+    """Anything that can list the models it serves (a ModelHost)."""
+
+    def list_models(self) -> list[LoadedModelInfo]: ...
+
+
+def _to_proto(info: LoadedModelInfo) -> models_pb2.ModelInfo:
+    return models_pb2.ModelInfo(
+        name=info.name, task=info.task, architecture=info.architecture, classes=info.classes,
+        version=info.version, device=info.device, ready=info.ready, input_size=info.input_size,
+        created=info.created, metrics=info.metrics, is_default=info.is_default,
+    )
+
+
+class ModelServicer(models_pb2_grpc.ModelServiceServicer):
+    """``cvtasks.v1.ModelService`` over one or more model sources."""
+
+    service_name = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+
+    def __init__(self, sources: Sequence[ModelSource]) -> None:
+        self.sources = list(sources)
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        models_pb2_grpc.add_ModelServiceServicer_to_server(self, server)
+
+    def _all(self) -> list[LoadedModelInfo]:
+        return [info for source in self.sources for info in source.list_models()]
+
+    async def ListModels(self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext):
+        infos = [i for i in self._all() if not request.task or i.task == request.task]
+        return models_pb2.ListModelsResponse(models=[_to_proto(i) for i in infos])
+
+    async def GetModel(self, request: models_pb2.GetModelRequest, context: grpc.aio.ServicerContext):
+        infos = self._all()
+        for info in infos:
+            if info.name == request.name or (not request.name and info.is_default):
+                return _to_proto(info)
+        raise UnknownModelError(f"Unknown model `{request.name}`. This server serves: {sorted(i.name for i in infos)}")

@@ -1,0 +1,81 @@
+"""Helpers every task's servicer shares: ordered, pipelined streams and timing protos."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+from models.errors import CvtasksError
+from services.errors import status_for
+from services.host import BatchResult
+from services.pb import common_pb2
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def item_error(exc: CvtasksError) -> common_pb2.ItemError:
+    """A domain error as a per-item status inside a stream (the stream itself goes on)."""
+    code = status_for(exc)
+    return common_pb2.ItemError(code=code.value[0] if code else 13, message=str(exc))
+
+
+async def ordered_stream(
+    requests: AsyncIterator[Req],
+    handle: Callable[[Req], Awaitable[Resp]],
+    *,
+    on_error: Callable[[Req, common_pb2.ItemError], Resp],
+    window: int = 32,
+) -> AsyncIterator[Resp]:
+    """Handle up to ``window`` requests concurrently (so the batcher can batch them) and yield
+    responses in request order. A domain error becomes that item's error response; anything
+    else ends the stream (INTERNAL through the interceptor)."""
+
+    async def guarded(request: Req) -> Resp:
+        try:
+            return await handle(request)
+        except CvtasksError as exc:
+            return on_error(request, item_error(exc))
+
+    pending: asyncio.Queue[asyncio.Task[Resp] | None] = asyncio.Queue(maxsize=window)
+    feed_error: list[BaseException] = []
+
+    async def feed() -> None:
+        try:
+            async for request in requests:
+                await pending.put(asyncio.ensure_future(guarded(request)))
+        except BaseException as exc:  # noqa: BLE001 — re-raised in the consumer below
+            feed_error.append(exc)
+        finally:
+            await pending.put(None)
+
+    feeder = asyncio.ensure_future(feed())
+    try:
+        while (task := await pending.get()) is not None:
+            yield await task
+        if feed_error and not isinstance(feed_error[0], asyncio.CancelledError):
+            raise feed_error[0]
+    finally:
+        feeder.cancel()
+        while not pending.empty():
+            if (task := pending.get_nowait()) is not None:
+                task.cancel()
+
+
+def timings_proto(started: float, decoded: float, result: BatchResult, done: float) -> common_pb2.Timings:
+    """Server-side timings in milliseconds from time.perf_counter stamps.
+
+    decode: request start -> image decoded; queue: decoded -> its batch started;
+    inference: the batch's model call; postprocess: batch end -> response built.
+    """
+    now = time.perf_counter()
+    ms = 1000.0
+    return common_pb2.Timings(
+        decode_ms=(decoded - started) * ms,
+        queue_ms=max(0.0, result.started - decoded) * ms,
+        inference_ms=(result.finished - result.started) * ms,
+        postprocess_ms=(now - min(done, result.finished)) * ms,
+        total_ms=(now - started) * ms,
+    )
