@@ -1,0 +1,83 @@
+"""The `cvtasks` command as a user runs it: serve in a subprocess, detect, SIGTERM; train, resume, eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import pytest
+
+CLI = [sys.executable, "-m", "services.cli"]
+ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+
+@pytest.fixture()
+def served(detector_store):
+    proc = subprocess.Popen([*CLI, "serve", "--task", "detection", "--model-store", str(detector_store),
+                             "--host", "127.0.0.1", "--port", "0", "--grace-s", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    line = proc.stdout.readline()  # printed once models are loaded, warmed up and health says SERVING
+    assert "serving detection on" in line, line + proc.stderr.read() if proc.poll() is not None else line
+    yield proc, line.strip().rsplit(" ", 1)[-1]
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_detect_and_sigterm(served, shapes_dir, tmp_path):
+    proc, address = served
+    images = sorted((shapes_dir / "images" / "test").glob("*.png"))[:3]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole jpeg")
+    out = subprocess.run(
+        [*CLI, "detect", *map(str, images), str(bad), "--server", address, "--score-threshold", "0.1",
+         "--annotate-dir", str(tmp_path / "annotated"), "--output", str(tmp_path / "results.json")],
+        capture_output=True, text=True, timeout=120, env=ENV,
+    )
+    assert out.returncode == 1, out.stderr  # one file failed: the exit code says so
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["image"] for r in rows] == [*map(str, images), str(bad)]
+    assert "error" in rows[-1] and "broken.jpg" in out.stderr
+    for row in rows[:-1]:
+        assert row["width"] == 128 and row["detections"], row
+        drawn = cv2.imread(row["annotated"])
+        assert drawn is not None and drawn.shape == (128, 128, 3)
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert '"msg": "stopped"' in proc.stderr.read()
+
+
+def test_train_resume_and_eval(shapes_dir, tmp_path):
+    common = ["train", "detection", "--data", str(shapes_dir), "--name", "cli-det", "--model-store",
+              str(tmp_path / "store"), "--run-dir", str(tmp_path / "run"), "--warmup-steps", "5"]
+    first = subprocess.run([*CLI, *common, "--epochs", "1"], capture_output=True, text=True, timeout=300, env=ENV)
+    assert first.returncode == 0, first.stderr
+    resumed = subprocess.run([*CLI, *common, "--epochs", "2", "--resume"], capture_output=True, text=True,
+                             timeout=300, env=ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epoch 1/" not in resumed.stdout and "epoch 2/2" in resumed.stdout
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history["AP50"]) == 2 and len(history["loss"]) == 2
+    assert cv2.imread(str(tmp_path / "run" / "curves.png")) is not None
+    config = json.loads((tmp_path / "store" / "cli-det" / "config.json").read_text())
+    assert config["version"] == "1" and set(config["metrics"]) == {"AP", "AP50", "AP75"}
+
+    ev = subprocess.run([*CLI, "eval", "detection", "--model", "cli-det", "--model-store", str(tmp_path / "store"),
+                         "--data", str(shapes_dir), "--out", str(tmp_path / "eval.json")],
+                        capture_output=True, text=True, timeout=300, env=ENV)
+    assert ev.returncode == 0, ev.stderr
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["images"] == 16 and 0.0 <= report["AP50"] <= 1.0
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    out = subprocess.run([*CLI, "train", "detection", "--data", str(tmp_path), "--arch", "nope"],
+                         capture_output=True, text=True, timeout=120, env=ENV)
+    assert out.returncode == 2
+    assert "Unknown detection architecture `nope`" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,184 @@
+"""services/batching.py with a deterministic tiny handler (x -> 2x + 1): the test is about batching."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from services.batching import DynamicBatcher
+from services.errors import DeadlineExceededError, QueueFullError, UnavailableError
+
+
+class Recorder:
+    """x -> 2x + 1, recording every batch; ``gate`` (if set) holds the worker until released."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = gate
+        self.entered = threading.Event()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(10), "test gate never opened"
+        self.batches.append(list(items))
+        if any(i < 0 for i in items):
+            raise ValueError("negative input")
+        return [2 * i + 1 for i in items]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_concurrent_requests_are_batched_and_answered_in_place():
+    async def main():
+        rec = Recorder()
+        batcher = DynamicBatcher(rec, max_batch_size=4, max_delay_s=0.05)
+        await batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+        await batcher.stop()
+        return rec, results
+
+    rec, results = run(main())
+    assert results == [2 * i + 1 for i in range(10)]
+    assert all(len(b) <= 4 for b in rec.batches)
+    assert len(rec.batches) < 10  # batching happened
+    assert sorted(i for b in rec.batches for i in b) == list(range(10))
+
+
+def test_queue_full_fails_at_once_while_accepted_requests_complete():
+    async def main():
+        gate = threading.Event()
+        rec = Recorder(gate)
+        batcher = DynamicBatcher(rec, max_batch_size=1, max_delay_s=0, max_queue_size=2)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)  # worker busy with 0
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        with pytest.raises(QueueFullError, match="full"):
+            await batcher.submit(3)
+        refused_after = time.monotonic() - started
+        gate.set()
+        done = await asyncio.gather(first, *queued)
+        await batcher.stop()
+        return refused_after, done
+
+    refused_after, done = run(main())
+    assert refused_after < 0.5
+    assert done == [1, 3, 5]
+
+
+def test_expired_deadline_is_dropped_before_compute():
+    async def main():
+        gate = threading.Event()
+        rec = Recorder(gate)
+        batcher = DynamicBatcher(rec, max_batch_size=1, max_delay_s=0)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        late = asyncio.ensure_future(batcher.submit(7, deadline=time.monotonic() + 0.05))
+        await asyncio.sleep(0.2)  # 7's deadline passes while 0 holds the worker
+        gate.set()
+        assert await first == 1
+        with pytest.raises(DeadlineExceededError, match="deadline"):
+            await late
+        await batcher.stop()
+        return rec
+
+    rec = run(main())
+    assert [7] not in rec.batches and all(7 not in b for b in rec.batches)
+
+
+def test_cancelled_caller_is_dropped_before_compute():
+    async def main():
+        gate = threading.Event()
+        rec = Recorder(gate)
+        batcher = DynamicBatcher(rec, max_batch_size=1, max_delay_s=0)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        gone = asyncio.ensure_future(batcher.submit(9))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        gate.set()
+        assert await first == 1
+        assert await batcher.submit(4) == 9
+        await batcher.stop()
+        return rec
+
+    rec = run(main())
+    assert all(9 not in b for b in rec.batches)
+
+
+def test_exception_fails_its_batch_only():
+    async def main():
+        rec = Recorder()
+        batcher = DynamicBatcher(rec, max_batch_size=8, max_delay_s=0.05)
+        await batcher.start()
+        bad = await asyncio.gather(batcher.submit(1), batcher.submit(-1), batcher.submit(2), return_exceptions=True)
+        good = await asyncio.gather(batcher.submit(3), batcher.submit(4))
+        await batcher.stop()
+        return bad, good
+
+    bad, good = run(main())
+    assert all(isinstance(r, ValueError) for r in bad)  # same batch: every caller hears of it
+    assert good == [7, 9]
+
+
+def test_wrong_output_count_fails_the_batch_clearly():
+    async def main():
+        batcher = DynamicBatcher(lambda items: items[:-1], max_batch_size=4, max_delay_s=0.05)
+        await batcher.start()
+        results = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    for result in run(main()):
+        assert isinstance(result, RuntimeError) and "outputs for" in str(result)
+
+
+def test_stop_drains_queued_requests_then_refuses_new_ones():
+    async def main():
+        rec = Recorder()
+        batcher = DynamicBatcher(rec, max_batch_size=2, max_delay_s=0.01)
+        await batcher.start()
+        pending = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]
+        await asyncio.sleep(0)
+        await batcher.stop(drain=True)
+        with pytest.raises(UnavailableError):
+            await batcher.submit(1)
+        return await asyncio.gather(*pending)
+
+    assert run(main()) == [1, 3, 5, 7, 9, 11]
+
+
+def test_handler_runs_off_the_event_loop_under_inference_mode():
+    import torch
+
+    seen = {}
+
+    def handler(items):
+        seen["thread"] = threading.current_thread().name
+        seen["inference"] = torch.is_inference_mode_enabled()
+        return items
+
+    async def main():
+        batcher = DynamicBatcher(handler, name="m")
+        await batcher.start()
+        await batcher.submit(1)
+        await batcher.stop()
+
+    run(main())
+    assert seen["thread"] != threading.main_thread().name and seen["inference"]
+
+
+@pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"max_delay_s": -1}, {"max_queue_size": 0}])
+def test_bad_constructor_arguments(kwargs):
+    with pytest.raises(ValueError):
+        DynamicBatcher(lambda x: x, **kwargs)
