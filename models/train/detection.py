@@ -221,3 +221,29 @@ def train_detection(cfg: DetectionTrainConfig) -> TrainResult:
         seconds=time.perf_counter() - started,
         plot=run_dir / "curves.png",
     )
+
+
+QUICKSTART_SPLITS = {"train": 600, "val": 60, "test": 100}
+
+
+def quickstart_config(data_dir: str | Path, out_dir: str | Path, **overrides: Any) -> DetectionTrainConfig:
+    """The quickstart detector's recipe (demo and the slow learning test use exactly this).
+
+    ``data_dir`` holds `cvtasks data synth` output with QUICKSTART_SPLITS; the model goes to
+    ``out_dir/model_store/quickstart-detector``, checkpoints and plots to ``out_dir/run``.
+    """
+    data, out = Path(data_dir), Path(out_dir)
+    settings: dict[str, Any] = {
+        "train_images": str(data / "images" / "train"),
+        "train_annotations": str(data / "annotations" / "train.json"),
+        "val_images": str(data / "images" / "val"),
+        "val_annotations": str(data / "annotations" / "val.json"),
+        "run_dir": str(out / "run"),
+        "model_store": str(out / "model_store"),
+        "name": "quickstart-detector",
+        "architecture": "fasterrcnn_tiny",
+        "epochs": 6,
+        "optimizer": "adamw",  # converges in fewer epochs than SGD on the shapes
+        "lr": 0.002,
+    }
+    return DetectionTrainConfig(**{**settings, **overrides})

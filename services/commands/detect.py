@@ -50,14 +50,15 @@ def response_to_json(path: str, response: Any) -> dict[str, Any]:
     }
 
 
-def annotate(path: str, response: Any, out_dir: Path) -> Path:
-    """Draw the response's boxes on the image file and write ``out_dir/<stem>.jpg``."""
+def annotate(path: str, response: Any, out_dir: Path, *, min_score: float = 0.0) -> Path:
+    """Draw the response's boxes (score >= min_score) on the image file; writes ``out_dir/<stem>.jpg``."""
     import cv2
 
     from models.preprocessing import read_image
     from models.visualize import draw_detections
 
-    drawn = draw_detections(read_image(path), detections_from_proto(response))
+    shown = [d for d in detections_from_proto(response) if d.score >= min_score]
+    drawn = draw_detections(read_image(path), shown)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{Path(path).stem}.jpg"
     cv2.imwrite(str(target), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
@@ -68,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     from services.client import CvtasksClient
 
     paths = [str(p) for p in args.images]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such image file(s): {', '.join(missing)}")
     results, failed = [], 0
     with CvtasksClient(args.server, timeout=args.timeout) as client:
         responses = client.detect_stream(

@@ -81,3 +81,23 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
                          capture_output=True, text=True, timeout=120, env=ENV)
     assert out.returncode == 2
     assert "Unknown detection architecture `nope`" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_fine_tune_a_stored_model_on_a_new_class_set(shapes_dir, detector_store, tmp_path):
+    """--pretrained DIR: keep the backbone, put a new box predictor on for the new classes."""
+    coco = json.loads((shapes_dir / "annotations" / "val.json").read_text())
+    coco["categories"] = [{"id": 1, "name": "round"}, {"id": 2, "name": "angular"}]
+    for ann in coco["annotations"]:
+        ann["category_id"] = 1 if ann["category_id"] == 1 else 2
+    (tmp_path / "two.json").write_text(json.dumps(coco))
+    images = str(shapes_dir / "images" / "val")
+    out = subprocess.run(
+        [*CLI, "train", "detection", "--train-images", images, "--train-annotations", str(tmp_path / "two.json"),
+         "--val-images", images, "--val-annotations", str(tmp_path / "two.json"), "--name", "two-class",
+         "--pretrained", str(detector_store / "tiny-detector"), "--model-store", str(tmp_path / "store"),
+         "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--warmup-steps", "2", "--batch-size", "4"],
+        capture_output=True, text=True, timeout=300, env=ENV,
+    )
+    assert out.returncode == 0, out.stderr
+    config = json.loads((tmp_path / "store" / "two-class" / "config.json").read_text())
+    assert config["classes"] == ["round", "angular"] and config["architecture"] == "fasterrcnn_tiny"
