@@ -24,7 +24,7 @@ import torch
 
 from models import checkpoints
 from models.detection import DetectOptions, build_detector, predict
-from models.preprocessing import decode_image, encode_image, to_tensor
+from models.preprocessing import decode_image, to_tensor
 from models.train.common import pick_device
 
 RESULTS = Path(__file__).parent / "results" / "detection_serving.json"

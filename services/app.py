@@ -14,7 +14,7 @@ from models.registry import Registry
 from services.host import ModelHost, ServingConfig, TaskRuntime
 from services.imaging import Decoder
 from services.models import ModelServicer
-from services.server import Servicer, ServerConfig, serve
+from services.server import ServerConfig, Servicer, serve
 
 
 @dataclass(frozen=True)

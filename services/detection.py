@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from models import checkpoints
-from models.detection import DetectOptions, Detection, predict
+from models.detection import Detection, DetectOptions, predict
 from models.preprocessing import to_tensor
 from services.host import LoadedModel, ModelHost
 from services.imaging import Decoder

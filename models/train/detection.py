@@ -157,7 +157,7 @@ def train_detection(cfg: DetectionTrainConfig) -> TrainResult:
     device = common.pick_device(cfg.device)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    augment = detection_train_transform(size=cfg.image_size) if cfg.augment else None
+    augment = detection_train_transform(size=cfg.image_size, seed=cfg.seed) if cfg.augment else None
     train_set = CocoDetectionDataset(cfg.train_images, cfg.train_annotations, transform=augment)
     val_set = CocoDetectionDataset(cfg.val_images, cfg.val_annotations)
     classes = list(train_set.class_names)

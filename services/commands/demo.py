@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train, serve and query the quickstart detector (CPU, a few minutes)")
     p.add_argument("--out", default="demo_output", help="folder for data, model store, results and images")
