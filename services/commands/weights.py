@@ -13,6 +13,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pull = w_sub.add_parser("pull", help="download torchvision COCO weights into the torch hub cache")
     pull.add_argument("architecture")
     pull.set_defaults(run=run_pull)
+    imp = w_sub.add_parser("import", help="put torchvision COCO weights (a local file) into the model store")
+    imp.add_argument("architecture")
+    imp.add_argument("--name", default=None, help="model name in the store (default: the architecture)")
+    imp.add_argument("--path", default=None, help="weights file (default: the torch hub cache)")
+    imp.add_argument("--model-store", default="model_store")
+    imp.set_defaults(run=run_import)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -32,4 +38,22 @@ def run_pull(args: argparse.Namespace) -> int:
     from models.detection import pull_coco_weights
 
     print(f"downloaded to {pull_coco_weights(args.architecture)}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from models import checkpoints
+    from models.detection import build_coco_pretrained, coco_category_names
+
+    model = build_coco_pretrained(args.architecture, path=args.path)
+    transform = model.transform
+    config = checkpoints.ModelConfig(
+        name=args.name or args.architecture, task="detection", architecture=args.architecture,
+        classes=tuple(coco_category_names(args.architecture)), input_size=int(transform.min_size[0]),
+        normalization={"mean": list(transform.image_mean), "std": list(transform.image_std)},
+        version=checkpoints.next_version(args.model_store, args.name or args.architecture),
+        extra={"source": "torchvision COCO_V1 weights"},
+    )
+    folder = checkpoints.save_model(model, config, f"{args.model_store}/{config.name}")
+    print(f"stored {args.architecture} with COCO weights as {folder} (version {config.version})")
     return 0

@@ -125,3 +125,15 @@ def test_fine_tuning_helpers_swap_head_and_freeze_backbone():
     assert all(p.requires_grad for p in blocks[-1].parameters())
     with pytest.raises(ValueError, match="trainable backbone layers"):
         detection.set_trainable_backbone_layers(model, 99)
+
+
+def test_weights_import_puts_coco_weights_into_the_store(tmp_path):
+    from services.cli import main
+
+    source = detection.build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=91)
+    torch.save(source.state_dict(), tmp_path / "coco.pth")
+    assert main(["weights", "import", "fasterrcnn_mobilenet_v3_large_320_fpn", "--name", "coco-mobile",
+                 "--path", str(tmp_path / "coco.pth"), "--model-store", str(tmp_path / "store")]) == 0
+    model, config = checkpoints.load_model(tmp_path / "store" / "coco-mobile")
+    assert len(config.classes) == 90 and config.classes[0] == "person" and config.input_size == 320
+    assert torch.equal(model.roi_heads.box_predictor.bbox_pred.weight, source.roi_heads.box_predictor.bbox_pred.weight)
