@@ -30,6 +30,7 @@ FORMAT_VERSION = 1
 # task name -> module that registers its loader in MODEL_BUILDERS (imported on first use).
 TASK_MODULES: dict[str, str] = {
     "detection": "models.detection",
+    "segmentation": "models.segmentation",
 }
 
 #: task -> fn(config) -> nn.Module with random weights, shaped as the config says.

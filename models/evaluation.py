@@ -1,12 +1,18 @@
-"""Evaluation metrics. Detection: pycocotools COCOeval (AP@[.5:.95], AP50, AP75)."""
+"""Evaluation metrics. Detection: pycocotools COCOeval (AP@[.5:.95], AP50, AP75).
+Segmentation: smp.metrics per-class IoU and Dice, mIoU, pixel accuracy, confusion matrix."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+import segmentation_models_pytorch as smp
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -87,3 +93,102 @@ def evaluate_detector(
             rows += detection_results(outputs, [int(t["image_id"]) for t in targets], label_to_category)
     model.train(was_training)
     return coco_detection_metrics(gt, rows)
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+@dataclass
+class SegmentationReport:
+    """Dataset-level segmentation metrics. ``confusion[i, j]``: pixels of true class i predicted j."""
+
+    class_names: tuple[str, ...]
+    iou: dict[str, float]  # per class (smp.metrics.iou_score over summed stats)
+    dice: dict[str, float]  # per class (smp.metrics.f1_score == Dice)
+    miou: float  # mean IoU over classes that occur in the ground truth or the predictions
+    pixel_accuracy: float
+    confusion: np.ndarray  # (K, K) int64
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mIoU": self.miou, "pixel_accuracy": self.pixel_accuracy, "iou": self.iou, "dice": self.dice,
+                "classes": list(self.class_names), "confusion": self.confusion.tolist()}
+
+    def confusion_text(self) -> str:
+        width = max(8, *(len(n) for n in self.class_names)) + 1
+        lines = ["true \\ pred".ljust(width) + "".join(n[:width - 1].rjust(width) for n in self.class_names)]
+        for name, row in zip(self.class_names, self.confusion):
+            lines.append(name.ljust(width) + "".join(str(int(v)).rjust(width) for v in row))
+        return "\n".join(lines)
+
+
+def segmentation_report(
+    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], confusion: np.ndarray,
+    class_names: Sequence[str],
+) -> SegmentationReport:
+    """Per-class IoU / Dice from summed (tp, fp, fn, tn) of shape (1, K), plus the confusion matrix."""
+    tp, fp, fn, tn = stats
+    iou = smp.metrics.iou_score(tp, fp, fn, tn, reduction="none", zero_division=0.0)[0]
+    dice = smp.metrics.f1_score(tp, fp, fn, tn, reduction="none", zero_division=0.0)[0]
+    present = (tp + fp + fn)[0] > 0
+    miou = float(iou[present].mean()) if present.any() else 0.0
+    total = confusion.sum()
+    return SegmentationReport(
+        class_names=tuple(class_names),
+        iou={n: float(v) for n, v in zip(class_names, iou)},
+        dice={n: float(v) for n, v in zip(class_names, dice)},
+        miou=miou,
+        pixel_accuracy=float(np.trace(confusion) / total) if total else 0.0,
+        confusion=confusion,
+    )
+
+
+def evaluate_segmenter(
+    model: nn.Module, dataset: Dataset, *, device: torch.device | str = "cpu", mean: Sequence[float],
+    std: Sequence[float], batch_size: int = 8, ignore_index: int = 255, progress: bool = True,
+) -> SegmentationReport:
+    """Predict every (image, mask) of ``dataset`` (images of any size, batch 1 when sizes differ)."""
+    from models.segmentation import forward_any_size, logits_to_labels, normalize_batch
+
+    k = len(dataset.class_names)
+    sums = [torch.zeros(1, k, dtype=torch.long) for _ in range(4)]
+    confusion = np.zeros((k, k), np.int64)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=1, shuffle=False)
+    with torch.inference_mode():
+        for image, mask in tqdm(loader, desc="eval", leave=False, disable=None if progress else True):
+            batch = normalize_batch([image[0].to(device)], mean=mean, std=std)
+            pred = logits_to_labels(forward_any_size(model, batch)).cpu()
+            for total, part in zip(sums, smp.metrics.get_stats(pred, mask, mode="multiclass", num_classes=k,
+                                                               ignore_index=ignore_index)):
+                total += part.sum(0, keepdim=True)
+            keep = mask != ignore_index
+            confusion += np.bincount((mask[keep] * k + pred[keep]).numpy(), minlength=k * k).reshape(k, k)
+    model.train(was_training)
+    return segmentation_report(tuple(sums), confusion, dataset.class_names)
+
+
+def plot_confusion(report: SegmentationReport, path: str | os.PathLike) -> Path:
+    """Row-normalised confusion matrix as a PNG heat map with counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report.confusion / np.maximum(1, report.confusion.sum(1, keepdims=True))
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 1.2 * len(rows) + 1.5))
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    names = report.class_names
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{rows[i, j]:.2f}\n{report.confusion[i, j]}", ha="center", va="center", fontsize=8,
+                    color="white" if rows[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"mIoU {report.miou:.3f}, pixel accuracy {report.pixel_accuracy:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -34,3 +34,15 @@ def draw_detections(image: np.ndarray, detections: Sequence[Detection], *, thick
         cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
         cv2.putText(out, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return out
+
+
+def overlay_labels(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5, skip_background: bool = True
+                   ) -> np.ndarray:
+    """``image`` (RGB uint8 HxWx3) with each class of ``labels`` (H, W) blended on in its class colour."""
+    out = image.astype(np.float32)
+    for class_id in np.unique(labels):
+        if skip_background and class_id == 0:
+            continue
+        where = labels == class_id
+        out[where] = (1 - alpha) * out[where] + alpha * np.array(class_color(int(class_id)), np.float32)
+    return out.round().clip(0, 255).astype(np.uint8)

@@ -29,8 +29,15 @@ def _detection() -> TaskService:
     return TaskService(DetectionRuntime, DetectionServicer)
 
 
+def _segmentation() -> TaskService:
+    from services.segmentation import SegmentationRuntime, SegmentationServicer
+
+    return TaskService(SegmentationRuntime, SegmentationServicer)
+
+
 TASKS: Registry[Callable[[], TaskService]] = Registry("served task")
 TASKS.register("detection")(_detection)
+TASKS.register("segmentation")(_segmentation)
 
 
 @dataclass

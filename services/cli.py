@@ -11,9 +11,9 @@ from collections.abc import Sequence
 # albumentations checks PyPI for updates at import unless told not to; we are often offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from services.commands import data, demo, detect, evaluate, serve, train, weights  # noqa: E402
+from services.commands import data, demo, detect, evaluate, segment, serve, train, weights  # noqa: E402
 
-COMMANDS = (serve, detect, data, train, evaluate, weights, demo)
+COMMANDS = (serve, detect, segment, data, train, evaluate, weights, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

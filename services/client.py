@@ -14,7 +14,15 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.pb import common_pb2, detection_pb2, detection_pb2_grpc, models_pb2, models_pb2_grpc
+from services.pb import (
+    common_pb2,
+    detection_pb2,
+    detection_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    segmentation_pb2,
+    segmentation_pb2_grpc,
+)
 
 MiB = 1024 * 1024
 ImageLike = bytes | bytearray | memoryview | np.ndarray
@@ -45,6 +53,28 @@ def detect_request(
                                        options=options, request_id=request_id)
 
 
+_LARGE_MODES = {"resize": segmentation_pb2.LARGE_IMAGE_MODE_RESIZE, "tile": segmentation_pb2.LARGE_IMAGE_MODE_TILE}
+
+
+def segment_request(
+    image: ImageLike, *, model: str = "", contours: bool = False, overlay: bool = False,
+    large_image_mode: str = "resize", max_side: int | None = None, tile_overlap: int | None = None,
+    overlay_alpha: float | None = None, request_id: str = "",
+) -> segmentation_pb2.SegmentRequest:
+    if large_image_mode not in _LARGE_MODES:
+        raise ValueError(f"large_image_mode must be one of {sorted(_LARGE_MODES)}, got {large_image_mode!r}")
+    options = segmentation_pb2.SegmentOptions(include_contours=contours, include_overlay=overlay,
+                                              large_image_mode=_LARGE_MODES[large_image_mode])
+    if max_side is not None:
+        options.max_side = max_side
+    if tile_overlap is not None:
+        options.tile_overlap = tile_overlap
+    if overlay_alpha is not None:
+        options.overlay_alpha = overlay_alpha
+    return segmentation_pb2.SegmentRequest(model=common_pb2.ModelRef(name=model), image=image_proto(image),
+                                           options=options, request_id=request_id)
+
+
 class CvtasksClient:
     """One channel to a cvtasks server. ``timeout`` (seconds) is each call's deadline."""
 
@@ -56,6 +86,7 @@ class CvtasksClient:
             ("grpc.max_receive_message_length", max_message_bytes),
         ])
         self.detection = detection_pb2_grpc.DetectionServiceStub(self.channel)
+        self.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
@@ -72,6 +103,17 @@ class CvtasksClient:
         ``timeout`` bounds the whole stream (default: none)."""
         requests = (detect_request(img, request_id=str(i), **options) for i, img in enumerate(images))
         return self.detection.DetectStream(requests, timeout=timeout, metadata=self.metadata or None)
+
+    def segment(self, image: ImageLike, *, timeout: float | None = None,
+                **options: Any) -> segmentation_pb2.SegmentResponse:
+        """Segment one image (options: model, contours, overlay, large_image_mode, max_side, tile_overlap,
+        overlay_alpha, request_id). The label map is ``response.label_map_png``."""
+        return self.segmentation.Segment(segment_request(image, **options), **self._call_args(timeout))
+
+    def segment_stream(self, images: Iterable[ImageLike], *, timeout: float | None = None,
+                       **options: Any) -> Iterator[segmentation_pb2.SegmentResponse]:
+        requests = (segment_request(img, request_id=str(i), **options) for i, img in enumerate(images))
+        return self.segmentation.SegmentStream(requests, timeout=timeout, metadata=self.metadata or None)
 
     def list_models(self, task: str = "") -> list[models_pb2.ModelInfo]:
         return list(self.models.ListModels(models_pb2.ListModelsRequest(task=task), **self._call_args(None)).models)

@@ -19,7 +19,7 @@ from models.preprocessing import to_tensor
 from services.host import LoadedModel, ModelHost
 from services.imaging import Decoder
 from services.pb import common_pb2, detection_pb2, detection_pb2_grpc
-from services.streaming import ordered_stream, timings_proto
+from services.streaming import deadline_of, ordered_stream, timings_proto
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,6 @@ def _options(request: detection_pb2.DetectRequest, loaded: LoadedModel) -> Detec
     return options
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
-
 class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
     """``cvtasks.v1.DetectionService`` over a ModelHost of detection models."""
 
@@ -74,12 +69,12 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
         detection_pb2_grpc.add_DetectionServiceServicer_to_server(self, server)
 
     async def Detect(self, request: detection_pb2.DetectRequest, context: grpc.aio.ServicerContext):
-        return await self._detect(request, _deadline(context))
+        return await self._detect(request, deadline_of(context))
 
     async def DetectStream(
         self, request_iterator: AsyncIterator[detection_pb2.DetectRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[detection_pb2.DetectResponse]:
-        deadline = _deadline(context)
+        deadline = deadline_of(context)
 
         def failed(request: detection_pb2.DetectRequest, error: common_pb2.ItemError) -> detection_pb2.DetectResponse:
             return detection_pb2.DetectResponse(request_id=request.request_id, error=error)

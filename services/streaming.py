@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from models.errors import CvtasksError
 from services.errors import status_for
@@ -14,6 +14,12 @@ from services.pb import common_pb2
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+
+def deadline_of(context: Any) -> float | None:
+    """The RPC's deadline as a time.monotonic() value (None when the client set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def item_error(exc: CvtasksError) -> common_pb2.ItemError:

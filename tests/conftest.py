@@ -43,3 +43,21 @@ def detector_store(shapes_dir, tmp_path_factory):
     )
     train_detection(cfg)
     return store
+
+
+@pytest.fixture(scope="session")
+def segmenter_store(tmp_path_factory):
+    """A model store with `tiny-segmenter`: a U-Net (mobile encoder), random weights — the service
+    tests check transport, parity and errors; learning is checked by the slow test."""
+    from models import checkpoints
+    from models.segmentation import build_segmenter
+
+    torch.manual_seed(0)
+    args = {"encoder": "tu-mobilenetv3_small_100", "decoder_channels": [32, 16, 16, 8, 8]}
+    model = build_segmenter("unet", num_classes=4, **args)
+    store = tmp_path_factory.mktemp("seg-store")
+    config = checkpoints.ModelConfig(name="tiny-segmenter", task="segmentation", architecture="unet",
+                                     classes=("background", "circle", "square", "triangle"), model_args=args,
+                                     input_size=128)
+    checkpoints.save_model(model.eval(), config, store / config.name)
+    return store

@@ -21,6 +21,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="also write the metrics JSON here")
     p.set_defaults(run=run_detection)
 
+    from services.commands.train import add_segmentation_data_args
+
+    s = task_sub.add_parser("segmentation", help="mIoU, per-class IoU/Dice, pixel accuracy, confusion matrix")
+    s.add_argument("--model", required=True)
+    s.add_argument("--model-store", default="model_store")
+    add_segmentation_data_args(s, splits=("test",))
+    s.add_argument("--device", default=None)
+    s.add_argument("--out", default=None, help="folder for metrics.json and confusion.png")
+    s.set_defaults(run=run_segmentation)
+
 
 def run_detection(args: argparse.Namespace) -> int:
     from models import checkpoints
@@ -41,4 +51,31 @@ def run_detection(args: argparse.Namespace) -> int:
     print(json.dumps(report, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def run_segmentation(args: argparse.Namespace) -> int:
+    from models import checkpoints
+    from models.evaluation import evaluate_segmenter, plot_confusion
+    from models.seg_datasets import SegmentationDataset
+    from models.train.common import pick_device
+    from services.commands.train import segmentation_paths
+
+    images, masks = segmentation_paths(args, "test")
+    device = pick_device(args.device)
+    model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
+    dataset = SegmentationDataset(images, masks, class_names=config.classes)
+    report = evaluate_segmenter(model, dataset, device=device, mean=config.normalization["mean"],
+                                std=config.normalization["std"])
+    print(f"model {config.name} v{config.version} on {len(dataset)} images")
+    print(f"mIoU {report.miou:.4f}   pixel accuracy {report.pixel_accuracy:.4f}")
+    for name in config.classes:
+        print(f"  {name:16s} IoU {report.iou[name]:.4f}   Dice {report.dice[name]:.4f}")
+    print("confusion matrix (pixels):")
+    print(report.confusion_text())
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        print(f"wrote {out / 'metrics.json'} and {plot_confusion(report, out / 'confusion.png')}")
     return 0

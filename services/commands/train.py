@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("train", help="train a model and put it in the model store")
     task_sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     _add_detection(task_sub)
+    _add_segmentation(task_sub)
 
 
 def _add_detection(task_sub: argparse._SubParsersAction) -> None:
@@ -80,4 +81,84 @@ def run_detection(args: argparse.Namespace) -> int:
     result = train_detection(cfg)
     print(json.dumps({"model": str(result.model_dir), "metrics": result.metrics,
                       "plot": str(result.plot), "seconds": round(result.seconds, 1)}, indent=2))
+    return 0
+
+
+def segmentation_paths(args: argparse.Namespace, split: str) -> tuple[str, str]:
+    """``--data DIR`` (synthetic layout: images/<split>/, masks/<split>/) or explicit folders."""
+    images, masks = getattr(args, f"{split}_images"), getattr(args, f"{split}_masks")
+    if args.data:
+        images = images or str(Path(args.data) / "images" / split)
+        masks = masks or str(Path(args.data) / "masks" / split)
+    if not images or not masks:
+        raise ValueError(f"give --data DIR or both --{split}-images and --{split}-masks")
+    return images, masks
+
+
+def add_segmentation_data_args(parser: argparse.ArgumentParser, *, splits: tuple[str, ...]) -> None:
+    parser.add_argument("--data", help="dataset folder in the `cvtasks data synth` layout")
+    for split in splits:
+        parser.add_argument(f"--{split}-images", help=f"{split} image folder (overrides --data)")
+        parser.add_argument(f"--{split}-masks", help=f"{split} mask folder: PNG label maps or palette PNGs")
+    parser.add_argument("--classes", default=None,
+                        help="class-name file, one per line for ids 0.. (default: <data>/classes.txt)")
+
+
+def classes_file(args: argparse.Namespace) -> str:
+    if args.classes:
+        return args.classes
+    if args.data:
+        return str(Path(args.data) / "classes.txt")
+    raise ValueError("give --classes FILE (one class name per line) or --data DIR")
+
+
+def _add_segmentation(task_sub: argparse._SubParsersAction) -> None:
+    from models.losses import SPECS
+    from models.segmentation import ENCODERS
+    from models.train.segmentation import SegmentationTrainConfig as C
+
+    p = task_sub.add_parser("segmentation", help="train a U-Net / DeepLabV3+ segmenter on image + mask folders")
+    add_segmentation_data_args(p, splits=("train", "val"))
+    p.add_argument("--arch", default=C.architecture, help="unet, deeplabv3plus, deeplabv3, fpn")
+    p.add_argument("--encoder", default=C.encoder, help=f"encoder name, e.g. {', '.join(ENCODERS)}")
+    p.add_argument("--model-args", default="{}", help='JSON of extra smp arguments, e.g. \'{"decoder_channels": 64}\'')
+    p.add_argument("--loss", choices=SPECS, default=C.loss)
+    p.add_argument("--dice-weight", type=float, default=C.dice_weight)
+    p.add_argument("--focal-weight", type=float, default=C.focal_weight)
+    p.add_argument("--name", default=C.name)
+    p.add_argument("--model-store", default=C.model_store)
+    p.add_argument("--run-dir", default=None, help="checkpoints and plots (default runs/<name>)")
+    p.add_argument("--epochs", type=int, default=C.epochs)
+    p.add_argument("--patience", type=int, default=C.patience, help="early stopping: epochs without better val mIoU")
+    p.add_argument("--batch-size", type=int, default=C.batch_size)
+    p.add_argument("--lr", type=float, default=C.lr)
+    p.add_argument("--weight-decay", type=float, default=C.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=C.warmup_steps)
+    p.add_argument("--image-size", type=int, default=C.image_size, help="augmentation crop size (pixels)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=C.seed)
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    p.set_defaults(run=run_segmentation)
+
+
+def run_segmentation(args: argparse.Namespace) -> int:
+    from models.train.segmentation import SegmentationTrainConfig, train_segmentation
+
+    train_images, train_masks = segmentation_paths(args, "train")
+    val_images, val_masks = segmentation_paths(args, "val")
+    cfg = SegmentationTrainConfig(
+        train_images=train_images, train_masks=train_masks, val_images=val_images, val_masks=val_masks,
+        classes_file=classes_file(args), run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store,
+        name=args.name, architecture=args.arch, encoder=args.encoder, model_args=json.loads(args.model_args),
+        loss=args.loss, dice_weight=args.dice_weight, focal_weight=args.focal_weight, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        patience=args.patience, image_size=args.image_size, augment=not args.no_augment, device=args.device,
+        amp=not args.no_amp, seed=args.seed, workers=args.workers, resume=args.resume,
+    )
+    result = train_segmentation(cfg)
+    print(json.dumps({"model": str(result.model_dir), "metrics": result.metrics, "plot": str(result.plot),
+                      "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1)}, indent=2))
     return 0
