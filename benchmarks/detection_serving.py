@@ -5,38 +5,28 @@
 Prints images/s for (a) the model called in-process on pre-decoded batches, (b) the service
 (`Detect` unary calls from 1, 4 and 16 concurrent clients, encoded PNG bytes in), and the ratio
 service / raw for each, then writes benchmarks/results/detection_serving.json. Without
---model-store it trains nothing: it stores a randomly initialised quickstart architecture, which
-costs the same to run as a trained one up to the number of boxes it keeps.
+--model-store it stores a randomly initialised quickstart architecture, which costs the same to
+run as a trained one up to the number of boxes it keeps.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from models import checkpoints
-from models.detection import DetectOptions, build_detector, predict
-from models.preprocessing import decode_image, to_tensor
-from models.train.common import pick_device
+sys.path.insert(0, str(Path(__file__).parent))
 
-RESULTS = Path(__file__).parent / "results" / "detection_serving.json"
+from bench_common import RESULTS_DIR, device_name, report, service_throughput, synth_png_images  # noqa: E402
 
-
-def _images(n: int, size: int, seed: int) -> list[bytes]:
-    """Real PNG bytes of the synthetic shapes test split."""
-    from models.synth import generate_shapes
-
-    with tempfile.TemporaryDirectory() as tmp:
-        generate_shapes(tmp, splits={"test": n}, image_size=size, seed=seed)
-        return [p.read_bytes() for p in sorted((Path(tmp) / "images" / "test").glob("*.png"))]
+from models import checkpoints  # noqa: E402
+from models.detection import DetectOptions, build_detector, predict  # noqa: E402
+from models.preprocessing import decode_image, to_tensor  # noqa: E402
+from models.train.common import pick_device  # noqa: E402
 
 
 def _random_store(root: Path) -> tuple[Path, str]:
@@ -60,33 +50,6 @@ def raw_images_per_s(store: Path, name: str, images: list[bytes], batch: int, de
     return len(tensors) / (time.perf_counter() - start)
 
 
-def service_images_per_s(address: str, images: list[bytes], concurrency: int) -> tuple[float, float, float]:
-    """images/s and p50/p99 latency (ms) with ``concurrency`` client threads sharing the images."""
-    from services.client import CvtasksClient
-
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def worker(part: list[bytes]) -> None:
-        with CvtasksClient(address, timeout=60) as client:
-            for data in part:
-                t = time.perf_counter()
-                client.detect(data)
-                with lock:
-                    latencies.append((time.perf_counter() - t) * 1000)
-
-    with CvtasksClient(address, timeout=60) as client:  # warm the connection and the model
-        client.detect(images[0])
-    threads = [threading.Thread(target=worker, args=(images[i::concurrency],)) for i in range(concurrency)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    return len(images) / elapsed, float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-store", default=None)
@@ -95,37 +58,26 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8, help="raw batch size = the server's max batch size")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--out", default=str(RESULTS_DIR / "detection_serving.json"))
     args = parser.parse_args()
 
+    from services.client import CvtasksClient
     from services.launch import running_server
 
     device = pick_device(args.device)
-    images = _images(args.images, args.size, seed=7)
+    images = synth_png_images(args.images, args.size)
     with tempfile.TemporaryDirectory() as tmp:
         store, name = (Path(args.model_store), args.model) if args.model_store else _random_store(Path(tmp))
         raw = raw_images_per_s(store, name, images, args.batch, device)
-        rows = {}
         with running_server(task="detection", model_store=store, models=[name], device=str(device),
                             max_batch_size=args.batch) as address:
-            for concurrency in (1, 4, 16):
-                ips, p50, p99 = service_images_per_s(address, images, concurrency)
-                rows[concurrency] = {"images_per_s": ips, "ratio_to_raw": ips / raw, "p50_ms": p50, "p99_ms": p99}
-
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"device: {device_name}; model: {name}; {len(images)} images of {args.size} px; batch {args.batch}")
-    print(f"raw in-process batched model : {raw:8.1f} images/s")
-    for concurrency, row in rows.items():
-        print(f"gRPC Detect, concurrency {concurrency:2d} : {row['images_per_s']:8.1f} images/s   "
-              f"ratio {row['ratio_to_raw']:.2f}   p50 {row['p50_ms']:.1f} ms   p99 {row['p99_ms']:.1f} ms")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "device": device_name, "model": name, "images": len(images), "image_size": args.size, "batch": args.batch,
-        "raw_images_per_s": raw, "service": {str(k): v for k, v in rows.items()},
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }, indent=2) + "\n")
-    print(f"results written to {out}")
+            rows = {c: service_throughput(lambda: CvtasksClient(address, timeout=60), lambda cl, d: cl.detect(d),
+                                          images, c) for c in (1, 4, 16)}
+    header = (f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px; "
+              f"batch {args.batch}")
+    report("Detect", raw, rows, header, args.out, {"device": device_name(device), "model": name,
+                                                   "images": len(images), "image_size": args.size,
+                                                   "batch": args.batch})
 
 
 if __name__ == "__main__":

@@ -142,30 +142,46 @@ def segmentation_report(
     )
 
 
+class SegmentationAccumulator:
+    """Sums smp.metrics stats and the confusion matrix over (prediction, target) label maps."""
+
+    def __init__(self, class_names: Sequence[str], *, ignore_index: int = 255) -> None:
+        self.class_names, self.ignore_index = tuple(class_names), ignore_index
+        k = len(self.class_names)
+        self.sums = [torch.zeros(1, k, dtype=torch.long) for _ in range(4)]
+        self.confusion = np.zeros((k, k), np.int64)
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """``pred`` and ``target``: int64 (H, W) or (B, H, W) class ids (target may hold ignore_index)."""
+        k = len(self.class_names)
+        pred, target = pred.reshape(-1, *pred.shape[-2:]).long(), target.reshape(-1, *target.shape[-2:]).long()
+        stats = smp.metrics.get_stats(pred, target, mode="multiclass", num_classes=k, ignore_index=self.ignore_index)
+        for total, part in zip(self.sums, stats):
+            total += part.sum(0, keepdim=True)
+        keep = target != self.ignore_index
+        self.confusion += np.bincount((target[keep] * k + pred[keep]).numpy(), minlength=k * k).reshape(k, k)
+
+    def report(self) -> SegmentationReport:
+        return segmentation_report(tuple(self.sums), self.confusion, self.class_names)
+
+
 def evaluate_segmenter(
     model: nn.Module, dataset: Dataset, *, device: torch.device | str = "cpu", mean: Sequence[float],
-    std: Sequence[float], batch_size: int = 8, ignore_index: int = 255, progress: bool = True,
+    std: Sequence[float], ignore_index: int = 255, progress: bool = True,
 ) -> SegmentationReport:
-    """Predict every (image, mask) of ``dataset`` (images of any size, batch 1 when sizes differ)."""
+    """Predict every (image, mask) of ``dataset`` one image at a time (sizes may differ)."""
     from models.segmentation import forward_any_size, logits_to_labels, normalize_batch
 
-    k = len(dataset.class_names)
-    sums = [torch.zeros(1, k, dtype=torch.long) for _ in range(4)]
-    confusion = np.zeros((k, k), np.int64)
+    totals = SegmentationAccumulator(dataset.class_names, ignore_index=ignore_index)
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=1, shuffle=False)
     with torch.inference_mode():
         for image, mask in tqdm(loader, desc="eval", leave=False, disable=None if progress else True):
             batch = normalize_batch([image[0].to(device)], mean=mean, std=std)
-            pred = logits_to_labels(forward_any_size(model, batch)).cpu()
-            for total, part in zip(sums, smp.metrics.get_stats(pred, mask, mode="multiclass", num_classes=k,
-                                                               ignore_index=ignore_index)):
-                total += part.sum(0, keepdim=True)
-            keep = mask != ignore_index
-            confusion += np.bincount((mask[keep] * k + pred[keep]).numpy(), minlength=k * k).reshape(k, k)
+            totals.add(logits_to_labels(forward_any_size(model, batch)).cpu(), mask)
     model.train(was_training)
-    return segmentation_report(tuple(sums), confusion, dataset.class_names)
+    return totals.report()
 
 
 def plot_confusion(report: SegmentationReport, path: str | os.PathLike) -> Path:

@@ -17,7 +17,7 @@ from services.server import ServerConfig
 @contextlib.contextmanager
 def running_server(
     *,
-    task: str,
+    task: str | Sequence[str],
     model_store: str | Path,
     models: Sequence[str] = (),
     host: str = "127.0.0.1",
@@ -25,8 +25,8 @@ def running_server(
     ready_timeout_s: float = 300.0,
     **serving: Any,
 ) -> Iterator[str]:
-    """Serve ``task`` from ``model_store`` until the block ends; yields "HOST:PORT" once SERVING."""
-    app = build_app([task], model_store, ServingConfig(**serving), models=models)
+    """Serve ``task`` (or several) from ``model_store`` until the block ends; yields "HOST:PORT" once SERVING."""
+    app = build_app([task] if isinstance(task, str) else list(task), model_store, ServingConfig(**serving), models=models)
     ready, stopped = threading.Event(), threading.Event()
     state: dict[str, Any] = {}
 

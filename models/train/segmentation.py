@@ -100,7 +100,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
 def _store_config(cfg: SegmentationTrainConfig, classes: tuple[str, ...], metrics: dict, version: str):
     return checkpoints.ModelConfig(
         name=cfg.name, task="segmentation", architecture=cfg.architecture, classes=classes,
-        model_args={"encoder": cfg.encoder, **cfg.model_args}, input_size=cfg.image_size,
+        # The stored weights include the encoder: a rebuilt model must not need the original file.
+        model_args={"encoder": cfg.encoder, **{k: v for k, v in cfg.model_args.items() if k != "encoder_weights_path"}},
+        input_size=cfg.image_size,
         normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         metrics=metrics, version=version, extra={"train_config": asdict(cfg)},
     )
@@ -146,7 +148,7 @@ def train_segmentation(cfg: SegmentationTrainConfig) -> SegTrainResult:
         losses = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, mean=mean, std=std,
                                  epoch=epoch, scaler=scaler, progress=cfg.progress)
         report = evaluate_segmenter(model, val_set, device=device, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                                    batch_size=cfg.batch_size, progress=cfg.progress)
+                                    progress=cfg.progress)
         metrics = {"mIoU": report.miou, "pixel_accuracy": report.pixel_accuracy}
         for k, v in {**losses, **metrics}.items():
             history[k].append(v)
@@ -168,3 +170,26 @@ def train_segmentation(cfg: SegmentationTrainConfig) -> SegTrainResult:
     return SegTrainResult(model_dir=model_dir, metrics=dict(final.metrics), history=dict(history),
                           seconds=time.perf_counter() - started, plot=run_dir / "curves.png",
                           stopped_early=stale >= cfg.patience)
+
+
+#: The quickstart segmenters (demo and slow learning test): small resnet18 encoders, 128 px.
+QUICKSTART_SEGMENTERS: dict[str, dict[str, Any]] = {
+    "unet": {"architecture": "unet", "encoder": "resnet18", "epochs": 6,
+             "model_args": {"encoder_depth": 3, "decoder_channels": [64, 32, 16]}},
+    "deeplabv3plus": {"architecture": "deeplabv3plus", "encoder": "resnet18", "epochs": 8,
+                      "model_args": {"encoder_depth": 4, "decoder_channels": 64}},
+}
+
+
+def quickstart_config(data_dir: str | Path, out_dir: str | Path, *, arch: str = "unet",
+                      **overrides: Any) -> SegmentationTrainConfig:
+    """The quickstart recipe for ``arch`` on `cvtasks data synth` output (images/, masks/, classes.txt)."""
+    data, out = Path(data_dir), Path(out_dir)
+    settings: dict[str, Any] = {
+        "train_images": str(data / "images" / "train"), "train_masks": str(data / "masks" / "train"),
+        "val_images": str(data / "images" / "val"), "val_masks": str(data / "masks" / "val"),
+        "classes_file": str(data / "classes.txt"), "run_dir": str(out / f"run-{arch}"),
+        "model_store": str(out / "model_store"), "name": f"quickstart-{arch}", "lr": 3e-3,
+        **QUICKSTART_SEGMENTERS[arch],
+    }
+    return SegmentationTrainConfig(**{**settings, **overrides})

@@ -1,7 +1,8 @@
 """``cvtasks demo``: the main job on the embedded default, end to end on CPU.
 
-synthetic shapes -> train the quickstart detector -> serve it on a free local port ->
-detect every held-out image over gRPC -> annotated images + results JSON -> stop cleanly.
+synthetic shapes -> train the quickstart detector and U-Net -> serve both on a free local
+port -> detect and segment every held-out image over gRPC -> annotated images, masks,
+overlays, results JSON and held-out metrics computed from the service's answers -> stop.
 """
 
 from __future__ import annotations
@@ -10,52 +11,37 @@ import argparse
 import json
 import time
 from pathlib import Path
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train, serve and query the quickstart detector (CPU, a few minutes)")
-    p.add_argument("--out", default="demo_output", help="folder for data, model store, results and images")
-    p.add_argument("--epochs", type=int, default=None, help="override the quickstart recipe's epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=run)
-
-
-def _train(out: Path, epochs: int | None, seed: int):
-    from models.synth import generate_shapes
-    from models.train.detection import QUICKSTART_SPLITS, quickstart_config, train_detection
-
-    data = out / "data"
-    print(f"[1/4] writing the synthetic shapes dataset to {data}", flush=True)
-    generate_shapes(data, splits=QUICKSTART_SPLITS, image_size=128, seed=seed, progress=True)
-    cfg = quickstart_config(data, out, seed=seed, **({"epochs": epochs} if epochs else {}))
-    print(f"[2/4] training the quickstart detector ({cfg.architecture}, {cfg.epochs} epochs; CPU is fine)", flush=True)
-    return data, train_detection(cfg)
-
+from typing import Any
 
 SHOW_SCORE = 0.5  # boxes drawn on the annotated images; AP is computed from everything >= 0.05
 
 
-def _detect_over_grpc(out: Path, data: Path) -> tuple[list[dict], list[Path]]:
-    from services.client import CvtasksClient
-    from services.commands.detect import annotate, response_to_json
-    from services.launch import running_server
-
-    paths = sorted((data / "images" / "test").glob("*.png"))
-    rows, drawn = [], []
-    print("[3/4] starting the detection server on a free local port", flush=True)
-    with running_server(task="detection", model_store=out / "model_store") as address:
-        print(f"      serving on {address}; detecting {len(paths)} held-out images over gRPC", flush=True)
-        with CvtasksClient(address, timeout=30) as client:
-            responses = client.detect_stream((p.read_bytes() for p in paths), score_threshold=0.05)
-            for path, response in zip(paths, responses):
-                rows.append(response_to_json(str(path), response))
-                drawn.append(annotate(str(path), response, out / "annotated", min_score=SHOW_SCORE))
-    print("      server stopped", flush=True)
-    return rows, drawn
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train, serve and query the quickstart models (CPU, a few minutes)")
+    p.add_argument("--out", default="demo_output", help="folder for data, model store, results and images")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run)
 
 
-def _held_out_metrics(rows: list[dict], annotations: Path) -> dict[str, float]:
-    """COCO AP of the service's answers against the held-out ground truth (pycocotools)."""
+def _train(out: Path, seed: int) -> tuple[Path, Any, Any]:
+    from models.synth import generate_shapes
+    from models.train import detection, segmentation
+
+    data = out / "data"
+    print(f"[1/5] writing the synthetic shapes dataset to {data}", flush=True)
+    generate_shapes(data, splits=detection.QUICKSTART_SPLITS, image_size=128, seed=seed, progress=True)
+    det_cfg = detection.quickstart_config(data, out, seed=seed)
+    print(f"[2/5] training the quickstart detector ({det_cfg.architecture}, {det_cfg.epochs} epochs)", flush=True)
+    det = detection.train_detection(det_cfg)
+    seg_cfg = segmentation.quickstart_config(data, out, arch="unet", seed=seed)
+    print(f"[3/5] training the quickstart segmenter ({seg_cfg.architecture}/{seg_cfg.encoder}, "
+          f"{seg_cfg.epochs} epochs)", flush=True)
+    seg = segmentation.train_segmentation(seg_cfg)
+    return data, det, seg
+
+
+def _held_out_ap(rows: list[dict], annotations: Path) -> dict[str, float]:
+    """COCO AP of the service's detections against the held-out ground truth (pycocotools)."""
     from models.evaluation import coco_detection_metrics, coco_from_dict
 
     gt = json.loads(annotations.read_text())
@@ -70,24 +56,88 @@ def _held_out_metrics(rows: list[dict], annotations: Path) -> dict[str, float]:
     return coco_detection_metrics(coco_from_dict(gt), results)
 
 
+def _detect(client: Any, paths: list[Path], out: Path) -> list[dict]:
+    from services.commands.detect import annotate, response_to_json
+
+    rows = []
+    for path, response in zip(paths, client.detect_stream((p.read_bytes() for p in paths), score_threshold=0.05)):
+        row = response_to_json(str(path), response)
+        row["annotated"] = str(annotate(str(path), response, out / "annotated", min_score=SHOW_SCORE))
+        rows.append(row)
+    return rows
+
+
+def _segment(client: Any, paths: list[Path], data: Path, out: Path, class_names: tuple[str, ...]):
+    """Masks + overlays from the service; mIoU of its label maps against the held-out masks."""
+    import torch
+
+    from models.evaluation import SegmentationAccumulator
+    from models.preprocessing import decode_image
+    from models.seg_datasets import read_mask
+
+    folder = out / "segmented"
+    folder.mkdir(parents=True, exist_ok=True)
+    totals = SegmentationAccumulator(class_names)
+    overlays = []
+    for path, response in zip(paths, client.segment_stream((p.read_bytes() for p in paths), overlay=True)):
+        (folder / f"{path.stem}_mask.png").write_bytes(response.label_map_png)
+        (folder / f"{path.stem}_overlay.png").write_bytes(response.overlay_png)
+        labels = decode_image(response.label_map_png)[..., 0]  # gray PNG -> equal channels
+        totals.add(torch.from_numpy(labels).long(), torch.from_numpy(read_mask(data / "masks" / "test" / path.name)))
+        overlays.append((path, decode_image(response.overlay_png)))
+    return totals.report(), _examples_sheet(overlays[:6], out / "segmentation_examples.png")
+
+
+def _examples_sheet(pairs: list, target: Path) -> Path:
+    """Images on the top row, their segmentation overlays below: one PNG to look at."""
+    import cv2
+    import numpy as np
+
+    from models.preprocessing import read_image
+
+    top = np.hstack([read_image(p) for p, _ in pairs])
+    bottom = np.hstack([overlay for _, overlay in pairs])
+    sheet = cv2.resize(np.vstack([top, bottom]), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    cv2.imwrite(str(target), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return target
+
+
 def run(args: argparse.Namespace) -> int:
+    from models import checkpoints
+    from services.client import CvtasksClient
+    from services.launch import running_server
+
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, result = _train(out, args.epochs, args.seed)
-    rows, drawn = _detect_over_grpc(out, data)
-    results = out / "detections.json"
-    results.write_text(json.dumps(rows, indent=2) + "\n")
-    found = sum(1 for r in rows for d in r.get("detections", []) if d["score"] >= SHOW_SCORE)
-    held_out = _held_out_metrics(rows, data / "annotations" / "test.json")
-    print("[4/4] done in {:.0f} s".format(time.perf_counter() - started))
+    data, det, seg = _train(out, args.seed)
+    paths = sorted((data / "images" / "test").glob("*.png"))
+    print("[4/5] serving both models on a free local port", flush=True)
+    with running_server(task=["detection", "segmentation"], model_store=out / "model_store") as address:
+        print(f"      serving on {address}; detecting and segmenting {len(paths)} held-out images over gRPC",
+              flush=True)
+        with CvtasksClient(address, timeout=60) as client:
+            rows = _detect(client, paths, out)
+            classes = checkpoints.load_config(seg.model_dir).classes
+            seg_report, sheet = _segment(client, paths, data, out, classes)
+    print("      server stopped", flush=True)
+    (out / "detections.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "segmentation_metrics.json").write_text(json.dumps(seg_report.to_json(), indent=2) + "\n")
+    boxes = sum(1 for r in rows for d in r.get("detections", []) if d["score"] >= SHOW_SCORE)
+    print(f"[5/5] done in {time.perf_counter() - started:.0f} s")
     print(json.dumps({
-        "held_out_test_metrics_from_the_service": {k: round(v, 3) for k, v in held_out.items()},
-        "validation_metrics": {k: round(v, 3) for k, v in result.metrics.items()},
-        "training_seconds": round(result.seconds, 1),
-        "model": str(result.model_dir),
-        "training_curves": str(result.plot),
-        "detections_json": str(results),
-        "annotated_images": f"{out / 'annotated'} ({len(drawn)} images, {found} boxes with score >= {SHOW_SCORE})",
+        "detection": {
+            "held_out_metrics_from_the_service": {k: round(v, 3) for k, v in
+                                                  _held_out_ap(rows, data / "annotations" / "test.json").items()},
+            "training_seconds": round(det.seconds, 1), "model": str(det.model_dir), "curves": str(det.plot),
+            "results": str(out / "detections.json"),
+            "annotated_images": f"{out / 'annotated'} ({len(rows)} images, {boxes} boxes with score >= {SHOW_SCORE})",
+        },
+        "segmentation": {
+            "held_out_mIoU_from_the_service": round(seg_report.miou, 3),
+            "held_out_IoU_per_class": {k: round(v, 3) for k, v in seg_report.iou.items()},
+            "training_seconds": round(seg.seconds, 1), "model": str(seg.model_dir), "curves": str(seg.plot),
+            "masks_and_overlays": str(out / "segmented"), "examples": str(sheet),
+        },
     }, indent=2))
     return 0

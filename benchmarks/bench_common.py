@@ -1,0 +1,75 @@
+"""Shared by the serving benchmarks: real PNG inputs, client-side throughput, result files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def synth_png_images(n: int, size: int, seed: int = 7) -> list[bytes]:
+    """PNG bytes of ``n`` synthetic shapes images (the test split of a fresh dataset)."""
+    from models.synth import generate_shapes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_shapes(tmp, splits={"test": n}, image_size=size, seed=seed)
+        return [p.read_bytes() for p in sorted((Path(tmp) / "images" / "test").glob("*.png"))]
+
+
+def service_throughput(make_client: Callable[[], Any], call: Callable[[Any, bytes], Any], images: list[bytes],
+                       concurrency: int) -> dict[str, float]:
+    """images/s and p50/p99 latency (ms) with ``concurrency`` client threads sharing ``images``."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def worker(part: list[bytes]) -> None:
+        with make_client() as client:
+            for data in part:
+                t = time.perf_counter()
+                call(client, data)
+                with lock:
+                    latencies.append((time.perf_counter() - t) * 1000)
+
+    with make_client() as client:  # warm the connection and the model
+        call(client, images[0])
+    threads = [threading.Thread(target=worker, args=(images[i::concurrency],)) for i in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {"images_per_s": len(images) / elapsed, "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99))}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def report(name: str, raw: float, rows: dict[int, dict[str, float]], header: str, out: str | Path,
+           extra: dict[str, Any]) -> None:
+    """Print raw vs service images/s with ratios, and write them as JSON to ``out``."""
+    print(header)
+    print(f"raw in-process model          : {raw:8.1f} images/s")
+    for concurrency, row in rows.items():
+        row["ratio_to_raw"] = row["images_per_s"] / raw
+        print(f"gRPC {name:9s} concurrency {concurrency:2d} : {row['images_per_s']:8.1f} images/s   "
+              f"ratio {row['ratio_to_raw']:.2f}   p50 {row['p50_ms']:.1f} ms   p99 {row['p99_ms']:.1f} ms")
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**extra, "raw_images_per_s": raw, "service": {str(k): v for k, v in rows.items()},
+                                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+    print(f"results written to {path}")

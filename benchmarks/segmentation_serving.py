@@ -1,0 +1,82 @@
+"""Raw in-process segmenter vs the gRPC service, measured side by side in one run.
+
+    python benchmarks/segmentation_serving.py [--model-store DIR --model NAME] [--images N]
+
+Raw: the model on pre-decoded tensors (one image per call, as the service runs them), label maps
+back to the CPU. Service: `Segment` unary calls (label map PNG back, no overlay) from 1, 4 and 16
+concurrent clients. Writes benchmarks/results/segmentation_serving.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_common import RESULTS_DIR, device_name, report, service_throughput, synth_png_images  # noqa: E402
+
+from models import checkpoints  # noqa: E402
+from models.preprocessing import decode_image, to_tensor  # noqa: E402
+from models.segmentation import build_segmenter, segment_image  # noqa: E402
+from models.train.common import pick_device  # noqa: E402
+from models.train.segmentation import QUICKSTART_SEGMENTERS  # noqa: E402
+
+
+def _random_store(root: Path) -> tuple[Path, str]:
+    torch.manual_seed(0)
+    recipe = QUICKSTART_SEGMENTERS["unet"]
+    args = {"encoder": recipe["encoder"], **recipe["model_args"]}
+    model = build_segmenter("unet", num_classes=4, **args)
+    config = checkpoints.ModelConfig(name="bench-segmenter", task="segmentation", architecture="unet",
+                                     classes=("background", "circle", "square", "triangle"), model_args=args,
+                                     input_size=128)
+    checkpoints.save_model(model, config, root / config.name)
+    return root, config.name
+
+
+def raw_images_per_s(store: Path, name: str, images: list[bytes], device: torch.device) -> float:
+    model, config = checkpoints.load_model(store / name, device=device)
+    mean, std = config.normalization["mean"], config.normalization["std"]
+    tensors = [to_tensor(decode_image(b)).to(device) for b in images]
+    with torch.inference_mode():
+        segment_image(model, tensors[0], mean=mean, std=std)  # warm-up
+        start = time.perf_counter()
+        for t in tensors:
+            segment_image(model, t, mean=mean, std=std)
+    return len(tensors) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-store", default=None)
+    parser.add_argument("--model", default="quickstart-unet")
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default=str(RESULTS_DIR / "segmentation_serving.json"))
+    args = parser.parse_args()
+
+    from services.client import CvtasksClient
+    from services.launch import running_server
+
+    device = pick_device(args.device)
+    images = synth_png_images(args.images, args.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        store, name = (Path(args.model_store), args.model) if args.model_store else _random_store(Path(tmp))
+        raw = raw_images_per_s(store, name, images, device)
+        with running_server(task="segmentation", model_store=store, models=[name], device=str(device)) as address:
+            rows = {c: service_throughput(lambda: CvtasksClient(address, timeout=60), lambda cl, d: cl.segment(d),
+                                          images, c) for c in (1, 4, 16)}
+    header = f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px"
+    report("Segment", raw, rows, header, args.out, {"device": device_name(device), "model": name,
+                                                    "images": len(images), "image_size": args.size})
+
+
+if __name__ == "__main__":
+    main()
