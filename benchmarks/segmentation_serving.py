@@ -2,8 +2,8 @@
 
     python benchmarks/segmentation_serving.py [--model-store DIR --model NAME] [--images N]
 
-Raw: the model on pre-decoded tensors (one image per call, as the service runs them), label maps
-back to the CPU. Service: `Segment` unary calls (label map PNG back, no overlay) from 1, 4 and 16
+Raw: the model on pre-decoded tensors in batches of --batch (the server's max batch size),
+label maps back to the CPU. Service: `Segment` unary calls (label map PNG back, no overlay) from 1, 4 and 16
 concurrent clients. Writes benchmarks/results/segmentation_serving.json.
 """
 
@@ -23,7 +23,7 @@ from bench_common import RESULTS_DIR, device_name, report, service_throughput, s
 
 from models import checkpoints  # noqa: E402
 from models.preprocessing import decode_image, to_tensor  # noqa: E402
-from models.segmentation import build_segmenter, segment_image  # noqa: E402
+from models.segmentation import SegmentOptions, build_segmenter, segment_batch  # noqa: E402
 from models.train.common import pick_device  # noqa: E402
 from models.train.segmentation import QUICKSTART_SEGMENTERS  # noqa: E402
 
@@ -40,15 +40,17 @@ def _random_store(root: Path) -> tuple[Path, str]:
     return root, config.name
 
 
-def raw_images_per_s(store: Path, name: str, images: list[bytes], device: torch.device) -> float:
+def raw_images_per_s(store: Path, name: str, images: list[bytes], batch: int, device: torch.device) -> float:
     model, config = checkpoints.load_model(store / name, device=device)
     mean, std = config.normalization["mean"], config.normalization["std"]
     tensors = [to_tensor(decode_image(b)).to(device) for b in images]
+    options = [SegmentOptions()] * batch
     with torch.inference_mode():
-        segment_image(model, tensors[0], mean=mean, std=std)  # warm-up
+        segment_batch(model, tensors[:batch], mean=mean, std=std, options=options)  # warm-up
         start = time.perf_counter()
-        for t in tensors:
-            segment_image(model, t, mean=mean, std=std)
+        for i in range(0, len(tensors), batch):
+            part = tensors[i:i + batch]
+            segment_batch(model, part, mean=mean, std=std, options=options[:len(part)])
     return len(tensors) / (time.perf_counter() - start)
 
 
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--model", default="quickstart-unet")
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8, help="raw batch size = the server's max batch size")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=str(RESULTS_DIR / "segmentation_serving.json"))
     args = parser.parse_args()
@@ -69,13 +72,16 @@ def main() -> None:
     images = synth_png_images(args.images, args.size)
     with tempfile.TemporaryDirectory() as tmp:
         store, name = (Path(args.model_store), args.model) if args.model_store else _random_store(Path(tmp))
-        raw = raw_images_per_s(store, name, images, device)
-        with running_server(task="segmentation", model_store=store, models=[name], device=str(device)) as address:
+        raw = raw_images_per_s(store, name, images, args.batch, device)
+        with running_server(task="segmentation", model_store=store, models=[name], device=str(device),
+                            max_batch_size=args.batch) as address:
             rows = {c: service_throughput(lambda: CvtasksClient(address, timeout=60), lambda cl, d: cl.segment(d),
                                           images, c) for c in (1, 4, 16)}
-    header = f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px"
+    header = (f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px; "
+              f"batch {args.batch}")
     report("Segment", raw, rows, header, args.out, {"device": device_name(device), "model": name,
-                                                    "images": len(images), "image_size": args.size})
+                                                    "images": len(images), "image_size": args.size,
+                                                    "batch": args.batch})
 
 
 if __name__ == "__main__":

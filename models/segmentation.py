@@ -203,6 +203,27 @@ def segment_image(
     return Segmentation(labels, "tiled", f"{len(ys) * len(xs)} tiles of {tile} px, overlap {overlap} px")
 
 
+def segment_batch(
+    model: nn.Module, images: Sequence[torch.Tensor], *, mean: Sequence[float], std: Sequence[float],
+    options: Sequence[SegmentOptions],
+) -> list[Segmentation]:
+    """Segment several float images (3, H, W): those of one size that fit ``max_side`` run as one
+    batched forward pass; the others (other sizes, large images) one by one."""
+    results: list[Segmentation | None] = [None] * len(images)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (image, opt) in enumerate(zip(images, options)):
+        if max(image.shape[-2:]) <= opt.max_side:
+            groups.setdefault(tuple(image.shape[-2:]), []).append(i)
+    for (height, width), members in groups.items():
+        if len(members) < 2:
+            continue
+        logits = forward_any_size(model, normalize_batch([images[i] for i in members], mean=mean, std=std))
+        for i, labels in zip(members, logits_to_labels(logits).byte().cpu().numpy()):
+            results[i] = Segmentation(labels, "whole", f"{width}x{height} in one pass")
+    return [r if r is not None else segment_image(model, images[i], mean=mean, std=std, options=options[i])
+            for i, r in enumerate(results)]
+
+
 def class_areas(labels: np.ndarray, class_names: Sequence[str]) -> list[tuple[int, str, int, float]]:
     """(class id, name, pixel count, area fraction) for every class, zeros included."""
     counts = np.bincount(labels.ravel(), minlength=len(class_names))

@@ -20,7 +20,7 @@ from models.segmentation import (
     SegmentOptions,
     class_areas,
     class_contours,
-    segment_image,
+    segment_batch,
 )
 from models.visualize import overlay_labels
 from services.host import ModelHost
@@ -44,7 +44,7 @@ class SegmentItem:
 
 
 class SegmentationRuntime:
-    """How the ModelHost runs a batch of SegmentItems (one pass per image: sizes differ)."""
+    """How the ModelHost runs a batch of SegmentItems (same-size images in one forward pass)."""
 
     task = "segmentation"
 
@@ -56,8 +56,8 @@ class SegmentationRuntime:
                   items: Sequence[SegmentItem]) -> list[Segmentation]:
         device = next(model.parameters()).device
         mean, std = config.normalization["mean"], config.normalization["std"]
-        return [segment_image(model, item.image.to(device), mean=mean, std=std, options=item.options)
-                for item in items]
+        return segment_batch(model, [item.image.to(device) for item in items], mean=mean, std=std,
+                             options=[item.options for item in items])
 
 
 def _options(request: segmentation_pb2.SegmentRequest) -> tuple[SegmentOptions, float]:
