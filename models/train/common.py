@@ -61,6 +61,31 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   scaler: torch.amp.GradScaler | None) -> None:
+    """Backward, step (through the AMP grad scaler when there is one) and advance the schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    scheduler.step()
+
+
+def restore_resume_state(state: Mapping[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         scheduler: Any, history: dict[str, list[float]]) -> tuple[int, float, str]:
+    """Load a saved state into the training objects; returns (next epoch, best metric, version)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    history.update({k: list(v) for k, v in state["history"].items()})
+    return state["epoch"] + 1, state["best"], state["version"]
+
+
 def save_resume_state(
     run_dir: Path,
     *,

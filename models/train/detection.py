@@ -97,15 +97,7 @@ def train_one_epoch(
             loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+        common.optimizer_step(loss, optimizer, scheduler, scaler)
         for k, v in losses.items():
             sums[k] += v.item()
         sums["loss"] += loss.item()
@@ -183,12 +175,8 @@ def train_detection(cfg: DetectionTrainConfig) -> TrainResult:
     # One store version per training run; a resumed run keeps the version it started with.
     version = checkpoints.next_version(cfg.model_store, cfg.name)
     if cfg.resume and (state := common.load_resume_state(run_dir)) is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history.update({k: list(v) for k, v in state["history"].items()})
-        start_epoch, best, version = state["epoch"] + 1, state["best"], state["version"]
+        start_epoch, best, version = common.restore_resume_state(
+            state, model=model, optimizer=optimizer, scheduler=scheduler, history=history)
 
     model_dir = Path(cfg.model_store) / cfg.name
     for epoch in range(start_epoch, cfg.epochs + 1):

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from models import checkpoints, segmentation
 from models.evaluation import evaluate_segmenter
 from models.losses import build_loss
-from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, segmentation_train_transform, seed_augmentations_in_worker
+from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, seed_augmentations_in_worker, segmentation_train_transform
 from models.seg_datasets import IGNORE_INDEX, SegmentationDataset, read_class_names
 from models.train import common
 
@@ -81,15 +81,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, op
         masks = masks.to(device)  # (B, H, W) class ids
         with torch.autocast(device.type, enabled=scaler is not None):
             loss = loss_fn(segmentation.forward_any_size(model, images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+        common.optimizer_step(loss, optimizer, scheduler, scaler)
         sums["loss"] += loss.item()
         for k, v in getattr(loss_fn, "last_terms", {}).items():
             sums[f"{k}_loss"] += float(v)
@@ -136,11 +128,8 @@ def train_segmentation(cfg: SegmentationTrainConfig) -> SegTrainResult:
     start_epoch, best, stale = 1, -1.0, 0
     version = checkpoints.next_version(cfg.model_store, cfg.name)
     if cfg.resume and (state := common.load_resume_state(run_dir)) is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history.update({k: list(v) for k, v in state["history"].items()})
-        start_epoch, best, version = state["epoch"] + 1, state["best"], state["version"]
+        start_epoch, best, version = common.restore_resume_state(
+            state, model=model, optimizer=optimizer, scheduler=scheduler, history=history)
         stale = len(history["mIoU"]) - 1 - max(range(len(history["mIoU"])), key=history["mIoU"].__getitem__)
 
     model_dir = Path(cfg.model_store) / cfg.name
