@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
+from models.checkpoints import MODEL_BUILDERS, ModelConfig
 from models.errors import InvalidInputError
 from models.registry import Registry
 
@@ -86,6 +87,12 @@ class Captioner(nn.Module):
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(images), captions)
+
+
+@MODEL_BUILDERS.register("captioning")
+def build_from_config(config: ModelConfig) -> nn.Module:
+    """A stored captioner: the vocabulary size comes from ``extra["vocab"]``."""
+    return Captioner(vocab_size=len(config.extra["vocab"]["words"]), **config.model_args)
 
 
 @dataclass(frozen=True)

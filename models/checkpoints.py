@@ -31,6 +31,7 @@ FORMAT_VERSION = 1
 TASK_MODULES: dict[str, str] = {
     "detection": "models.detection",
     "segmentation": "models.segmentation",
+    "captioning": "models.captioning",
 }
 
 #: task -> fn(config) -> nn.Module with random weights, shaped as the config says.

@@ -1,0 +1,165 @@
+"""Show and Tell training: teacher forcing, gradient clipping, validation BLEU-4, early stopping."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from models import checkpoints
+from models.caption_data import load_captions
+from models.caption_metrics import caption_scores
+from models.captioning import Captioner, beam_search
+from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, letterbox, normalize, read_image
+from models.text import Vocabulary, tokenize
+from models.train import common
+
+
+def caption_image_tensor(image, *, size: int) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalised float (3, size, size): aspect kept, padded (no flips:
+    captions say left and right)."""
+    boxed, _, _ = letterbox(image, size=size)
+    return torch.from_numpy(normalize(boxed, mean=IMAGENET_MEAN, std=IMAGENET_STD)).permute(2, 0, 1).contiguous()
+
+
+class CaptionDataset(Dataset):
+    """(image (3, S, S), caption ids (T,)) for every (image, caption) pair; images decoded once."""
+
+    def __init__(self, images_dir: str | Path, captions: dict[str, list[str]], vocab: Vocabulary, *,
+                 size: int, max_length: int) -> None:
+        self.names = sorted(captions)
+        self.images = {n: caption_image_tensor(read_image(Path(images_dir) / n), size=size) for n in self.names}
+        self.pairs = [(n, vocab.encode(c, max_length=max_length)) for n in self.names for c in captions[n]]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        name, ids = self.pairs[index]
+        return self.images[name], torch.tensor(ids, dtype=torch.long)
+
+
+def collate_captions(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    images, captions = zip(*batch)
+    return torch.stack(images), torch.nn.utils.rnn.pad_sequence(list(captions), batch_first=True, padding_value=0)
+
+
+@dataclass(frozen=True)
+class CaptioningTrainConfig:
+    train_images: str
+    train_captions: str
+    val_images: str
+    val_captions: str
+    run_dir: str = "runs/captioner"
+    model_store: str = "model_store"
+    name: str = "captioner"
+    backbone: str = "resnet18"
+    embed_size: int = 256
+    hidden_size: int = 512
+    num_layers: int = 1
+    dropout: float = 0.3
+    trainable_encoder: bool = True
+    min_count: int = 1
+    max_length: int = 20
+    image_size: int = 128
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 30
+    clip_grad: float = 5.0
+    patience: int = 4
+    device: str | None = None
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+def model_args(cfg: CaptioningTrainConfig) -> dict[str, Any]:
+    return {"backbone": cfg.backbone, "embed_size": cfg.embed_size, "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_layers, "dropout": cfg.dropout}
+
+
+def evaluate_captioner(model: Captioner, dataset: CaptionDataset, references: dict[str, list[str]],
+                       vocab: Vocabulary, *, device: torch.device, beam_size: int = 1,
+                       max_length: int = 20) -> dict[str, float]:
+    """BLEU-1..4 and CIDEr-D of one decoded caption per image against all its references."""
+    was_training = model.training
+    model.eval()
+    candidates = {}
+    for start in range(0, len(dataset.names), 64):
+        names = dataset.names[start:start + 64]
+        images = torch.stack([dataset.images[n] for n in names]).to(device)
+        for name, best in zip(names, beam_search(model, images, beam_size=beam_size, max_length=max_length)):
+            candidates[name] = vocab.decode([vocab.start_id, *best[0].tokens]).split()
+    model.train(was_training)
+    return caption_scores(candidates, {n: [tokenize(c) for c in references[n]] for n in candidates})
+
+
+def train_captioning(cfg: CaptioningTrainConfig) -> dict[str, Any]:
+    """Train; greedy-decode the validation images each epoch; keep the best BLEU-4 in the store."""
+    started = time.perf_counter()
+    common.seed_everything(cfg.seed)
+    device = common.pick_device(cfg.device)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_refs, val_refs = load_captions(cfg.train_captions), load_captions(cfg.val_captions)
+    vocab = Vocabulary.build((c for cs in train_refs.values() for c in cs), min_count=cfg.min_count)
+    train_set = CaptionDataset(cfg.train_images, train_refs, vocab, size=cfg.image_size, max_length=cfg.max_length)
+    val_set = CaptionDataset(cfg.val_images, val_refs, vocab, size=cfg.image_size, max_length=cfg.max_length)
+    model = Captioner(vocab_size=len(vocab), trainable_encoder=cfg.trainable_encoder, **model_args(cfg)).to(device)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_captions)
+    optimizer = common.build_optimizer(model.parameters(), name="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = common.warmup_cosine(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.epochs * len(loader))
+    history: dict[str, list[float]] = defaultdict(list)
+    start_epoch, best, stale = 1, -1.0, 0
+    version = checkpoints.next_version(cfg.model_store, cfg.name)
+    if cfg.resume and (state := common.load_resume_state(run_dir)) is not None:
+        start_epoch, best, version = common.restore_resume_state(
+            state, model=model, optimizer=optimizer, scheduler=scheduler, history=history)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        total = 0.0
+        for images, captions in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if cfg.progress else True):
+            images, captions = images.to(device), captions.to(device)
+            logits = model(images, captions)  # (B, T, V): position t predicts captions[:, t]
+            loss = F.cross_entropy(logits[:, 1:].reshape(-1, logits.shape[-1]), captions[:, 1:].reshape(-1),
+                                   ignore_index=vocab.pad_id)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            total += loss.item()
+        metrics = evaluate_captioner(model, val_set, val_refs, vocab, device=device, max_length=cfg.max_length)
+        history["loss"].append(total / max(1, len(loader)))
+        for k, v in metrics.items():
+            history[k].append(v)
+        if cfg.progress:
+            print(f"epoch {epoch}/{cfg.epochs}: loss {history['loss'][-1]:.3f}  val BLEU-4 {metrics['BLEU-4']:.3f}  "
+                  f"CIDEr-D {metrics['CIDEr-D']:.3f}", flush=True)
+        if metrics["BLEU-4"] > best:
+            best, stale = metrics["BLEU-4"], 0
+            config = checkpoints.ModelConfig(
+                name=cfg.name, task="captioning", architecture="show_and_tell", classes=(),
+                model_args=model_args(cfg), input_size=cfg.image_size,
+                normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, metrics=metrics,
+                version=version, extra={"vocab": vocab.to_json(), "max_length": cfg.max_length,
+                                        "train_config": asdict(cfg)})
+            checkpoints.save_model(model, config, Path(cfg.model_store) / cfg.name)
+        else:
+            stale += 1
+        common.save_resume_state(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
+                                 history=history, best=best, version=version)
+        common.plot_history(history, run_dir / "curves.png", title=f"{cfg.name} (Show and Tell, {cfg.backbone})")
+        if stale >= cfg.patience:
+            break
+    return {"model_dir": Path(cfg.model_store) / cfg.name, "best_bleu4": best, "history": dict(history),
+            "seconds": time.perf_counter() - started}
