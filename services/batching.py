@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from typing import Generic, TypeVar
 import torch
 
 from services.errors import DeadlineExceededError, QueueFullError, UnavailableError
+
+log = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -66,7 +69,8 @@ class DynamicBatcher(Generic[In, Out]):
         self._queue: asyncio.Queue[_Pending[In, Out]] | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
-        self._in_flight: list[_Pending[In, Out]] = []
+        # Items taken off the queue and not yet answered: the batch being gathered or computed.
+        self._held: list[_Pending[In, Out]] = []
 
     @property
     def queue_depth(self) -> int:
@@ -76,6 +80,23 @@ class DynamicBatcher(Generic[In, Out]):
         if self._task is None:
             self._queue = asyncio.Queue(maxsize=self.max_queue_size)
             self._task = asyncio.create_task(self._collect(), name=f"batcher-{self.name}")
+            self._task.add_done_callback(self._collector_done)
+
+    def _collector_done(self, task: asyncio.Task) -> None:
+        """If the collector dies of a bug, fail its waiters instead of leaving them hanging."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("batcher %s collector crashed", self.name, exc_info=task.exception())
+        self._closing = True
+        self._fail_all(UnavailableError(f"model {self.name}: batching worker crashed; retry"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        leftovers, self._held = list(self._held), []
+        while self._queue is not None and not self._queue.empty():
+            leftovers.append(self._queue.get_nowait())
+        for pending in leftovers:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
 
     async def stop(self, *, drain: bool = True) -> None:
         """Stop taking requests; with ``drain`` finish the queued ones first, else fail them."""
@@ -83,18 +104,12 @@ class DynamicBatcher(Generic[In, Out]):
         if self._task is None:
             return
         if drain:
-            while self._queue.qsize() or self._in_flight:
+            while not self._task.done() and (self._queue.qsize() or self._held):
                 await asyncio.sleep(0.005)
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
-        stopping = UnavailableError(f"model {self.name} is shutting down; retry")
-        leftovers = list(self._in_flight)
-        while not self._queue.empty():
-            leftovers.append(self._queue.get_nowait())
-        for pending in leftovers:
-            if not pending.future.done():
-                pending.future.set_exception(stopping)
+        self._fail_all(UnavailableError(f"model {self.name} is shutting down; retry"))
         if self._own_executor:
             self._executor.shutdown(wait=True)
         self._task = None
@@ -103,6 +118,8 @@ class DynamicBatcher(Generic[In, Out]):
         """Queue ``item`` and wait for its output. QueueFullError at once when the queue is full."""
         if self._queue is None or self._closing:
             raise UnavailableError(f"model {self.name} is not accepting requests (not started or stopping)")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceededError(f"model {self.name}: the request's deadline had passed before it was queued")
         future = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Pending(item, future, deadline))
@@ -113,7 +130,9 @@ class DynamicBatcher(Generic[In, Out]):
         return await future  # cancelling the caller cancels the future; the collector skips it
 
     async def _next_batch(self) -> list[_Pending[In, Out]]:
-        batch = [await self._queue.get()]
+        """Gather a batch into ``self._held`` (visible to stop(), so nothing taken is lost)."""
+        batch = self._held
+        batch.append(await self._queue.get())
         end = time.monotonic() + self.max_delay_s
         while len(batch) < self.max_batch_size:
             remaining = end - time.monotonic()
@@ -149,7 +168,8 @@ class DynamicBatcher(Generic[In, Out]):
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = self._in_flight = self._live(await self._next_batch())
+            self._held = []
+            batch = self._held = self._live(await self._next_batch())
             if not batch:
                 continue
             started = time.perf_counter()
@@ -161,11 +181,14 @@ class DynamicBatcher(Generic[In, Out]):
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
-                self._in_flight = []
+                self._held = []
                 continue
-            self._in_flight = []
-            if self.on_batch is not None:
-                self.on_batch(len(batch), time.perf_counter() - started)
             for pending, output in zip(batch, outputs):
                 if not pending.future.done():
                     pending.future.set_result(output)
+            self._held = []
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(len(batch), time.perf_counter() - started)
+                except Exception:  # noqa: BLE001 — a metrics hook must not stop the batcher
+                    log.exception("batcher %s: on_batch hook failed", self.name)

@@ -182,3 +182,79 @@ def test_handler_runs_off_the_event_loop_under_inference_mode():
 def test_bad_constructor_arguments(kwargs):
     with pytest.raises(ValueError):
         DynamicBatcher(lambda x: x, **kwargs)
+
+
+def test_stop_drains_a_request_still_waiting_for_batch_company():
+    """A request taken off the queue but still gathering company must be answered, not dropped."""
+
+    async def main():
+        rec = Recorder()
+        batcher = DynamicBatcher(rec, max_batch_size=8, max_delay_s=0.3)
+        await batcher.start()
+        waiting = asyncio.ensure_future(batcher.submit(5))
+        await asyncio.sleep(0.05)  # the collector holds 5 and waits for more
+        assert batcher.queue_depth == 0
+        await batcher.stop(drain=True)
+        return await waiting
+
+    assert run(main()) == 11
+
+
+def test_stop_without_drain_fails_a_gathering_request_with_unavailable():
+    async def main():
+        batcher = DynamicBatcher(Recorder(), max_batch_size=8, max_delay_s=5)
+        await batcher.start()
+        waiting = asyncio.ensure_future(batcher.submit(5))
+        await asyncio.sleep(0.05)
+        await batcher.stop(drain=False)
+        with pytest.raises(UnavailableError, match="shutting down"):
+            await waiting
+
+    run(main())
+
+
+def test_an_already_expired_deadline_is_refused_at_submit():
+    async def main():
+        rec = Recorder()
+        batcher = DynamicBatcher(rec, max_delay_s=0)
+        await batcher.start()
+        with pytest.raises(DeadlineExceededError, match="before it was queued"):
+            await batcher.submit(1, deadline=time.monotonic() - 1)
+        assert await batcher.submit(2) == 5
+        await batcher.stop()
+        return rec
+
+    assert run(main()).batches == [[2]]
+
+
+def test_a_failing_on_batch_hook_does_not_stop_the_batcher():
+    def hook(size, seconds):
+        raise RuntimeError("metrics backend down")
+
+    async def main():
+        batcher = DynamicBatcher(Recorder(), max_delay_s=0, on_batch=hook)
+        await batcher.start()
+        first = await batcher.submit(1)
+        second = await batcher.submit(2)
+        await batcher.stop()
+        return first, second
+
+    assert run(main()) == (3, 5)
+
+
+def test_a_crashed_collector_fails_its_waiters_instead_of_hanging(monkeypatch):
+    async def main():
+        batcher = DynamicBatcher(Recorder(), max_batch_size=4, max_delay_s=0.05)
+
+        def broken(batch):
+            raise AssertionError("bug in the collector")
+
+        monkeypatch.setattr(batcher, "_live", broken)
+        await batcher.start()
+        with pytest.raises(UnavailableError, match="crashed"):
+            await batcher.submit(1)
+        with pytest.raises(UnavailableError):
+            await batcher.submit(2)
+        await batcher.stop()
+
+    run(main())
