@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +17,7 @@ from torchvision import models as tvm
 
 from models.checkpoints import MODEL_BUILDERS, ModelConfig
 from models.errors import InvalidInputError
+from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, letterbox, normalize
 from models.registry import Registry
 
 ENCODERS: Registry = Registry("captioning encoder")
@@ -24,6 +26,18 @@ ENCODERS.register("resnet34")(lambda: tvm.resnet34(weights=None))
 ENCODERS.register("resnet50")(lambda: tvm.resnet50(weights=None))
 
 MAX_CAPTION_LENGTH = 64  # words; requests beyond this are refused
+MAX_BEAM_SIZE = 16
+MAX_LENGTH_PENALTY = 2.0
+
+
+def image_input(image: np.ndarray, *, size: int) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalised float (3, size, size), aspect kept and padded; no flips
+    (captions say left and right). Training and serving both call this."""
+    boxed, _, _ = letterbox(image, size=size)
+    return torch.from_numpy(normalize(boxed, mean=IMAGENET_MEAN, std=IMAGENET_STD)).permute(2, 0, 1).contiguous()
+
+
+POOLINGS = ("avg", "grid")
 
 
 class ImageEncoder(nn.Module):
@@ -31,21 +45,30 @@ class ImageEncoder(nn.Module):
 
     The ResNet trunk (random init, or ``weights_path``: a local torchvision state dict) is
     frozen when ``trainable=False``; the projection (linear + batch norm) always trains.
+    ``pooling="avg"`` is Show and Tell's global average; ``"grid"`` averages into a
+    ``grid x grid`` layout before projecting, so the embedding keeps where things are (captions
+    that say "to the left of" need that when the trunk is trained from scratch).
     """
 
     def __init__(self, *, backbone: str = "resnet18", embed_size: int = 256, trainable: bool = True,
-                 weights_path: str | os.PathLike | None = None) -> None:
+                 weights_path: str | os.PathLike | None = None, pooling: str = "avg", grid: int = 3) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if grid < 1:
+            raise ValueError(f"grid must be >= 1, got {grid}")
         resnet = ENCODERS.get(backbone)()
         if weights_path is not None:
             resnet.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
         features = resnet.fc.in_features
-        self.trunk = nn.Sequential(*list(resnet.children())[:-1])  # up to global average pooling
+        self.trunk = nn.Sequential(*list(resnet.children())[:-2])  # the convolutional feature map
         self.trunk.requires_grad_(trainable)
-        self.project = nn.Sequential(nn.Linear(features, embed_size), nn.BatchNorm1d(embed_size))
+        cells = 1 if pooling == "avg" else grid * grid
+        self.pool = nn.AdaptiveAvgPool2d(1 if pooling == "avg" else grid)
+        self.project = nn.Sequential(nn.Linear(features * cells, embed_size), nn.BatchNorm1d(embed_size))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.project(self.trunk(images).flatten(1))
+        return self.project(self.pool(self.trunk(images)).flatten(1))
 
 
 class CaptionDecoder(nn.Module):
@@ -78,10 +101,10 @@ class Captioner(nn.Module):
 
     def __init__(self, *, vocab_size: int, backbone: str = "resnet18", embed_size: int = 256,
                  hidden_size: int = 512, num_layers: int = 1, dropout: float = 0.0, trainable_encoder: bool = True,
-                 encoder_weights_path: str | None = None) -> None:
+                 encoder_weights_path: str | None = None, pooling: str = "avg", grid: int = 3) -> None:
         super().__init__()
         self.encoder = ImageEncoder(backbone=backbone, embed_size=embed_size, trainable=trainable_encoder,
-                                    weights_path=encoder_weights_path)
+                                    weights_path=encoder_weights_path, pooling=pooling, grid=grid)
         self.decoder = CaptionDecoder(vocab_size=vocab_size, embed_size=embed_size, hidden_size=hidden_size,
                                       num_layers=num_layers, dropout=dropout)
 
@@ -104,9 +127,12 @@ class Caption:
     score: float  # log_prob / length ** length_penalty (what beams are ranked by)
 
 
-def _check(beam_size: int, max_length: int, num_captions: int) -> None:
-    if beam_size < 1:
-        raise InvalidInputError(f"beam_size must be >= 1, got {beam_size}")
+def check_options(beam_size: int, max_length: int, num_captions: int, length_penalty: float = 1.0) -> None:
+    """InvalidInputError (-> INVALID_ARGUMENT) naming the bad option and its allowed range."""
+    if not 1 <= beam_size <= MAX_BEAM_SIZE:
+        raise InvalidInputError(f"beam_size must be in 1..{MAX_BEAM_SIZE} (1 = greedy), got {beam_size}")
+    if not 0.0 <= length_penalty <= MAX_LENGTH_PENALTY:
+        raise InvalidInputError(f"length_penalty must be in [0, {MAX_LENGTH_PENALTY}], got {length_penalty}")
     if not 1 <= max_length <= MAX_CAPTION_LENGTH:
         raise InvalidInputError(f"max_length must be in 1..{MAX_CAPTION_LENGTH}, got {max_length}")
     if not 1 <= num_captions <= beam_size:
@@ -123,7 +149,7 @@ def beam_search(model: Captioner, images: torch.Tensor, *, beam_size: int = 3, m
     still open after ``max_length`` words is closed there with <end> (its probability counted),
     so no caption is longer than max_length, whether or not the model ever chose <end>.
     """
-    _check(beam_size, max_length, num_captions)
+    check_options(beam_size, max_length, num_captions, length_penalty)
     dec = model.decoder
     batch, k = images.shape[0], beam_size
     _, state = dec.step(model.encoder(images), None)  # the image step; its prediction is unused
@@ -179,3 +205,34 @@ def _best(history: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor, ba
 def greedy(model: Captioner, images: torch.Tensor, *, max_length: int = 20) -> list[Caption]:
     """Greedy decoding (beam size 1): the single most likely word at each step."""
     return [c[0] for c in beam_search(model, images, beam_size=1, max_length=max_length)]
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    """Decoding options of one request (validated by ``check``)."""
+
+    beam_size: int = 3
+    max_length: int = 20
+    num_captions: int = 1
+    length_penalty: float = 1.0
+
+    def check(self) -> "CaptionSettings":
+        check_options(self.beam_size, self.max_length, self.num_captions, self.length_penalty)
+        return self
+
+
+def caption_batch(model: Captioner, images: torch.Tensor, settings: list[CaptionSettings]) -> list[list[Caption]]:
+    """Caption (B, 3, S, S) images, each with its own settings: images sharing settings decode
+    in one batched beam search; results come back in input order."""
+    if len(settings) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {len(settings)} settings")
+    groups: dict[CaptionSettings, list[int]] = {}
+    for i, s in enumerate(settings):
+        groups.setdefault(s, []).append(i)
+    results: list[list[Caption] | None] = [None] * len(settings)
+    for s, indices in groups.items():
+        found = beam_search(model, images[indices], beam_size=s.beam_size, max_length=s.max_length,
+                            num_captions=s.num_captions, length_penalty=s.length_penalty)
+        for i, captions in zip(indices, found):
+            results[i] = captions
+    return results  # type: ignore[return-value]

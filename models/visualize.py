@@ -1,9 +1,11 @@
-"""Drawing results on images for people to look at (OpenCV, RGB uint8 in and out)."""
+"""Drawing results on images for people to look at (OpenCV, RGB uint8 in and out; caption sheets via matplotlib)."""
 
 from __future__ import annotations
 
 import colorsys
+import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -46,3 +48,37 @@ def overlay_labels(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5,
         where = labels == class_id
         out[where] = (1 - alpha) * out[where] + alpha * np.array(class_color(int(class_id)), np.float32)
     return out.round().clip(0, 255).astype(np.uint8)
+
+
+def caption_sheet(rows: Sequence[tuple[np.ndarray, str, str]], path: str | Path, *, columns: int = 4,
+                  title: str = "") -> Path:
+    """A PNG grid of images, each with its predicted caption (bold) and a reference below it.
+
+    rows: (RGB uint8 image, predicted caption, reference caption or "").
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = max(1, len(rows))
+    cols = min(columns, count)
+    lines = (count + cols - 1) // cols
+    fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 3.6 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, predicted, reference) in zip(axes.flat, rows):
+        ax.imshow(image)
+        wrap = lambda text: "\n".join(textwrap.wrap(text, 34))  # noqa: E731
+        ax.set_title(wrap(predicted), fontsize=8, fontweight="bold")
+        if reference:
+            ax.text(0.5, -0.04, wrap(f"ref: {reference}"), transform=ax.transAxes, ha="center", va="top",
+                    fontsize=7, color="dimgray")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

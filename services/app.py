@@ -35,9 +35,16 @@ def _segmentation() -> TaskService:
     return TaskService(SegmentationRuntime, SegmentationServicer)
 
 
+def _captioning() -> TaskService:
+    from services.captioning import CaptioningRuntime, CaptioningServicer
+
+    return TaskService(CaptioningRuntime, CaptioningServicer)
+
+
 TASKS: Registry[Callable[[], TaskService]] = Registry("served task")
 TASKS.register("detection")(_detection)
 TASKS.register("segmentation")(_segmentation)
+TASKS.register("captioning")(_captioning)
 
 
 @dataclass

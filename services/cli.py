@@ -11,9 +11,13 @@ from collections.abc import Sequence
 # albumentations checks PyPI for updates at import unless told not to; we are often offline.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from services.commands import data, demo, detect, evaluate, segment, serve, train, weights  # noqa: E402
+import grpc  # noqa: E402
 
-COMMANDS = (serve, detect, segment, data, train, evaluate, weights, demo)
+from services.commands import (  # noqa: E402
+    caption, data, demo, detect, evaluate, segment, serve, train, weights,
+)
+
+COMMANDS = (serve, detect, segment, caption, data, train, evaluate, weights, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"cvtasks {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except grpc.RpcError as exc:  # the server refused: its status and message say what to fix
+        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        print(f"cvtasks {args.command}: server error {code}: {details}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.pb import (
+    captioning_pb2,
+    captioning_pb2_grpc,
     common_pb2,
     detection_pb2,
     detection_pb2_grpc,
@@ -75,6 +77,20 @@ def segment_request(
                                            options=options, request_id=request_id)
 
 
+def caption_request(
+    image: ImageLike, *, model: str = "", beam_size: int | None = None, max_length: int | None = None,
+    num_captions: int | None = None, length_penalty: float | None = None, request_id: str = "",
+) -> captioning_pb2.CaptionRequest:
+    """Options left as None take the server's defaults (beam 3, the model's max_length, 1 caption)."""
+    options = captioning_pb2.CaptionOptions()
+    for field, value in (("beam_size", beam_size), ("max_length", max_length), ("num_captions", num_captions),
+                         ("length_penalty", length_penalty)):
+        if value is not None:
+            setattr(options, field, value)
+    return captioning_pb2.CaptionRequest(model=common_pb2.ModelRef(name=model), image=image_proto(image),
+                                         options=options, request_id=request_id)
+
+
 class CvtasksClient:
     """One channel to a cvtasks server. ``timeout`` (seconds) is each call's deadline."""
 
@@ -87,6 +103,7 @@ class CvtasksClient:
         ])
         self.detection = detection_pb2_grpc.DetectionServiceStub(self.channel)
         self.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(self.channel)
+        self.captioning = captioning_pb2_grpc.CaptioningServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
@@ -114,6 +131,17 @@ class CvtasksClient:
                        **options: Any) -> Iterator[segmentation_pb2.SegmentResponse]:
         requests = (segment_request(img, request_id=str(i), **options) for i, img in enumerate(images))
         return self.segmentation.SegmentStream(requests, timeout=timeout, metadata=self.metadata or None)
+
+    def caption(self, image: ImageLike, *, timeout: float | None = None,
+                **options: Any) -> captioning_pb2.CaptionResponse:
+        """Caption one image (options: model, beam_size, max_length, num_captions, length_penalty,
+        request_id). The best caption is ``response.captions[0].text``."""
+        return self.captioning.Caption(caption_request(image, **options), **self._call_args(timeout))
+
+    def caption_stream(self, images: Iterable[ImageLike], *, timeout: float | None = None,
+                       **options: Any) -> Iterator[captioning_pb2.CaptionResponse]:
+        requests = (caption_request(img, request_id=str(i), **options) for i, img in enumerate(images))
+        return self.captioning.CaptionStream(requests, timeout=timeout, metadata=self.metadata or None)
 
     def list_models(self, task: str = "") -> list[models_pb2.ModelInfo]:
         return list(self.models.ListModels(models_pb2.ListModelsRequest(task=task), **self._call_args(None)).models)

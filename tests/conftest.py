@@ -61,3 +61,28 @@ def segmenter_store(tmp_path_factory):
                                      input_size=128)
     checkpoints.save_model(model.eval(), config, store / config.name)
     return store
+
+
+@pytest.fixture(scope="session")
+def captioner_store(tmp_path_factory, shapes_dir):
+    """A model store with `tiny-captioner`: Show and Tell (ResNet-18, small LSTM), random weights,
+    its vocabulary built from the synthetic captions — for transport, parity and error tests."""
+    from models import checkpoints
+    from models.caption_data import load_captions
+    from models.captioning import Captioner
+    from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+    from models.text import Vocabulary
+
+    refs = load_captions(shapes_dir / "captions" / "train.json")
+    vocab = Vocabulary.build(c for cs in refs.values() for c in cs)
+    torch.manual_seed(0)
+    args = {"backbone": "resnet18", "embed_size": 32, "hidden_size": 64, "num_layers": 1, "dropout": 0.0,
+            "pooling": "grid", "grid": 2}
+    model = Captioner(vocab_size=len(vocab), **args)
+    store = tmp_path_factory.mktemp("cap-store")
+    config = checkpoints.ModelConfig(
+        name="tiny-captioner", task="captioning", architecture="show_and_tell", classes=(), model_args=args,
+        input_size=96, normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        extra={"vocab": vocab.to_json(), "max_length": 12})
+    checkpoints.save_model(model.eval(), config, store / config.name)
+    return store

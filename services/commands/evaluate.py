@@ -31,6 +31,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default=None, help="folder for metrics.json and confusion.png")
     s.set_defaults(run=run_segmentation)
 
+    from services.commands.train import add_caption_data_args
+
+    c = task_sub.add_parser("captioning", help="corpus BLEU-1..4 and CIDEr-D against all reference captions")
+    c.add_argument("--model", required=True)
+    c.add_argument("--model-store", default="model_store")
+    add_caption_data_args(c, splits=("test",))
+    c.add_argument("--beam-sizes", type=int, nargs="+", default=[1, 3],
+                   help="decode with each beam size and report each (1 = greedy)")
+    c.add_argument("--max-length", type=int, default=None, help="default: the model's training max_length")
+    c.add_argument("--device", default=None)
+    c.add_argument("--out", default=None, help="folder for metrics.json, captions.json and examples.png")
+    c.set_defaults(run=run_captioning)
+
 
 def run_detection(args: argparse.Namespace) -> int:
     from models import checkpoints
@@ -78,4 +91,47 @@ def run_segmentation(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
         print(f"wrote {out / 'metrics.json'} and {plot_confusion(report, out / 'confusion.png')}")
+    return 0
+
+
+def run_captioning(args: argparse.Namespace) -> int:
+    from models import checkpoints
+    from models.caption_data import load_captions
+    from models.preprocessing import read_image
+    from models.text import Vocabulary
+    from models.train.captioning import CaptionDataset, decode_dataset, score_captions
+    from models.train.common import pick_device
+    from models.visualize import caption_sheet
+    from services.commands.train import caption_paths
+
+    images, captions_file = caption_paths(args, "test")
+    device = pick_device(args.device)
+    model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
+    if config.task != "captioning":
+        raise ValueError(f"model {args.model} is a {config.task} model, not a captioner")
+    vocab = Vocabulary.from_json(config.extra["vocab"])
+    max_length = args.max_length or int(config.extra.get("max_length", 20))
+    references = load_captions(captions_file)
+    dataset = CaptionDataset(images, references, vocab, size=config.input_size, max_length=max_length)
+    report: dict = {"model": config.name, "version": config.version, "images": len(dataset),
+                    "metric_implementation": "models.caption_metrics (pure Python: corpus BLEU, CIDEr-D)",
+                    "by_beam_size": {}}
+    decoded = {}
+    for k in args.beam_sizes:
+        decoded[k] = decode_dataset(model, dataset, vocab, device=device, beam_size=k, max_length=max_length)
+        report["by_beam_size"][str(k)] = metrics = score_captions(decoded[k], references)
+        print(f"beam {k:2d}: " + "  ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        best_k = args.beam_sizes[-1]
+        (out / "captions.json").write_text(json.dumps(
+            [{"image": n, "caption": decoded[best_k][n], "references": references[n]} for n in dataset.names],
+            indent=2) + "\n")
+        rows = [(read_image(Path(images) / n), decoded[best_k][n], references[n][0]) for n in dataset.names[:12]]
+        sheet = caption_sheet(rows, out / "examples.png", title=f"{config.name} (beam {best_k})")
+        print(f"wrote {out / 'metrics.json'}, {out / 'captions.json'} and {sheet}")
+    else:
+        print(json.dumps(report, indent=2))
     return 0

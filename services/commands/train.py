@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     task_sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     _add_detection(task_sub)
     _add_segmentation(task_sub)
+    _add_captioning(task_sub)
 
 
 def _add_detection(task_sub: argparse._SubParsersAction) -> None:
@@ -161,4 +162,87 @@ def run_segmentation(args: argparse.Namespace) -> int:
     result = train_segmentation(cfg)
     print(json.dumps({"model": str(result.model_dir), "metrics": result.metrics, "plot": str(result.plot),
                       "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1)}, indent=2))
+    return 0
+
+
+def caption_paths(args: argparse.Namespace, split: str) -> tuple[str, str]:
+    """``--data DIR`` (synthetic layout: images/<split>/, captions/<split>.json) or explicit paths."""
+    images, captions = getattr(args, f"{split}_images"), getattr(args, f"{split}_captions")
+    if args.data:
+        images = images or str(Path(args.data) / "images" / split)
+        captions = captions or str(Path(args.data) / "captions" / f"{split}.json")
+    if not images or not captions:
+        raise ValueError(f"give --data DIR or both --{split}-images and --{split}-captions")
+    return images, captions
+
+
+def add_caption_data_args(parser: argparse.ArgumentParser, *, splits: tuple[str, ...]) -> None:
+    parser.add_argument("--data", help="dataset folder in the `cvtasks data synth` layout")
+    for split in splits:
+        parser.add_argument(f"--{split}-images", help=f"{split} image folder (overrides --data)")
+        parser.add_argument(f"--{split}-captions",
+                            help=f"{split} captions: COCO captions JSON, JSONL or CSV (image, caption)")
+
+
+def _add_captioning(task_sub: argparse._SubParsersAction) -> None:
+    from models.captioning import ENCODERS, POOLINGS
+    from models.train.captioning import CaptioningTrainConfig as C
+
+    p = task_sub.add_parser("captioning", help="train a Show-and-Tell captioner (ResNet + LSTM)")
+    add_caption_data_args(p, splits=("train", "val"))
+    p.add_argument("--quickstart", action="store_true",
+                   help="use the quickstart recipe (the demo's); other flags given explicitly still apply")
+    p.add_argument("--backbone", default=C.backbone, help=f"encoder: {', '.join(ENCODERS)}")
+    p.add_argument("--encoder-weights", default=None, help="local torchvision ResNet state dict (optional)")
+    p.add_argument("--freeze-encoder", action="store_true", help="train only the projection and the decoder")
+    p.add_argument("--pooling", choices=POOLINGS, default=C.pooling)
+    p.add_argument("--grid", type=int, default=C.grid, help="grid pooling: cells per side")
+    p.add_argument("--embed-size", type=int, default=C.embed_size)
+    p.add_argument("--hidden-size", type=int, default=C.hidden_size)
+    p.add_argument("--num-layers", type=int, default=C.num_layers)
+    p.add_argument("--dropout", type=float, default=C.dropout)
+    p.add_argument("--min-count", type=int, default=C.min_count, help="rarer words become <unk>")
+    p.add_argument("--max-length", type=int, default=C.max_length, help="words per caption (longer are cut)")
+    p.add_argument("--image-size", type=int, default=C.image_size)
+    p.add_argument("--name", default=C.name)
+    p.add_argument("--model-store", default=C.model_store)
+    p.add_argument("--run-dir", default=None, help="checkpoints and plots (default runs/<name>)")
+    p.add_argument("--epochs", type=int, default=C.epochs)
+    p.add_argument("--patience", type=int, default=C.patience, help="early stopping: epochs without better val BLEU-4")
+    p.add_argument("--batch-size", type=int, default=C.batch_size)
+    p.add_argument("--lr", type=float, default=C.lr)
+    p.add_argument("--weight-decay", type=float, default=C.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=C.warmup_steps)
+    p.add_argument("--clip-grad", type=float, default=C.clip_grad, help="gradient-norm clipping")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=C.seed)
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    p.set_defaults(run=run_captioning)
+
+
+PATH_FIELDS = ("train_images", "train_captions", "val_images", "val_captions", "run_dir", "model_store", "name")
+
+
+def run_captioning(args: argparse.Namespace) -> int:
+    from models.train.captioning import CaptioningTrainConfig, quickstart_config, train_captioning
+
+    train_images, train_captions = caption_paths(args, "train")
+    val_images, val_captions = caption_paths(args, "val")
+    settings = dict(
+        train_images=train_images, train_captions=train_captions, val_images=val_images, val_captions=val_captions,
+        run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store, name=args.name,
+        backbone=args.backbone, encoder_weights_path=args.encoder_weights, pooling=args.pooling, grid=args.grid,
+        embed_size=args.embed_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
+        dropout=args.dropout, trainable_encoder=not args.freeze_encoder, min_count=args.min_count,
+        max_length=args.max_length, image_size=args.image_size, epochs=args.epochs, patience=args.patience,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        clip_grad=args.clip_grad, device=args.device, seed=args.seed, resume=args.resume,
+    )
+    if args.quickstart:  # the recipe's hyperparameters, under any flag the user changed from its default
+        fields = CaptioningTrainConfig.__dataclass_fields__
+        recipe = vars(quickstart_config(".", "."))
+        settings = {k: v if v != fields[k].default or k in PATH_FIELDS else recipe[k] for k, v in settings.items()}
+    result = train_captioning(CaptioningTrainConfig(**settings))
+    print(json.dumps({"model": str(result["model_dir"]), "best_val_bleu4": round(result["best_bleu4"], 4),
+                      "plot": str(result["plot"]), "seconds": round(result["seconds"], 1)}, indent=2))
     return 0
