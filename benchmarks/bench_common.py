@@ -73,3 +73,17 @@ def report(name: str, raw: float, rows: dict[int, dict[str, float]], header: str
     path.write_text(json.dumps({**extra, "raw_images_per_s": raw, "service": {str(k): v for k, v in rows.items()},
                                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
     print(f"results written to {path}")
+
+
+def measure_service(task: str, store: Path, name: str, images: list[bytes], call: Callable[[Any, bytes], Any], *,
+                    device: torch.device, batch: int, concurrencies: tuple[int, ...] = (1, 4, 16)
+                    ) -> dict[int, dict[str, float]]:
+    """Serve ``name`` from ``store`` on a free port (max batch ``batch``) and measure ``call``
+    from each number of concurrent clients."""
+    from services.client import CvtasksClient
+    from services.launch import running_server
+
+    with running_server(task=task, model_store=store, models=[name], device=str(device),
+                        max_batch_size=batch) as address:
+        return {c: service_throughput(lambda: CvtasksClient(address, timeout=120), call, images, c)
+                for c in concurrencies}

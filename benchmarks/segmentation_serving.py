@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_common import RESULTS_DIR, device_name, report, service_throughput, synth_png_images  # noqa: E402
+from bench_common import RESULTS_DIR, device_name, measure_service, report, synth_png_images  # noqa: E402
 
 from models import checkpoints  # noqa: E402
 from models.preprocessing import decode_image, to_tensor  # noqa: E402
@@ -65,18 +65,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS_DIR / "segmentation_serving.json"))
     args = parser.parse_args()
 
-    from services.client import CvtasksClient
-    from services.launch import running_server
-
     device = pick_device(args.device)
     images = synth_png_images(args.images, args.size)
     with tempfile.TemporaryDirectory() as tmp:
         store, name = (Path(args.model_store), args.model) if args.model_store else _random_store(Path(tmp))
         raw = raw_images_per_s(store, name, images, args.batch, device)
-        with running_server(task="segmentation", model_store=store, models=[name], device=str(device),
-                            max_batch_size=args.batch) as address:
-            rows = {c: service_throughput(lambda: CvtasksClient(address, timeout=60), lambda cl, d: cl.segment(d),
-                                          images, c) for c in (1, 4, 16)}
+        rows = measure_service("segmentation", store, name, images, lambda cl, d: cl.segment(d), device=device,
+                               batch=args.batch)
     header = (f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px; "
               f"batch {args.batch}")
     report("Segment", raw, rows, header, args.out, {"device": device_name(device), "model": name,

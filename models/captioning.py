@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,6 +41,36 @@ def image_input(image: np.ndarray, *, size: int) -> torch.Tensor:
 POOLINGS = ("avg", "grid")
 
 
+def load_trunk_weights(resnet: nn.Module, source: str | os.PathLike, *, stages: int = 4) -> None:
+    """Initialise ``resnet`` from ``source``: a torchvision ResNet state dict file, or a
+    model-store folder of a model with a ResNet ``encoder`` (e.g. a stored U-Net with a resnet18
+    encoder, whose smp encoder keeps torchvision's parameter names). Only the stem and the first
+    ``stages`` residual stages must be present (an encoder of smaller depth is fine when the
+    captioner keeps as few stages); anything else in ``source`` is ignored."""
+    path = Path(source)
+    if path.is_dir():
+        from models import checkpoints
+
+        stored, _ = checkpoints.load_model(path)
+        encoder = getattr(stored, "encoder", None)
+        if encoder is None:
+            raise ValueError(f"{path} holds no model with an `encoder` to take weights from")
+        state = encoder.state_dict()
+    elif path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"encoder weights {path}: no such file or model folder")
+    needed = ("conv1.", "bn1.", *(f"layer{i}." for i in range(1, stages + 1)))
+    own = {k: v for k, v in resnet.state_dict().items() if k.startswith(needed)}
+    missing = [k for k in own if k not in state]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or mismatched:
+        raise ValueError(f"encoder weights {path} do not fit a {type(resnet).__name__} with {stages} stages: "
+                         f"{len(missing)} missing (e.g. {missing[:2]}), {len(mismatched)} of another shape "
+                         f"(e.g. {mismatched[:2]})")
+    resnet.load_state_dict({k: state[k] for k in own}, strict=False)
+
+
 class ImageEncoder(nn.Module):
     """(B, 3, H, W) normalised images -> (B, embed_size) image embeddings.
 
@@ -47,21 +78,29 @@ class ImageEncoder(nn.Module):
     frozen when ``trainable=False``; the projection (linear + batch norm) always trains.
     ``pooling="avg"`` is Show and Tell's global average; ``"grid"`` averages into a
     ``grid x grid`` layout before projecting, so the embedding keeps where things are (captions
-    that say "to the left of" need that when the trunk is trained from scratch).
+    that say "to the left of" need that when the trunk is trained from scratch). ``stages``
+    keeps the first 1..4 residual stages: 3 ends at stride 16 with a finer map and a quarter
+    of resnet18's compute and parameters gone, which suits small images and small data.
     """
 
     def __init__(self, *, backbone: str = "resnet18", embed_size: int = 256, trainable: bool = True,
-                 weights_path: str | os.PathLike | None = None, pooling: str = "avg", grid: int = 3) -> None:
+                 weights_path: str | os.PathLike | None = None, pooling: str = "avg", grid: int = 3,
+                 stages: int = 4) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}")
+        if not 1 <= stages <= 4:
+            raise ValueError(f"stages must be in 1..4, got {stages}")
         resnet = ENCODERS.get(backbone)()
         if weights_path is not None:
-            resnet.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-        features = resnet.fc.in_features
-        self.trunk = nn.Sequential(*list(resnet.children())[:-2])  # the convolutional feature map
+            load_trunk_weights(resnet, weights_path, stages=stages)
+        # stem (conv1, bn1, relu, maxpool) + the first `stages` residual stages: the feature map
+        self.trunk = nn.Sequential(*list(resnet.children())[:4 + stages])
+        with torch.no_grad():
+            features = self.trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
+        self.trunk.train()
         self.trunk.requires_grad_(trainable)
         cells = 1 if pooling == "avg" else grid * grid
         self.pool = nn.AdaptiveAvgPool2d(1 if pooling == "avg" else grid)
@@ -97,19 +136,35 @@ class CaptionDecoder(nn.Module):
 
 
 class Captioner(nn.Module):
-    """Encoder + decoder; ``forward(images, captions)`` gives teacher-forced logits (B, T, V)."""
+    """Encoder + decoder; ``forward(images, captions)`` gives teacher-forced logits (B, T, V).
+
+    ``words`` is a bag-of-words head on the image embedding: it predicts which words the
+    caption uses. Training may add its loss (``words_weight``) so that the encoder gets a direct
+    signal instead of only one through the LSTM's first step — this matters when the encoder
+    starts from random weights, as it does offline. Decoding never uses it.
+    """
 
     def __init__(self, *, vocab_size: int, backbone: str = "resnet18", embed_size: int = 256,
                  hidden_size: int = 512, num_layers: int = 1, dropout: float = 0.0, trainable_encoder: bool = True,
-                 encoder_weights_path: str | None = None, pooling: str = "avg", grid: int = 3) -> None:
+                 encoder_weights_path: str | None = None, pooling: str = "avg", grid: int = 3,
+                 stages: int = 4) -> None:
         super().__init__()
         self.encoder = ImageEncoder(backbone=backbone, embed_size=embed_size, trainable=trainable_encoder,
-                                    weights_path=encoder_weights_path, pooling=pooling, grid=grid)
+                                    weights_path=encoder_weights_path, pooling=pooling, grid=grid, stages=stages)
         self.decoder = CaptionDecoder(vocab_size=vocab_size, embed_size=embed_size, hidden_size=hidden_size,
                                       num_layers=num_layers, dropout=dropout)
+        self.words = nn.Linear(embed_size, vocab_size)
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(images), captions)
+
+
+def words_loss(word_logits: torch.Tensor, captions: torch.Tensor, *, first_word_id: int = 4) -> torch.Tensor:
+    """Multi-label BCE of the bag-of-words head against the words of each caption (B, T); the
+    special tokens (ids below ``first_word_id``) are not targets."""
+    targets = torch.zeros_like(word_logits)
+    targets.scatter_(1, captions, 1.0)
+    return F.binary_cross_entropy_with_logits(word_logits[:, first_word_id:], targets[:, first_word_id:])
 
 
 @MODEL_BUILDERS.register("captioning")

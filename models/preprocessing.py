@@ -480,6 +480,25 @@ def segmentation_train_transform(
     return A.Compose(transforms, seed=seed)
 
 
+def caption_train_transform(
+    *,
+    size: int,
+    scale: tuple[float, float] = (0.7, 1.0),
+    color_jitter: float = 0.2,
+    seed: int | None = None,
+) -> A.Compose:
+    """Caption-preserving training augmentation: fit to ``size``, shrink by a random factor in
+    ``scale`` (<= 1, so nothing is cropped away and every object the caption names stays), place
+    at a random position on black, jitter brightness/contrast/saturation (never hue: captions name
+    colours). No flips: captions say left and right. ``t(image=rgb)["image"]`` is size x size RGB.
+    """
+    _check_augment_args(size, 0.0, scale, color_jitter)
+    if scale[1] > 1.0:
+        raise ValueError(f"caption augmentation only shrinks (scale <= 1, or objects get cropped away), got {scale}")
+    transforms = _random_geometry(size, scale, 0.0, mask_fill=0) + _color(color_jitter)
+    return A.Compose(transforms, seed=seed)
+
+
 def seed_augmentations_in_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: give each worker's augmentation its own random stream.
 

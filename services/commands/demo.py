@@ -1,8 +1,9 @@
 """``cvtasks demo``: the main job on the embedded default, end to end on CPU.
 
-synthetic shapes -> train the quickstart detector and U-Net -> serve both on a free local
-port -> detect and segment every held-out image over gRPC -> annotated images, masks,
-overlays, results JSON and held-out metrics computed from the service's answers -> stop.
+synthetic shapes -> train the quickstart detector, U-Net and captioner -> serve all three on a
+free local port -> detect, segment and caption every held-out image over gRPC -> annotated
+images, masks, overlays, captions, results JSON and held-out metrics computed from the
+service's answers -> stop.
 """
 
 from __future__ import annotations
@@ -23,21 +24,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _train(out: Path, seed: int) -> tuple[Path, Any, Any]:
+def _train(out: Path, seed: int) -> tuple[Path, Any, Any, Any]:
     from models.synth import generate_shapes
-    from models.train import detection, segmentation
+    from models.train import captioning, detection, segmentation
 
     data = out / "data"
-    print(f"[1/5] writing the synthetic shapes dataset to {data}", flush=True)
+    print(f"[1/6] writing the synthetic shapes dataset to {data}", flush=True)
     generate_shapes(data, splits=detection.QUICKSTART_SPLITS, image_size=128, seed=seed, progress=True)
     det_cfg = detection.quickstart_config(data, out, seed=seed)
-    print(f"[2/5] training the quickstart detector ({det_cfg.architecture}, {det_cfg.epochs} epochs)", flush=True)
+    print(f"[2/6] training the quickstart detector ({det_cfg.architecture}, {det_cfg.epochs} epochs)", flush=True)
     det = detection.train_detection(det_cfg)
     seg_cfg = segmentation.quickstart_config(data, out, arch="unet", seed=seed)
-    print(f"[3/5] training the quickstart segmenter ({seg_cfg.architecture}/{seg_cfg.encoder}, "
+    print(f"[3/6] training the quickstart segmenter ({seg_cfg.architecture}/{seg_cfg.encoder}, "
           f"{seg_cfg.epochs} epochs)", flush=True)
     seg = segmentation.train_segmentation(seg_cfg)
-    return data, det, seg
+    cap_cfg = captioning.quickstart_config(data, out, seed=seed)
+    print(f"[4/6] training the quickstart captioner (Show and Tell, {cap_cfg.backbone} + LSTM, encoder "
+          f"initialised from the U-Net's, {cap_cfg.epochs} epochs)", flush=True)
+    cap = captioning.train_captioning(cap_cfg)
+    return data, det, seg, cap
 
 
 def _held_out_ap(rows: list[dict], annotations: Path) -> dict[str, float]:
@@ -88,6 +93,24 @@ def _segment(client: Any, paths: list[Path], data: Path, out: Path, class_names:
     return totals.report(), _examples_sheet(overlays[:6], out / "segmentation_examples.png")
 
 
+def _caption(client: Any, paths: list[Path], data: Path, out: Path) -> tuple[list[dict], dict, Path]:
+    """Captions from the service (beam 3); corpus BLEU/CIDEr-D against the held-out references."""
+    from models.caption_data import load_captions
+    from models.preprocessing import read_image
+    from models.train.captioning import score_captions
+    from models.visualize import caption_sheet
+
+    references = load_captions(data / "captions" / "test.json")
+    rows = []
+    for path, response in zip(paths, client.caption_stream((p.read_bytes() for p in paths), beam_size=3)):
+        rows.append({"image": str(path), "caption": response.captions[0].text,
+                     "log_prob": round(response.captions[0].log_prob, 4), "references": references[path.name]})
+    metrics = score_captions({Path(r["image"]).name: r["caption"] for r in rows}, references)
+    sheet = caption_sheet([(read_image(Path(r["image"])), r["caption"], r["references"][0]) for r in rows[:12]],
+                          out / "captioning_examples.png", title="quickstart captioner, held-out images (beam 3)")
+    return rows, metrics, sheet
+
+
 def _examples_sheet(pairs: list, target: Path) -> Path:
     """Images on the top row, their segmentation overlays below: one PNG to look at."""
     import cv2
@@ -110,21 +133,25 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, det, seg = _train(out, args.seed)
+    data, det, seg, cap = _train(out, args.seed)
     paths = sorted((data / "images" / "test").glob("*.png"))
-    print("[4/5] serving both models on a free local port", flush=True)
-    with running_server(task=["detection", "segmentation"], model_store=out / "model_store") as address:
-        print(f"      serving on {address}; detecting and segmenting {len(paths)} held-out images over gRPC",
-              flush=True)
+    print("[5/6] serving the three models on a free local port", flush=True)
+    with running_server(task=["detection", "segmentation", "captioning"], model_store=out / "model_store") as address:
+        print(f"      serving on {address}; detecting, segmenting and captioning {len(paths)} held-out images "
+              "over gRPC", flush=True)
         with CvtasksClient(address, timeout=60) as client:
             rows = _detect(client, paths, out)
             classes = checkpoints.load_config(seg.model_dir).classes
             seg_report, sheet = _segment(client, paths, data, out, classes)
+            captions, cap_metrics, cap_sheet = _caption(client, paths, data, out)
     print("      server stopped", flush=True)
     (out / "detections.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "segmentation_metrics.json").write_text(json.dumps(seg_report.to_json(), indent=2) + "\n")
+    (out / "captions.json").write_text(json.dumps(captions, indent=2) + "\n")
     boxes = sum(1 for r in rows for d in r.get("detections", []) if d["score"] >= SHOW_SCORE)
-    print(f"[5/5] done in {time.perf_counter() - started:.0f} s")
+    for row in captions[:5]:
+        print(f"      {Path(row['image']).name}: \"{row['caption']}\"   (reference: \"{row['references'][0]}\")")
+    print(f"[6/6] done in {time.perf_counter() - started:.0f} s")
     print(json.dumps({
         "detection": {
             "held_out_metrics_from_the_service": {k: round(v, 3) for k, v in
@@ -138,6 +165,11 @@ def run(args: argparse.Namespace) -> int:
             "held_out_IoU_per_class": {k: round(v, 3) for k, v in seg_report.iou.items()},
             "training_seconds": round(seg.seconds, 1), "model": str(seg.model_dir), "curves": str(seg.plot),
             "masks_and_overlays": str(out / "segmented"), "examples": str(sheet),
+        },
+        "captioning": {
+            "held_out_metrics_from_the_service": {k: round(v, 3) for k, v in cap_metrics.items()},
+            "training_seconds": round(cap["seconds"], 1), "model": str(cap["model_dir"]), "curves": str(cap["plot"]),
+            "captions": str(out / "captions.json"), "examples": str(cap_sheet),
         },
     }, indent=2))
     return 0

@@ -191,12 +191,18 @@ def _add_captioning(task_sub: argparse._SubParsersAction) -> None:
     p = task_sub.add_parser("captioning", help="train a Show-and-Tell captioner (ResNet + LSTM)")
     add_caption_data_args(p, splits=("train", "val"))
     p.add_argument("--quickstart", action="store_true",
-                   help="use the quickstart recipe (the demo's); other flags given explicitly still apply")
+                   help="use the quickstart recipe (the demo's; its encoder starts from <model-store>/quickstart-unet); "
+                        "other flags given explicitly still apply")
     p.add_argument("--backbone", default=C.backbone, help=f"encoder: {', '.join(ENCODERS)}")
-    p.add_argument("--encoder-weights", default=None, help="local torchvision ResNet state dict (optional)")
+    p.add_argument("--encoder-weights", default=None,
+                   help="initialise the ResNet from a local torchvision state dict file, or from the encoder of a "
+                        "stored model (a model-store folder, e.g. a U-Net with a resnet18 encoder)")
     p.add_argument("--freeze-encoder", action="store_true", help="train only the projection and the decoder")
     p.add_argument("--pooling", choices=POOLINGS, default=C.pooling)
     p.add_argument("--grid", type=int, default=C.grid, help="grid pooling: cells per side")
+    p.add_argument("--stages", type=int, default=C.stages, help="ResNet residual stages kept, 1..4")
+    p.add_argument("--augment", action="store_true",
+                   help="shrink + shift + colour jitter (no flips, no hue: captions say left/right and colours)")
     p.add_argument("--embed-size", type=int, default=C.embed_size)
     p.add_argument("--hidden-size", type=int, default=C.hidden_size)
     p.add_argument("--num-layers", type=int, default=C.num_layers)
@@ -214,6 +220,8 @@ def _add_captioning(task_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=C.weight_decay)
     p.add_argument("--warmup-steps", type=int, default=C.warmup_steps)
     p.add_argument("--clip-grad", type=float, default=C.clip_grad, help="gradient-norm clipping")
+    p.add_argument("--words-weight", type=float, default=C.words_weight,
+                   help="weight of the auxiliary bag-of-words loss on the image embedding (0 = off)")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=C.seed)
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
@@ -224,7 +232,12 @@ PATH_FIELDS = ("train_images", "train_captions", "val_images", "val_captions", "
 
 
 def run_captioning(args: argparse.Namespace) -> int:
-    from models.train.captioning import CaptioningTrainConfig, quickstart_config, train_captioning
+    from models.train.captioning import (
+        QUICKSTART_ENCODER_FROM,
+        CaptioningTrainConfig,
+        quickstart_config,
+        train_captioning,
+    )
 
     train_images, train_captions = caption_paths(args, "train")
     val_images, val_captions = caption_paths(args, "val")
@@ -232,15 +245,17 @@ def run_captioning(args: argparse.Namespace) -> int:
         train_images=train_images, train_captions=train_captions, val_images=val_images, val_captions=val_captions,
         run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store, name=args.name,
         backbone=args.backbone, encoder_weights_path=args.encoder_weights, pooling=args.pooling, grid=args.grid,
+        stages=args.stages, augment=args.augment,
         embed_size=args.embed_size, hidden_size=args.hidden_size, num_layers=args.num_layers,
         dropout=args.dropout, trainable_encoder=not args.freeze_encoder, min_count=args.min_count,
         max_length=args.max_length, image_size=args.image_size, epochs=args.epochs, patience=args.patience,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        clip_grad=args.clip_grad, device=args.device, seed=args.seed, resume=args.resume,
+        clip_grad=args.clip_grad, words_weight=args.words_weight, device=args.device, seed=args.seed, resume=args.resume,
     )
     if args.quickstart:  # the recipe's hyperparameters, under any flag the user changed from its default
         fields = CaptioningTrainConfig.__dataclass_fields__
         recipe = vars(quickstart_config(".", "."))
+        recipe["encoder_weights_path"] = str(Path(args.model_store) / QUICKSTART_ENCODER_FROM)
         settings = {k: v if v != fields[k].default or k in PATH_FIELDS else recipe[k] for k, v in settings.items()}
     result = train_captioning(CaptioningTrainConfig(**settings))
     print(json.dumps({"model": str(result["model_dir"]), "best_val_bleu4": round(result["best_bleu4"], 4),

@@ -9,25 +9,21 @@ import pytest
 from models import checkpoints
 from models.evaluation import evaluate_segmenter
 from models.seg_datasets import SegmentationDataset
-from models.synth import generate_shapes
 from models.train.detection import QUICKSTART_SPLITS
 from models.train.segmentation import QUICKSTART_SEGMENTERS, quickstart_config, train_segmentation
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes")
-    generate_shapes(out, splits=QUICKSTART_SPLITS, image_size=128, seed=0)
-    return out
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("arch", sorted(QUICKSTART_SEGMENTERS))
-def test_quickstart_segmenter_reaches_miou_on_held_out_images(data, tmp_path, arch, capsys):
-    started = time.perf_counter()
-    result = train_segmentation(quickstart_config(data, tmp_path, arch=arch, progress=False))
-    minutes = (time.perf_counter() - started) / 60
+def test_quickstart_segmenter_reaches_miou_on_held_out_images(request, quickstart_data, tmp_path, arch, capsys):
+    data = quickstart_data
+    if arch == "unet":  # trained once for this test and the captioner's (which starts from its encoder)
+        result, minutes = request.getfixturevalue("quickstart_unet")
+    else:
+        started = time.perf_counter()
+        result = train_segmentation(quickstart_config(data, tmp_path, arch=arch, progress=False))
+        minutes = (time.perf_counter() - started) / 60
     model, config = checkpoints.load_model(result.model_dir)
     test = SegmentationDataset(data / "images" / "test", data / "masks" / "test", class_names=config.classes)
     report = evaluate_segmenter(model, test, mean=config.normalization["mean"], std=config.normalization["std"],

@@ -79,3 +79,52 @@ def test_frozen_encoder_and_unknown_backbone():
     assert all(p.requires_grad for p in frozen.encoder.project.parameters())
     with pytest.raises(UnknownModelError, match="resnet50"):
         Captioner(vocab_size=VOCAB, backbone="vgg7")
+
+
+def test_words_loss_targets_the_words_of_each_caption_not_the_specials():
+    from models.captioning import words_loss
+
+    captions = torch.tensor([[1, 4, 5, 2, 0], [1, 6, 2, 0, 0]])
+    perfect = torch.full((2, 8), -30.0)
+    perfect[0, [4, 5]] = 30.0
+    perfect[1, 6] = 30.0
+    perfect[:, :4] = 30.0  # specials are ignored whatever the head says
+    assert words_loss(perfect, captions).item() < 1e-6
+    wrong = -perfect
+    wrong[:, :4] = 30.0
+    assert words_loss(wrong, captions).item() > 10
+
+
+def test_encoder_weights_from_a_state_dict_file_or_a_stored_unet_encoder(tmp_path):
+    from torchvision import models as tvm
+
+    from models import checkpoints
+    from models.captioning import ImageEncoder
+    from models.segmentation import build_segmenter
+
+    torch.manual_seed(1)
+    resnet = tvm.resnet18(weights=None)
+    torch.save(resnet.state_dict(), tmp_path / "r18.pth")
+    encoder = ImageEncoder(backbone="resnet18", embed_size=16, weights_path=tmp_path / "r18.pth")
+    assert torch.equal(encoder.trunk[4][0].conv1.weight, resnet.layer1[0].conv1.weight)
+
+    args = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
+    unet = build_segmenter("unet", num_classes=2, **args)
+    config = checkpoints.ModelConfig(name="u", task="segmentation", architecture="unet", classes=("a", "b"),
+                                     model_args=args, input_size=64)
+    checkpoints.save_model(unet, config, tmp_path / "u")
+    two = ImageEncoder(backbone="resnet18", embed_size=16, stages=2, weights_path=tmp_path / "u")
+    assert torch.equal(two.trunk[0].weight, unet.encoder.conv1.weight)
+    assert torch.equal(two.trunk[5][0].conv1.weight, unet.encoder.layer2[0].conv1.weight)
+    with pytest.raises(ValueError, match="do not fit"):  # resnet18 weights into a resnet50
+        ImageEncoder(backbone="resnet50", embed_size=16, weights_path=tmp_path / "r18.pth")
+    with pytest.raises(FileNotFoundError, match="no such file or model folder"):
+        ImageEncoder(backbone="resnet18", weights_path=tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("stages, pooling", [(1, "avg"), (2, "grid"), (3, "grid"), (4, "avg")])
+def test_encoder_stages_and_pooling_give_the_embedding_size(stages, pooling):
+    from models.captioning import ImageEncoder
+
+    encoder = ImageEncoder(backbone="resnet18", embed_size=24, stages=stages, pooling=pooling, grid=2).eval()
+    assert encoder(torch.rand(2, 3, 64, 64)).shape == (2, 24)
