@@ -60,15 +60,24 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     code = status_for(exc)
     if code is None:
         log.exception("unexpected error", exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        # The client learns that it is our bug, not what it was: the details are in the server log.
+        await context.abort(grpc.StatusCode.INTERNAL,
+                            f"internal error ({type(exc).__name__}); the server log has the details")
     await context.abort(code, str(exc))
 
 
-def _log_rpc(method: str, context: grpc.aio.ServicerContext, started: float, failure: BaseException | None) -> None:
+def _status_name(context: grpc.aio.ServicerContext, failure: BaseException | None) -> str:
+    if isinstance(failure, asyncio.CancelledError):  # the client went away or its deadline passed
+        remaining = context.time_remaining() if hasattr(context, "time_remaining") else None
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     code = context.code() if hasattr(context, "code") else None
     if failure is not None and code in (None, grpc.StatusCode.OK):
         code = status_for(failure) or grpc.StatusCode.INTERNAL
-    name = getattr(code, "name", "OK") if code is not None else "OK"
+    return getattr(code, "name", "OK") if code is not None else "OK"
+
+
+def _log_rpc(method: str, context: grpc.aio.ServicerContext, started: float, failure: BaseException | None) -> None:
+    name = _status_name(context, failure)
     level = logging.INFO if name == "OK" else logging.WARNING
     log.log(level, "rpc", extra={"method": method, "status": name, "peer": context.peer(),
                                  "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
@@ -80,6 +89,9 @@ def _wrap_unary_response(method: str, inner: Callable) -> Callable:
         try:
             return await inner(request_or_iterator, context)
         except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError as exc:
+            failure = exc
             raise
         except Exception as exc:  # noqa: BLE001 — mapped to a status here, once for every service
             failure = exc
@@ -100,6 +112,9 @@ def _wrap_stream_response(method: str, inner: Callable) -> Callable:
             async for response in inner(request_or_iterator, context):
                 yield response
         except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError as exc:
+            failure = exc
             raise
         except Exception as exc:  # noqa: BLE001
             failure = exc
