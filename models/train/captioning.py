@@ -176,11 +176,7 @@ def train_captioning(cfg: CaptioningTrainConfig) -> dict[str, Any]:
                                    ignore_index=vocab.pad_id)
             if cfg.words_weight > 0:
                 loss = loss + cfg.words_weight * words_loss(model.words(features), captions)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
-            scheduler.step()
+            common.optimizer_step(loss, optimizer, scheduler, None, clip_grad=cfg.clip_grad)
             total += loss.item()
         metrics = evaluate_captioner(model, val_set, val_refs, vocab, device=device, max_length=cfg.max_length)
         history["loss"].append(total / max(1, len(loader)))

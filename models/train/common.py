@@ -62,15 +62,22 @@ def warmup_cosine(
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any,
-                   scaler: torch.amp.GradScaler | None) -> None:
-    """Backward, step (through the AMP grad scaler when there is one) and advance the schedule."""
+                   scaler: torch.amp.GradScaler | None, *, clip_grad: float | None = None) -> None:
+    """Backward, optionally clip the gradient norm to ``clip_grad``, step (through the AMP grad
+    scaler when there is one, unscaling before clipping) and advance the schedule."""
     optimizer.zero_grad(set_to_none=True)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is not None:
         scaler.scale(loss).backward()
+        if clip_grad is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
         scaler.step(optimizer)
         scaler.update()
     else:
         loss.backward()
+        if clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
         optimizer.step()
     scheduler.step()
 
