@@ -64,7 +64,7 @@ def caption_sheet(rows: Sequence[tuple[np.ndarray, str, str]], path: str | Path,
     count = max(1, len(rows))
     cols = min(columns, count)
     lines = (count + cols - 1) // cols
-    fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 3.6 * lines), squeeze=False)
+    fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 4.3 * lines), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (image, predicted, reference) in zip(axes.flat, rows):
@@ -75,8 +75,9 @@ def caption_sheet(rows: Sequence[tuple[np.ndarray, str, str]], path: str | Path,
             ax.text(0.5, -0.04, wrap(f"ref: {reference}"), transform=ax.transAxes, ha="center", va="top",
                     fontsize=7, color="dimgray")
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, y=1 - 0.15 / (4.3 * lines))
+    height = 4.3 * lines  # inches: room above each image for its caption, below for its reference
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 1.0 / height, bottom=0.55 / height, hspace=0.5, wspace=0.08)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
