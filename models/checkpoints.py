@@ -32,6 +32,7 @@ TASK_MODULES: dict[str, str] = {
     "detection": "models.detection",
     "segmentation": "models.segmentation",
     "captioning": "models.captioning",
+    "generation": "models.generation",
 }
 
 #: task -> fn(config) -> nn.Module with random weights, shaped as the config says.

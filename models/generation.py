@@ -1,0 +1,147 @@
+"""DCGAN (Radford, Metz, Chintala 2016): generator, discriminator, seeded latents, interpolation.
+
+As in the paper: strided convolutions in D and transposed convolutions in G (no pooling, no
+fully connected layers), batch norm everywhere except G's output layer and D's input layer,
+ReLU in G with a tanh output, LeakyReLU(0.2) in D, weights drawn from N(0, 0.02). D returns
+logits (train with BCE-with-logits). Images are (N, C, S, S) in [-1, 1], S in 32/64/128.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.checkpoints import MODEL_BUILDERS, ModelConfig
+from models.errors import InvalidInputError
+
+IMAGE_SIZES = (32, 64, 128)
+CHANNELS = (1, 3)
+INTERPOLATIONS = ("linear", "spherical")
+
+
+def _check(image_size: int, channels: int, nz: int, width: int) -> None:
+    if image_size not in IMAGE_SIZES:
+        raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size}")
+    if channels not in CHANNELS:
+        raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
+    if nz < 1 or width < 1:
+        raise ValueError(f"nz and the feature width must be >= 1, got nz={nz}, width={width}")
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: conv weights N(0, 0.02); batch-norm scale N(1, 0.02), shift 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    """z (N, nz) or (N, nz, 1, 1) -> images (N, channels, image_size, image_size) in [-1, 1].
+
+    4x4 from the latent, then doubling (halving the features) up to image_size; ``ngf`` is the
+    feature width of the last hidden layer (64 in the paper).
+    """
+
+    def __init__(self, *, image_size: int = 64, channels: int = 3, nz: int = 100, ngf: int = 64) -> None:
+        super().__init__()
+        _check(image_size, channels, nz, ngf)
+        self.image_size, self.channels, self.nz = image_size, channels, nz
+        mult = image_size // 8  # 64 px: 8 (ngf*8 at 4x4), as in the paper
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, ngf * mult, 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(ngf * mult), nn.ReLU(True)]
+        while mult > 1:
+            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(ngf * mult // 2), nn.ReLU(True)]
+            mult //= 2
+        layers += [nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        if z.dim() != 4 or z.shape[1:] != (self.nz, 1, 1):
+            raise InvalidInputError(f"latent vectors must be (N, {self.nz}), got {tuple(z.shape)}")
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    """images (N, channels, image_size, image_size) in [-1, 1] -> real/fake logits (N,)."""
+
+    def __init__(self, *, image_size: int = 64, channels: int = 3, ndf: int = 64) -> None:
+        super().__init__()
+        _check(image_size, channels, 1, ndf)
+        self.image_size, self.channels = image_size, channels
+        layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        side, width = image_size // 2, ndf
+        while side > 4:
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
+                       nn.LeakyReLU(0.2, True)]
+            side, width = side // 2, width * 2
+        layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=False)]
+        self.net = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).flatten()
+
+
+@MODEL_BUILDERS.register("generation")
+def build_from_config(config: ModelConfig) -> nn.Module:
+    """A stored generator (the discriminator lives only in the training run's resume state)."""
+    return Generator(**config.model_args)
+
+
+def latents(seed: int, count: int, nz: int) -> torch.Tensor:
+    """``count`` standard-normal latent vectors (count, nz) from ``seed``, drawn on the CPU so the
+    same seed gives the same vectors on every device, one vector after another so that the first
+    k of them do not depend on ``count``."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    return torch.stack([torch.randn(nz, generator=generator) for _ in range(count)]) if count else torch.zeros(0, nz)
+
+
+def interpolate(start: torch.Tensor, end: torch.Tensor, steps: int, *, mode: str = "spherical") -> torch.Tensor:
+    """``steps`` latents from ``start`` to ``end`` (both included): ``linear`` or ``spherical``
+    (slerp, which keeps Gaussian latents at a typical norm; falls back to linear when the two are
+    (anti)parallel)."""
+    if mode not in INTERPOLATIONS:
+        raise InvalidInputError(f"interpolation must be one of {INTERPOLATIONS}, got {mode!r}")
+    if steps < 2:
+        raise InvalidInputError(f"steps must be >= 2 (both ends are included), got {steps}")
+    if start.shape != end.shape or start.dim() != 1:
+        raise InvalidInputError(f"start and end must be vectors of one size, got {tuple(start.shape)}, "
+                                f"{tuple(end.shape)}")
+    t = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)[:, None]
+    a, b = start.double(), end.double()
+    if mode == "spherical":
+        cos = torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12)
+        omega = torch.arccos(cos.clamp(-1.0, 1.0))
+        if float(torch.sin(omega).abs()) > 1e-6:
+            return ((torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)).to(start.dtype)
+    return ((1 - t) * a + t * b).to(start.dtype)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C), rounded to the nearest level."""
+    scaled = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return scaled.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(images: np.ndarray, *, columns: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 (N, H, W, C) -> one uint8 (rows*H + pads, cols*W + pads, C) grid, row-major."""
+    count, height, width, channels = images.shape
+    cols = columns or max(1, math.ceil(math.sqrt(count)))
+    rows = math.ceil(count / cols)
+    grid = np.zeros((rows * (height + pad) + pad, cols * (width + pad) + pad, channels), np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (height + pad), pad + c * (width + pad)
+        grid[y:y + height, x:x + width] = image
+    return grid
