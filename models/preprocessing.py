@@ -277,6 +277,20 @@ def resize_keep_aspect(
     return cv2.resize(image, new_size, interpolation=interpolation), scale
 
 
+def center_crop_resize(image: np.ndarray, *, size: int) -> np.ndarray:
+    """The largest centred square of (H, W[, C]), resized to size x size (area interpolation when
+    shrinking, linear when enlarging): what a fixed-size generator is trained on."""
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    height, width = image.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = image[top:top + side, left:left + side]
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    out = cv2.resize(square, (size, size), interpolation=interpolation) if side != size else square.copy()
+    return out[..., None] if out.ndim < image.ndim else out
+
+
 def letterbox(
     image: np.ndarray, *, size: int | tuple[int, int], fill: int | Sequence[int] = 0
 ) -> tuple[np.ndarray, float, tuple[int, int]]:

@@ -85,9 +85,15 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedul
 def restore_resume_state(state: Mapping[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
                          scheduler: Any, history: dict[str, list[float]]) -> tuple[int, float, str]:
     """Load a saved state into the training objects; returns (next epoch, best metric, version)."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    return restore_parts(state, {"model": model, "optimizer": optimizer, "scheduler": scheduler}, history=history)
+
+
+def restore_parts(state: Mapping[str, Any], parts: Mapping[str, Any], *,
+                  history: dict[str, list[float]]) -> tuple[int, float, str]:
+    """restore_resume_state for any named objects with ``load_state_dict`` (e.g. a GAN's two
+    networks and two optimisers); returns (next epoch, best metric, version)."""
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
     torch.set_rng_state(state["rng"])
     history.update({k: list(v) for k, v in state["history"].items()})
     return state["epoch"] + 1, state["best"], state["version"]
@@ -108,10 +114,15 @@ def save_resume_state(
 
     Only tensors, numbers and strings go in, so it loads with ``weights_only=True``.
     """
+    save_parts(run_dir, {"model": model, "optimizer": optimizer, "scheduler": scheduler}, epoch=epoch,
+               history=history, best=best, version=version)
+
+
+def save_parts(run_dir: Path, parts: Mapping[str, Any], *, epoch: int, history: Mapping[str, Sequence[float]],
+               best: float, version: str = "1") -> None:
+    """save_resume_state for any named objects with ``state_dict`` (see restore_parts)."""
     state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        **{key: part.state_dict() for key, part in parts.items()},
         "epoch": epoch,
         "history": {k: list(v) for k, v in history.items()},
         "best": best,

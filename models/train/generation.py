@@ -1,0 +1,164 @@
+"""DCGAN training on a folder of images: Adam (lr 2e-4, beta1 0.5) for both networks, optional
+one-sided label smoothing, a fixed-noise sample grid PNG each epoch, checkpoint + resume, and a
+plot of the G and D losses."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from models import checkpoints
+from models.datasets import IMAGE_SUFFIXES
+from models.errors import DatasetError
+from models.generation import Discriminator, Generator, image_grid, latents, to_uint8
+from models.preprocessing import center_crop_resize, encode_image, read_image
+from models.train import common
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such image folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder or below")
+    return files
+
+
+def gan_input(image, *, size: int, channels: int) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> (channels, size, size) in [-1, 1]: centre-cropped, resized, gray
+    when ``channels`` is 1."""
+    square = center_crop_resize(image, size=size)
+    if channels == 1:
+        square = cv2.cvtColor(square, cv2.COLOR_RGB2GRAY)[..., None]
+    return torch.from_numpy(square).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+class ImageFolder(Dataset):
+    """Every image under a folder, decoded once (the folders a DCGAN trains on are small)."""
+
+    def __init__(self, folder: str | Path, *, size: int, channels: int) -> None:
+        self.files = image_files(folder)
+        self.images = []
+        for path in self.files:
+            try:
+                self.images.append(gan_input(read_image(path), size=size, channels=channels))
+            except Exception as exc:  # noqa: BLE001 — name the file, whatever the decoder said
+                raise DatasetError(f"{path}: cannot be read as an image ({exc})") from exc
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+@dataclass(frozen=True)
+class GenerationTrainConfig:
+    images: str
+    run_dir: str = "runs/generator"
+    model_store: str = "model_store"
+    name: str = "generator"
+    image_size: int = 64
+    channels: int = 3
+    nz: int = 100
+    ngf: int = 64
+    ndf: int = 64
+    epochs: int = 25
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    label_smoothing: float = 0.0  # one-sided: real targets are 1 - this; fake targets stay 0
+    sample_seed: int = 0  # the fixed noise of the per-epoch sample grid
+    sample_count: int = 64
+    device: str | None = None
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+def model_args(cfg: GenerationTrainConfig) -> dict[str, Any]:
+    return {"image_size": cfg.image_size, "channels": cfg.channels, "nz": cfg.nz, "ngf": cfg.ngf}
+
+
+def _sample_grid(generator: Generator, noise: torch.Tensor, path: Path) -> Path:
+    was_training = generator.training
+    generator.eval()
+    with torch.no_grad():
+        pixels = to_uint8(generator(noise))
+    generator.train(was_training)
+    grid = image_grid(pixels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_image(grid if grid.shape[2] == 3 else grid[..., 0], "png"))
+    return path
+
+
+def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
+    """Train G and D; after every epoch write a sample grid and keep the generator in the store."""
+    if not 0.0 <= cfg.label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
+    started = time.perf_counter()
+    common.seed_everything(cfg.seed)
+    device = common.pick_device(cfg.device)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset = ImageFolder(cfg.images, size=cfg.image_size, channels=cfg.channels)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size)
+    generator = Generator(**model_args(cfg)).to(device)
+    discriminator = Discriminator(image_size=cfg.image_size, channels=cfg.channels, ndf=cfg.ndf).to(device)
+    betas = (cfg.beta1, 0.999)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=betas)
+    parts = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d}
+    noise = latents(cfg.sample_seed, cfg.sample_count, cfg.nz).to(device)
+    history: dict[str, list[float]] = defaultdict(list)
+    start_epoch, version = 1, checkpoints.next_version(cfg.model_store, cfg.name)
+    if cfg.resume and (state := common.load_resume_state(run_dir)) is not None:
+        start_epoch, _, version = common.restore_parts(state, parts, history=history)
+    real_target = 1.0 - cfg.label_smoothing
+    grid = None
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        sums: dict[str, float] = defaultdict(float)
+        for real in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if cfg.progress else True):
+            real = real.to(device)
+            z = torch.randn(real.shape[0], cfg.nz, device=device)
+            fake = generator(z)
+            d_real, d_fake = discriminator(real), discriminator(fake.detach())
+            loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, real_target))
+                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            d_on_fake = discriminator(fake)
+            loss_g = F.binary_cross_entropy_with_logits(d_on_fake, torch.ones_like(d_on_fake))
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            sums["d_loss"] += loss_d.item()
+            sums["g_loss"] += loss_g.item()
+            sums["D(x)"] += torch.sigmoid(d_real).mean().item()
+            sums["D(G(z))"] += torch.sigmoid(d_fake).mean().item()
+        for key, total in sums.items():
+            history[key].append(total / max(1, len(loader)))
+        grid = _sample_grid(generator, noise, run_dir / "samples" / f"epoch_{epoch:03d}.png")
+        if cfg.progress:
+            print(f"epoch {epoch}/{cfg.epochs}: D loss {history['d_loss'][-1]:.3f}  G loss {history['g_loss'][-1]:.3f}  "
+                  f"D(x) {history['D(x)'][-1]:.2f}  D(G(z)) {history['D(G(z))'][-1]:.2f}  samples {grid}", flush=True)
+        config = checkpoints.ModelConfig(
+            name=cfg.name, task="generation", architecture="dcgan", classes=(), model_args=model_args(cfg),
+            input_size=cfg.image_size, normalization={"mean": [0.5] * cfg.channels, "std": [0.5] * cfg.channels},
+            version=version, extra={"train_config": asdict(cfg), "epochs_trained": epoch})
+        checkpoints.save_model(generator, config, Path(cfg.model_store) / cfg.name)
+        common.save_parts(run_dir, parts, epoch=epoch, history=history, best=0.0, version=version)
+        common.plot_history(history, run_dir / "losses.png", title=f"{cfg.name} (DCGAN {cfg.image_size} px)")
+    return {"model_dir": Path(cfg.model_store) / cfg.name, "history": dict(history), "samples": grid,
+            "plot": run_dir / "losses.png", "seconds": time.perf_counter() - started}
