@@ -32,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_detection(task_sub)
     _add_segmentation(task_sub)
     _add_captioning(task_sub)
+    _add_generation(task_sub)
 
 
 def _add_detection(task_sub: argparse._SubParsersAction) -> None:
@@ -259,5 +260,48 @@ def run_captioning(args: argparse.Namespace) -> int:
         settings = {k: v if v != fields[k].default or k in PATH_FIELDS else recipe[k] for k, v in settings.items()}
     result = train_captioning(CaptioningTrainConfig(**settings))
     print(json.dumps({"model": str(result["model_dir"]), "best_val_bleu4": round(result["best_bleu4"], 4),
+                      "plot": str(result["plot"]), "seconds": round(result["seconds"], 1)}, indent=2))
+    return 0
+
+
+def _add_generation(task_sub: argparse._SubParsersAction) -> None:
+    from models.generation import CHANNELS, IMAGE_SIZES
+    from models.train.generation import GenerationTrainConfig as C
+
+    p = task_sub.add_parser("generation", help="train a DCGAN on a folder of images")
+    p.add_argument("--images", required=True, help="folder of images (any size: centre-cropped and resized)")
+    p.add_argument("--image-size", type=int, choices=IMAGE_SIZES, default=C.image_size)
+    p.add_argument("--channels", type=int, choices=CHANNELS, default=C.channels, help="1 = grayscale")
+    p.add_argument("--nz", type=int, default=C.nz, help="latent size")
+    p.add_argument("--ngf", type=int, default=C.ngf, help="generator feature width")
+    p.add_argument("--ndf", type=int, default=C.ndf, help="discriminator feature width")
+    p.add_argument("--name", default=C.name)
+    p.add_argument("--model-store", default=C.model_store)
+    p.add_argument("--run-dir", default=None, help="checkpoints, sample grids and the loss plot (default runs/<name>)")
+    p.add_argument("--epochs", type=int, default=C.epochs)
+    p.add_argument("--batch-size", type=int, default=C.batch_size)
+    p.add_argument("--lr", type=float, default=C.lr)
+    p.add_argument("--beta1", type=float, default=C.beta1)
+    p.add_argument("--label-smoothing", type=float, default=C.label_smoothing,
+                   help="one-sided: real targets are 1 - this (e.g. 0.1)")
+    p.add_argument("--sample-seed", type=int, default=C.sample_seed, help="fixed noise of the per-epoch sample grid")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=C.seed)
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/last.pt")
+    p.set_defaults(run=run_generation)
+
+
+def run_generation(args: argparse.Namespace) -> int:
+    from models.train.generation import GenerationTrainConfig, train_generation
+
+    cfg = GenerationTrainConfig(
+        images=args.images, run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store,
+        name=args.name, image_size=args.image_size, channels=args.channels, nz=args.nz, ngf=args.ngf,
+        ndf=args.ndf, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
+        label_smoothing=args.label_smoothing, sample_seed=args.sample_seed, device=args.device, seed=args.seed,
+        resume=args.resume,
+    )
+    result = train_generation(cfg)
+    print(json.dumps({"model": str(result["model_dir"]), "samples": str(result["samples"]),
                       "plot": str(result["plot"]), "seconds": round(result["seconds"], 1)}, indent=2))
     return 0
