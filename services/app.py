@@ -41,10 +41,17 @@ def _captioning() -> TaskService:
     return TaskService(CaptioningRuntime, CaptioningServicer)
 
 
+def _generation() -> TaskService:
+    from services.generation import GenerationRuntime, GenerationServicer
+
+    return TaskService(GenerationRuntime, GenerationServicer)
+
+
 TASKS: Registry[Callable[[], TaskService]] = Registry("served task")
 TASKS.register("detection")(_detection)
 TASKS.register("segmentation")(_segmentation)
 TASKS.register("captioning")(_captioning)
+TASKS.register("generation")(_generation)
 
 
 @dataclass

@@ -20,6 +20,8 @@ from services.pb import (
     common_pb2,
     detection_pb2,
     detection_pb2_grpc,
+    generation_pb2,
+    generation_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     segmentation_pb2,
@@ -91,6 +93,14 @@ def caption_request(
                                          options=options, request_id=request_id)
 
 
+_FORMATS = {"png": generation_pb2.IMAGE_FORMAT_PNG, "raw": generation_pb2.IMAGE_FORMAT_RAW}
+_PATHS = {"linear": generation_pb2.INTERPOLATION_LINEAR, "spherical": generation_pb2.INTERPOLATION_SPHERICAL}
+
+
+def _latent(values: Sequence[float]) -> generation_pb2.Latent:
+    return generation_pb2.Latent(values=[float(v) for v in values])
+
+
 class CvtasksClient:
     """One channel to a cvtasks server. ``timeout`` (seconds) is each call's deadline."""
 
@@ -104,6 +114,7 @@ class CvtasksClient:
         self.detection = detection_pb2_grpc.DetectionServiceStub(self.channel)
         self.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(self.channel)
         self.captioning = captioning_pb2_grpc.CaptioningServiceStub(self.channel)
+        self.generation = generation_pb2_grpc.GenerationServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
@@ -142,6 +153,28 @@ class CvtasksClient:
                        **options: Any) -> Iterator[captioning_pb2.CaptionResponse]:
         requests = (caption_request(img, request_id=str(i), **options) for i, img in enumerate(images))
         return self.captioning.CaptionStream(requests, timeout=timeout, metadata=self.metadata or None)
+
+    def generate(self, *, count: int = 1, seed: int = 0, latents: Sequence[Sequence[float]] = (),
+                 fmt: str = "png", model: str = "", request_id: str = "",
+                 timeout: float | None = None) -> generation_pb2.GenerateResponse:
+        """``count`` images from ``seed`` (or one per latent vector). ``fmt``: "png" or "raw"."""
+        request = generation_pb2.GenerateRequest(
+            model=common_pb2.ModelRef(name=model), count=0 if latents else count, seed=seed,
+            latents=[_latent(v) for v in latents], format=_FORMATS[fmt], request_id=request_id)
+        return self.generation.Generate(request, **self._call_args(timeout))
+
+    def interpolate(self, start: int | Sequence[float], end: int | Sequence[float], *, steps: int = 8,
+                    path: str = "spherical", fmt: str = "png", model: str = "",
+                    timeout: float | None = None) -> generation_pb2.GenerateResponse:
+        """Images from ``start`` to ``end`` (each a seed or a latent vector), both included."""
+        request = generation_pb2.InterpolateRequest(model=common_pb2.ModelRef(name=model), steps=steps,
+                                                    interpolation=_PATHS[path], format=_FORMATS[fmt])
+        for side, value in (("start", start), ("end", end)):
+            if isinstance(value, int):
+                setattr(request, f"{side}_seed", value)
+            else:
+                getattr(request, f"{side}_latent").CopyFrom(_latent(value))
+        return self.generation.Interpolate(request, **self._call_args(timeout))
 
     def list_models(self, task: str = "") -> list[models_pb2.ModelInfo]:
         return list(self.models.ListModels(models_pb2.ListModelsRequest(task=task), **self._call_args(None)).models)

@@ -86,3 +86,20 @@ def captioner_store(tmp_path_factory, shapes_dir):
         extra={"vocab": vocab.to_json(), "max_length": 12})
     checkpoints.save_model(model.eval(), config, store / config.name)
     return store
+
+
+@pytest.fixture(scope="session")
+def generator_store(tmp_path_factory):
+    """A model store with `tiny-generator`: a 32 px RGB DCGAN generator, random weights (DCGAN
+    init) — for transport, determinism and error tests; learning is checked by the slow test."""
+    from models import checkpoints
+    from models.generation import Generator
+
+    torch.manual_seed(0)
+    args = {"image_size": 32, "channels": 3, "nz": 16, "ngf": 8}
+    store = tmp_path_factory.mktemp("gen-store")
+    config = checkpoints.ModelConfig(name="tiny-generator", task="generation", architecture="dcgan", classes=(),
+                                     model_args=args, input_size=32,
+                                     normalization={"mean": [0.5] * 3, "std": [0.5] * 3})
+    checkpoints.save_model(Generator(**args).eval(), config, store / config.name)
+    return store

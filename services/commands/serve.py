@@ -13,7 +13,7 @@ from services.server import MiB, ServerConfig
 def add_parser(sub: argparse._SubParsersAction) -> None:
     s = ServingConfig()
     p = sub.add_parser("serve", help="serve models of one or more tasks over gRPC")
-    p.add_argument("--task", action="append", required=True, help="task to serve (repeat for several): detection, segmentation, captioning")
+    p.add_argument("--task", action="append", required=True, help="task to serve (repeat for several): detection, segmentation, captioning, generation")
     p.add_argument("--model-store", default=os.environ.get("CVTASKS_MODEL_STORE", "model_store"))
     p.add_argument("--models", nargs="*", default=(), help="model names to load (default: all of the task)")
     p.add_argument("--default-model", default=None, help="model used when a request names none")

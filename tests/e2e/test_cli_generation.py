@@ -33,3 +33,33 @@ def test_an_empty_folder_is_reported(tmp_path):
     out = subprocess.run([*CLI, "train", "generation", "--images", str(tmp_path)], capture_output=True, text=True,
                          timeout=120, env=ENV)
     assert out.returncode == 2 and "no images" in out.stderr
+
+
+def test_generate_command_writes_images_and_a_grid_and_repeats_a_seed(generator_store, tmp_path):
+    proc = subprocess.Popen([*CLI, "serve", "--task", "generation", "--model-store", str(generator_store),
+                             "--host", "127.0.0.1", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=ENV)
+    try:
+        line = proc.stdout.readline()
+        assert "serving generation on" in line
+        address = line.strip().rsplit(" ", 1)[-1]
+        runs = []
+        for folder in ("a", "b"):
+            out = subprocess.run([*CLI, "generate", "--count", "6", "--seed", "5", "--server", address,
+                                  "--out", str(tmp_path / folder)], capture_output=True, text=True, timeout=120,
+                                 env=ENV)
+            assert out.returncode == 0, out.stderr
+            runs.append(json.loads(out.stdout))
+        assert len(runs[0]["images"]) == 6
+        for first, second in zip(runs[0]["images"], runs[1]["images"]):
+            assert open(first, "rb").read() == open(second, "rb").read()
+        assert cv2.imread(runs[0]["grid"]).shape == (2 * 34 + 2, 3 * 34 + 2, 3)  # 6 images: 3 columns, 2 rows
+        path = subprocess.run([*CLI, "generate", "--interpolate", "1", "2", "--steps", "4", "--server", address,
+                               "--out", str(tmp_path / "p")], capture_output=True, text=True, timeout=120, env=ENV)
+        assert path.returncode == 0 and cv2.imread(json.loads(path.stdout)["grid"]).shape == (36, 4 * 34 + 2, 3)
+        bad = subprocess.run([*CLI, "generate", "--count", "100", "--server", address, "--out", str(tmp_path / "x")],
+                             capture_output=True, text=True, timeout=120, env=ENV)
+        assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "count must be in 1..64" in bad.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
