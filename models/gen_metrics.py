@@ -10,8 +10,10 @@ generators scored with the same classifier, not with published FIDs.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -107,3 +109,40 @@ def score_samples(model: ShapeClassifier, real: torch.Tensor, generated: torch.T
     for k, name in enumerate(class_names):
         result[f"share_{name}"] = float(((gen_probs.argmax(1) == k) & (top >= confidence)).mean())
     return result
+
+
+def labelled_images(images_dir: str | Path, annotations: str | Path, *, size: int, channels: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Real images (N, C, size, size) in [-1, 1] as a generator sees them, each labelled with the
+    category of its largest box in a COCO file (images without boxes are skipped), and the class
+    names in label order."""
+    from models.train.generation import gan_input
+    from models.preprocessing import read_image
+
+    data = json.loads(Path(annotations).read_text())
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    index = {c["id"]: i for i, c in enumerate(categories)}
+    largest: dict[int, dict] = {}
+    for ann in data["annotations"]:
+        if ann["image_id"] not in largest or ann["area"] > largest[ann["image_id"]]["area"]:
+            largest[ann["image_id"]] = ann
+    images, labels = [], []
+    for image in sorted(data["images"], key=lambda im: im["id"]):
+        if image["id"] in largest:
+            pixels = read_image(Path(images_dir) / image["file_name"])
+            images.append(gan_input(pixels, size=size, channels=channels))
+            labels.append(index[largest[image["id"]]["category_id"]])
+    if not images:
+        raise ValueError(f"{annotations}: no image with a box to label it")
+    return torch.stack(images), torch.tensor(labels), tuple(c["name"] for c in categories)
+
+
+@torch.no_grad()
+def samples(generator: nn.Module, count: int, *, seed: int, nz: int, batch_size: int = 64) -> torch.Tensor:
+    """``count`` generated images (N, C, S, S) in [-1, 1] from seeded latents, on the CPU."""
+    from models.generation import latents
+
+    generator.eval()
+    device = next(generator.parameters()).device
+    z = latents(seed, count, nz)
+    return torch.cat([generator(z[i:i + batch_size].to(device)).cpu() for i in range(0, count, batch_size)])

@@ -44,6 +44,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", default=None, help="folder for metrics.json, captions.json and examples.png")
     c.set_defaults(run=run_captioning)
 
+    g = task_sub.add_parser("generation", help="Fréchet distance and recognised share vs an untrained baseline")
+    g.add_argument("--model", required=True)
+    g.add_argument("--model-store", default="model_store")
+    g.add_argument("--data", required=True,
+                   help="labelled real images in the `cvtasks data synth` layout (images/<split>/, "
+                        "annotations/<split>.json; each image labelled by its largest box)")
+    g.add_argument("--train-split", default="train", help="real images the feature classifier learns from")
+    g.add_argument("--test-split", default="test", help="real images the samples are compared with")
+    g.add_argument("--samples", type=int, default=500, help="generated images to score")
+    g.add_argument("--seed", type=int, default=0, help="seed of the samples and of the untrained baseline")
+    g.add_argument("--confidence", type=float, default=0.9, help="top class probability that counts as recognised")
+    g.add_argument("--classifier-epochs", type=int, default=8)
+    g.add_argument("--out", default=None, help="folder for metrics.json and sample grids")
+    g.set_defaults(run=run_generation)
+
 
 def run_detection(args: argparse.Namespace) -> int:
     from models import checkpoints
@@ -134,4 +149,55 @@ def run_captioning(args: argparse.Namespace) -> int:
         print(f"wrote {out / 'metrics.json'}, {out / 'captions.json'} and {sheet}")
     else:
         print(json.dumps(report, indent=2))
+    return 0
+
+
+def run_generation(args: argparse.Namespace) -> int:
+    import torch
+
+    from models import checkpoints
+    from models.gen_metrics import accuracy, labelled_images, samples, score_samples, train_classifier
+    from models.generation import Generator, image_grid, to_uint8
+    from models.preprocessing import encode_image
+
+    generator, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model))
+    if config.task != "generation":
+        raise ValueError(f"model {args.model} is a {config.task} model, not a generator")
+    size, channels = int(config.model_args["image_size"]), int(config.model_args["channels"])
+    nz = int(config.model_args.get("nz", 100))
+    data = Path(args.data)
+    train_x, train_y, names = labelled_images(data / "images" / args.train_split,
+                                              data / "annotations" / f"{args.train_split}.json",
+                                              size=size, channels=channels)
+    test_x, test_y, _ = labelled_images(data / "images" / args.test_split,
+                                        data / "annotations" / f"{args.test_split}.json", size=size, channels=channels)
+    classifier = train_classifier(train_x, train_y, num_classes=len(names), epochs=args.classifier_epochs,
+                                  seed=args.seed)
+    torch.manual_seed(args.seed)
+    baseline = Generator(**config.model_args)  # the same architecture, DCGAN-initialised, never trained
+    drawn = {"model": samples(generator, args.samples, seed=args.seed, nz=nz),
+             "untrained baseline": samples(baseline, args.samples, seed=args.seed, nz=nz)}
+    scores = {k: score_samples(classifier, test_x, v, confidence=args.confidence, class_names=names)
+              for k, v in drawn.items()}
+    report = {"model": config.name, "version": config.version, "samples": args.samples,
+              "feature_classifier": {"classes": list(names), "train_images": len(train_x),
+                                     "test_accuracy": accuracy(classifier, test_x, test_y)},
+              "real_images_compared": len(test_x), "confidence": args.confidence, **scores,
+              "frechet_ratio_to_baseline": scores["model"]["frechet_distance"]
+              / max(1e-12, scores["untrained baseline"]["frechet_distance"])}
+    print(f"feature classifier: {len(train_x)} real training images, test accuracy "
+          f"{report['feature_classifier']['test_accuracy']:.3f}")
+    for key, value in scores.items():
+        print(f"{key:20s} Fréchet distance {value['frechet_distance']:9.3f}   recognised "
+              f"{value['recognised_share']:.3f}")
+    print(f"Fréchet distance / baseline: {report['frechet_ratio_to_baseline']:.3f}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        for key, images in drawn.items():
+            grid = image_grid(to_uint8(images[:64]))
+            (out / f"{key.replace(' ', '_')}_samples.png").write_bytes(
+                encode_image(grid if grid.shape[2] == 3 else grid[..., 0], "png"))
+        print(f"wrote {out / 'metrics.json'} and the sample grids")
     return 0

@@ -63,3 +63,18 @@ def test_generate_command_writes_images_and_a_grid_and_repeats_a_seed(generator_
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_eval_generation_reports_model_and_untrained_baseline(generator_store, shapes_dir, tmp_path):
+    out = subprocess.run([*CLI, "eval", "generation", "--model", "tiny-generator", "--model-store",
+                          str(generator_store), "--data", str(shapes_dir), "--samples", "40",
+                          "--classifier-epochs", "2", "--out", str(tmp_path / "eval")],
+                         capture_output=True, text=True, timeout=300, env=ENV)
+    assert out.returncode == 0, out.stderr
+    assert "untrained baseline" in out.stdout and "Fréchet distance / baseline" in out.stdout
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["feature_classifier"]["classes"] == ["circle", "square", "triangle"]
+    for key in ("model", "untrained baseline"):
+        assert metrics[key]["frechet_distance"] >= 0 and 0 <= metrics[key]["recognised_share"] <= 1
+    assert cv2.imread(str(tmp_path / "eval" / "model_samples.png")) is not None
+    assert cv2.imread(str(tmp_path / "eval" / "untrained_baseline_samples.png")) is not None
