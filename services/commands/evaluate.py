@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from services.commands.train import add_dataset_args, dataset_paths
+from services.commands.train import ANNOTATIONS, CAPTIONS, MASKS, add_data_args, data_paths
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,28 +15,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = task_sub.add_parser("detection", help="COCO AP, AP50, AP75 (pycocotools) of a stored detector")
     p.add_argument("--model", required=True, help="model name in the store")
     p.add_argument("--model-store", default="model_store")
-    add_dataset_args(p, splits=("test",))
+    add_data_args(p, ANNOTATIONS, splits=("test",))
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default=None, help="also write the metrics JSON here")
     p.set_defaults(run=run_detection)
 
-    from services.commands.train import add_segmentation_data_args
-
     s = task_sub.add_parser("segmentation", help="mIoU, per-class IoU/Dice, pixel accuracy, confusion matrix")
     s.add_argument("--model", required=True)
     s.add_argument("--model-store", default="model_store")
-    add_segmentation_data_args(s, splits=("test",))
+    add_data_args(s, MASKS, splits=("test",))
     s.add_argument("--device", default=None)
     s.add_argument("--out", default=None, help="folder for metrics.json and confusion.png")
     s.set_defaults(run=run_segmentation)
 
-    from services.commands.train import add_caption_data_args
-
     c = task_sub.add_parser("captioning", help="corpus BLEU-1..4 and CIDEr-D against all reference captions")
     c.add_argument("--model", required=True)
     c.add_argument("--model-store", default="model_store")
-    add_caption_data_args(c, splits=("test",))
+    add_data_args(c, CAPTIONS, splits=("test",))
     c.add_argument("--beam-sizes", type=int, nargs="+", default=[1, 3],
                    help="decode with each beam size and report each (1 = greedy)")
     c.add_argument("--max-length", type=int, default=None, help="default: the model's training max_length")
@@ -66,7 +62,7 @@ def run_detection(args: argparse.Namespace) -> int:
     from models.evaluation import coco_from_dict, evaluate_detector
     from models.train.common import pick_device
 
-    images, annotations = dataset_paths(args, "test")
+    images, annotations = data_paths(args, ANNOTATIONS, "test")
     device = pick_device(args.device)
     model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
     dataset = CocoDetectionDataset(images, annotations)
@@ -87,9 +83,8 @@ def run_segmentation(args: argparse.Namespace) -> int:
     from models.evaluation import evaluate_segmenter, plot_confusion
     from models.seg_datasets import SegmentationDataset
     from models.train.common import pick_device
-    from services.commands.train import segmentation_paths
 
-    images, masks = segmentation_paths(args, "test")
+    images, masks = data_paths(args, MASKS, "test")
     device = pick_device(args.device)
     model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
     dataset = SegmentationDataset(images, masks, class_names=config.classes)
@@ -117,9 +112,8 @@ def run_captioning(args: argparse.Namespace) -> int:
     from models.train.captioning import CaptionDataset, decode_dataset, score_captions
     from models.train.common import pick_device
     from models.visualize import caption_sheet
-    from services.commands.train import caption_paths
 
-    images, captions_file = caption_paths(args, "test")
+    images, captions_file = data_paths(args, CAPTIONS, "test")
     device = pick_device(args.device)
     model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
     if config.task != "captioning":

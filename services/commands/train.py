@@ -4,26 +4,43 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 
-def add_dataset_args(parser: argparse.ArgumentParser, *, splits: tuple[str, ...]) -> None:
-    """``--data DIR`` (the synthetic layout: images/<split>/, annotations/<split>.json) or explicit files."""
+@dataclass(frozen=True)
+class Labels:
+    """A task's second training input beside the images: its option name and its place under ``--data``."""
+
+    name: str        # --<split>-<name>
+    under_data: str  # default path under --data; "{split}" is filled in
+    help: str        # "{split}" is filled in
+
+
+ANNOTATIONS = Labels("annotations", "annotations/{split}.json", "{split} COCO JSON (overrides --data)")
+MASKS = Labels("masks", "masks/{split}", "{split} mask folder: PNG label maps or palette PNGs (overrides --data)")
+CAPTIONS = Labels("captions", "captions/{split}.json",
+                  "{split} captions: COCO captions JSON, JSONL or CSV (image, caption) (overrides --data)")
+
+
+def add_data_args(parser: argparse.ArgumentParser, labels: Labels, *, splits: tuple[str, ...]) -> None:
+    """``--data DIR`` (the `cvtasks data synth` layout: images/<split>/ + labels) or explicit paths per split."""
     parser.add_argument("--data", help="dataset folder in the `cvtasks data synth` layout")
     for split in splits:
         parser.add_argument(f"--{split}-images", help=f"{split} image folder (overrides --data)")
-        parser.add_argument(f"--{split}-annotations", help=f"{split} COCO JSON (overrides --data)")
+        parser.add_argument(f"--{split}-{labels.name}", help=labels.help.format(split=split))
 
 
-def dataset_paths(args: argparse.Namespace, split: str) -> tuple[str, str]:
+def data_paths(args: argparse.Namespace, labels: Labels, split: str) -> tuple[str, str]:
+    """(images, labels) of one split: the explicit options first, else their places under ``--data``."""
     images = getattr(args, f"{split}_images")
-    annotations = getattr(args, f"{split}_annotations")
+    second = getattr(args, f"{split}_{labels.name}")
     if args.data:
         images = images or str(Path(args.data) / "images" / split)
-        annotations = annotations or str(Path(args.data) / "annotations" / f"{split}.json")
-    if not images or not annotations:
-        raise ValueError(f"give --data DIR or both --{split}-images and --{split}-annotations")
-    return images, annotations
+        second = second or str(Path(args.data) / labels.under_data.format(split=split))
+    if not images or not second:
+        raise ValueError(f"give --data DIR or both --{split}-images and --{split}-{labels.name}")
+    return images, second
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +56,7 @@ def _add_detection(task_sub: argparse._SubParsersAction) -> None:
     from models.train.detection import DetectionTrainConfig as C
 
     p = task_sub.add_parser("detection", help="train a Faster R-CNN detector on COCO-format boxes")
-    add_dataset_args(p, splits=("train", "val"))
+    add_data_args(p, ANNOTATIONS, splits=("train", "val"))
     p.add_argument("--arch", default=C.architecture, help="architecture (see `cvtasks weights list`)")
     p.add_argument("--model-args", default="{}", help='JSON of extra builder arguments, e.g. \'{"image_size": 160}\'')
     p.add_argument("--name", default=C.name, help="model name in the store")
@@ -68,8 +85,8 @@ def _add_detection(task_sub: argparse._SubParsersAction) -> None:
 def run_detection(args: argparse.Namespace) -> int:
     from models.train.detection import DetectionTrainConfig, train_detection
 
-    train_images, train_ann = dataset_paths(args, "train")
-    val_images, val_ann = dataset_paths(args, "val")
+    train_images, train_ann = data_paths(args, ANNOTATIONS, "train")
+    val_images, val_ann = data_paths(args, ANNOTATIONS, "val")
     cfg = DetectionTrainConfig(
         train_images=train_images, train_annotations=train_ann, val_images=val_images, val_annotations=val_ann,
         run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store, name=args.name,
@@ -86,22 +103,7 @@ def run_detection(args: argparse.Namespace) -> int:
     return 0
 
 
-def segmentation_paths(args: argparse.Namespace, split: str) -> tuple[str, str]:
-    """``--data DIR`` (synthetic layout: images/<split>/, masks/<split>/) or explicit folders."""
-    images, masks = getattr(args, f"{split}_images"), getattr(args, f"{split}_masks")
-    if args.data:
-        images = images or str(Path(args.data) / "images" / split)
-        masks = masks or str(Path(args.data) / "masks" / split)
-    if not images or not masks:
-        raise ValueError(f"give --data DIR or both --{split}-images and --{split}-masks")
-    return images, masks
-
-
-def add_segmentation_data_args(parser: argparse.ArgumentParser, *, splits: tuple[str, ...]) -> None:
-    parser.add_argument("--data", help="dataset folder in the `cvtasks data synth` layout")
-    for split in splits:
-        parser.add_argument(f"--{split}-images", help=f"{split} image folder (overrides --data)")
-        parser.add_argument(f"--{split}-masks", help=f"{split} mask folder: PNG label maps or palette PNGs")
+def add_classes_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", default=None,
                         help="class-name file, one per line for ids 0.. (default: <data>/classes.txt)")
 
@@ -120,7 +122,8 @@ def _add_segmentation(task_sub: argparse._SubParsersAction) -> None:
     from models.train.segmentation import SegmentationTrainConfig as C
 
     p = task_sub.add_parser("segmentation", help="train a U-Net / DeepLabV3+ segmenter on image + mask folders")
-    add_segmentation_data_args(p, splits=("train", "val"))
+    add_data_args(p, MASKS, splits=("train", "val"))
+    add_classes_arg(p)
     p.add_argument("--arch", default=C.architecture, help="unet, deeplabv3plus, deeplabv3, fpn")
     p.add_argument("--encoder", default=C.encoder, help=f"encoder name, e.g. {', '.join(ENCODERS)}")
     p.add_argument("--model-args", default="{}", help='JSON of extra smp arguments, e.g. \'{"decoder_channels": 64}\'')
@@ -149,8 +152,8 @@ def _add_segmentation(task_sub: argparse._SubParsersAction) -> None:
 def run_segmentation(args: argparse.Namespace) -> int:
     from models.train.segmentation import SegmentationTrainConfig, train_segmentation
 
-    train_images, train_masks = segmentation_paths(args, "train")
-    val_images, val_masks = segmentation_paths(args, "val")
+    train_images, train_masks = data_paths(args, MASKS, "train")
+    val_images, val_masks = data_paths(args, MASKS, "val")
     cfg = SegmentationTrainConfig(
         train_images=train_images, train_masks=train_masks, val_images=val_images, val_masks=val_masks,
         classes_file=classes_file(args), run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store,
@@ -166,31 +169,12 @@ def run_segmentation(args: argparse.Namespace) -> int:
     return 0
 
 
-def caption_paths(args: argparse.Namespace, split: str) -> tuple[str, str]:
-    """``--data DIR`` (synthetic layout: images/<split>/, captions/<split>.json) or explicit paths."""
-    images, captions = getattr(args, f"{split}_images"), getattr(args, f"{split}_captions")
-    if args.data:
-        images = images or str(Path(args.data) / "images" / split)
-        captions = captions or str(Path(args.data) / "captions" / f"{split}.json")
-    if not images or not captions:
-        raise ValueError(f"give --data DIR or both --{split}-images and --{split}-captions")
-    return images, captions
-
-
-def add_caption_data_args(parser: argparse.ArgumentParser, *, splits: tuple[str, ...]) -> None:
-    parser.add_argument("--data", help="dataset folder in the `cvtasks data synth` layout")
-    for split in splits:
-        parser.add_argument(f"--{split}-images", help=f"{split} image folder (overrides --data)")
-        parser.add_argument(f"--{split}-captions",
-                            help=f"{split} captions: COCO captions JSON, JSONL or CSV (image, caption)")
-
-
 def _add_captioning(task_sub: argparse._SubParsersAction) -> None:
     from models.captioning import ENCODERS, POOLINGS
     from models.train.captioning import CaptioningTrainConfig as C
 
     p = task_sub.add_parser("captioning", help="train a Show-and-Tell captioner (ResNet + LSTM)")
-    add_caption_data_args(p, splits=("train", "val"))
+    add_data_args(p, CAPTIONS, splits=("train", "val"))
     p.add_argument("--quickstart", action="store_true",
                    help="use the quickstart recipe (the demo's; its encoder starts from <model-store>/quickstart-unet); "
                         "other flags given explicitly still apply")
@@ -240,8 +224,8 @@ def run_captioning(args: argparse.Namespace) -> int:
         train_captioning,
     )
 
-    train_images, train_captions = caption_paths(args, "train")
-    val_images, val_captions = caption_paths(args, "val")
+    train_images, train_captions = data_paths(args, CAPTIONS, "train")
+    val_images, val_captions = data_paths(args, CAPTIONS, "val")
     settings = dict(
         train_images=train_images, train_captions=train_captions, val_images=val_images, val_captions=val_captions,
         run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store, name=args.name,
