@@ -14,6 +14,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -146,3 +147,42 @@ def samples(generator: nn.Module, count: int, *, seed: int, nz: int, batch_size:
     device = next(generator.parameters()).device
     z = latents(seed, count, nz)
     return torch.cat([generator(z[i:i + batch_size].to(device)).cpu() for i in range(0, count, batch_size)])
+
+
+def evaluate_generator(generator: nn.Module, model_args: dict[str, Any], data: str | Path, *,
+                       train_split: str = "train", test_split: str = "test", count: int = 500, seed: int = 0,
+                       confidence: float = 0.9, classifier_epochs: int = 8,
+                       generated: torch.Tensor | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The generator's samples against labelled real images in the `cvtasks data synth` layout,
+    next to an untrained DCGAN of the same architecture (the baseline).
+
+    A small classifier learns the classes from ``train_split``; Fréchet distance is measured in its
+    feature space against ``test_split``, and the recognised share is the share of samples it
+    classifies with probability >= ``confidence``. ``generated`` takes samples already drawn (by
+    the service, say; (N, C, S, S) in [-1, 1]); otherwise ``count`` are drawn from ``seed``.
+    Returns (report, {"model": samples, "untrained baseline": samples}).
+    """
+    from models.generation import Generator
+
+    size, channels = int(model_args["image_size"]), int(model_args["channels"])
+    nz = int(model_args.get("nz", 100))
+    root = Path(data)
+    train_x, train_y, names = labelled_images(root / "images" / train_split, root / "annotations" / f"{train_split}.json",
+                                              size=size, channels=channels)
+    test_x, test_y, _ = labelled_images(root / "images" / test_split, root / "annotations" / f"{test_split}.json",
+                                        size=size, channels=channels)
+    classifier = train_classifier(train_x, train_y, num_classes=len(names), epochs=classifier_epochs, seed=seed)
+    if generated is None:
+        generated = samples(generator, count, seed=seed, nz=nz)
+    torch.manual_seed(seed)
+    baseline = Generator(**model_args)  # the same architecture, DCGAN-initialised, never trained
+    drawn = {"model": generated, "untrained baseline": samples(baseline, len(generated), seed=seed, nz=nz)}
+    scores = {k: score_samples(classifier, test_x, v, confidence=confidence, class_names=names)
+              for k, v in drawn.items()}
+    report = {"samples": len(generated),
+              "feature_classifier": {"classes": list(names), "train_images": len(train_x),
+                                     "test_accuracy": accuracy(classifier, test_x, test_y)},
+              "real_images_compared": len(test_x), "confidence": confidence, **scores,
+              "frechet_ratio_to_baseline": scores["model"]["frechet_distance"]
+              / max(1e-12, scores["untrained baseline"]["frechet_distance"])}
+    return report, drawn

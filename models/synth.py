@@ -1,6 +1,7 @@
 """The seeded synthetic "shapes" dataset: one generator for every task and every test.
 
-Coloured circles, squares and triangles on varied backgrounds. For each split it writes
+Coloured circles, squares and triangles on varied backgrounds (solid, gradient, noise or stripes;
+``solid_backgrounds=True`` keeps only the solid ones). For each split it writes
 
     images/<split>/<id>.png          RGB images
     masks/<split>/<id>.png           uint8 label maps (0 background, k = CLASSES index + 1)
@@ -44,10 +45,11 @@ class Shape:
     box: tuple[int, int, int, int]
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A dark-to-mid background (solid, gradient, noise or stripes), RGB uint8 (size, size, 3)."""
+def _background(rng: np.random.Generator, size: int, *, solid: bool = False) -> np.ndarray:
+    """A dark-to-mid background (solid, gradient, noise or stripes; only solid when ``solid``),
+    RGB uint8 (size, size, 3)."""
     base = rng.integers(20, 110, size=3)
-    style = rng.integers(0, 4)
+    style = 0 if solid else int(rng.integers(0, 4))
     img = np.empty((size, size, 3), np.float32)
     img[:] = base
     if style == 1:  # gradient
@@ -111,9 +113,10 @@ def caption(shapes: list[Shape]) -> str:
     return ", ".join(ordered[:-1]) + f" and {ordered[-1]}"
 
 
-def render(rng: np.random.Generator, *, size: int, max_shapes: int) -> tuple[np.ndarray, np.ndarray, list[Shape]]:
+def render(rng: np.random.Generator, *, size: int, max_shapes: int, solid_backgrounds: bool = False
+           ) -> tuple[np.ndarray, np.ndarray, list[Shape]]:
     """One image (RGB uint8), its label map, and its shapes with tight boxes."""
-    img = _background(rng, size)
+    img = _background(rng, size, solid=solid_backgrounds)
     mask = np.zeros((size, size), np.uint8)
     taken: list[tuple[int, int, int, int]] = []
     shapes: list[Shape] = []
@@ -142,13 +145,13 @@ def _categories() -> list[dict[str, Any]]:
     return [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
 
 
-def _write_split(out: Path, split: str, count: int, *, size: int, max_shapes: int, rng: np.random.Generator,
-                 progress: bool) -> dict[str, int]:
+def _write_split(out: Path, split: str, count: int, *, size: int, max_shapes: int, solid_backgrounds: bool,
+                 rng: np.random.Generator, progress: bool) -> dict[str, int]:
     for sub in ("images", "masks"):
         (out / sub / split).mkdir(parents=True, exist_ok=True)
     images, annotations, captions = [], [], []
     for i in tqdm(range(1, count + 1), desc=f"synth {split}", disable=None if progress else True, leave=False):
-        img, mask, shapes = render(rng, size=size, max_shapes=max_shapes)
+        img, mask, shapes = render(rng, size=size, max_shapes=max_shapes, solid_backgrounds=solid_backgrounds)
         name = f"{i:06d}.png"
         cv2.imwrite(str(out / "images" / split / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(out / "masks" / split / name), mask)
@@ -184,6 +187,7 @@ def generate_shapes(
     splits: Mapping[str, int] = DEFAULT_SPLITS,
     image_size: int = 128,
     max_shapes: int = 3,
+    solid_backgrounds: bool = False,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -192,12 +196,13 @@ def generate_shapes(
         raise ValueError(f"image_size must be >= 32 and max_shapes >= 1, got {image_size}, {max_shapes}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"root": str(out), "image_size": image_size, "seed": seed, "classes": list(CLASSES)}
+    summary: dict[str, Any] = {"root": str(out), "image_size": image_size, "max_shapes": max_shapes,
+                               "solid_backgrounds": solid_backgrounds, "seed": seed, "classes": list(CLASSES)}
     for index, (split, count) in enumerate(splits.items()):
         # One stream per split (seeded by seed and split order) so splits never share images.
         rng = np.random.default_rng([seed, index])
-        summary[split] = _write_split(out, split, count, size=image_size, max_shapes=max_shapes, rng=rng,
-                                      progress=progress)
+        summary[split] = _write_split(out, split, count, size=image_size, max_shapes=max_shapes,
+                                      solid_backgrounds=solid_backgrounds, rng=rng, progress=progress)
     (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -162,3 +162,36 @@ def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
         common.plot_history(history, run_dir / "losses.png", title=f"{cfg.name} (DCGAN {cfg.image_size} px)")
     return {"model_dir": Path(cfg.model_store) / cfg.name, "history": dict(history), "samples": grid,
             "plot": run_dir / "losses.png", "seconds": time.perf_counter() - started}
+
+
+# The quickstart generator learns single shapes on solid backgrounds at 32 px, i.e.
+# `cvtasks data synth --size 32 --max-shapes 1 --solid-backgrounds --train 3000 --val 0 --test 300 --seed 0`
+# (the test split is what `cvtasks eval generation` compares samples with).
+QUICKSTART_DATA: dict[str, Any] = {"splits": {"train": 3000, "test": 300}, "image_size": 32, "max_shapes": 1,
+                                   "solid_backgrounds": True}
+QUICKSTART_RECIPE: dict[str, Any] = {
+    "image_size": 32, "channels": 3, "nz": 64, "ngf": 32, "ndf": 32, "epochs": 48, "batch_size": 16,
+    "label_smoothing": 0.1,
+}
+
+
+def quickstart_data(data_dir: str | Path, *, seed: int = 0, progress: bool = False) -> Path:
+    """Write the quickstart generator's dataset (QUICKSTART_DATA) to ``data_dir``."""
+    from models.synth import generate_shapes
+
+    generate_shapes(data_dir, **QUICKSTART_DATA, seed=seed, progress=progress)
+    return Path(data_dir)
+
+
+def quickstart_config(data_dir: str | Path, out_dir: str | Path, **overrides: Any) -> GenerationTrainConfig:
+    """The quickstart DCGAN's recipe (demo and the slow learning test use exactly this).
+
+    ``data_dir`` holds `quickstart_data` output; the generator goes to
+    ``out_dir/model_store/quickstart-generator``, sample grids, checkpoint and plot to ``out_dir/run-generator``.
+    """
+    out = Path(out_dir)
+    settings: dict[str, Any] = {"images": str(Path(data_dir) / "images" / "train"), "run_dir": str(out / "run-generator"),
+                                "model_store": str(out / "model_store"), "name": "quickstart-generator",
+                                **QUICKSTART_RECIPE}
+    settings.update(overrides)
+    return GenerationTrainConfig(**settings)

@@ -17,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--test", type=int, default=100, help="held-out test images")
     synth.add_argument("--size", type=int, default=128, help="image side in pixels")
     synth.add_argument("--max-shapes", type=int, default=3)
+    synth.add_argument("--solid-backgrounds", action="store_true",
+                       help="plain one-colour backgrounds only (the quickstart generator's data)")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=run_synth)
 
@@ -40,7 +42,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
     summary = generate_shapes(
         args.out, splits={"train": args.train, "val": args.val, "test": args.test},
-        image_size=args.size, max_shapes=args.max_shapes, seed=args.seed, progress=True,
+        image_size=args.size, max_shapes=args.max_shapes, solid_backgrounds=args.solid_backgrounds,
+        seed=args.seed, progress=True,
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0

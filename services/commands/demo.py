@@ -1,9 +1,9 @@
 """``cvtasks demo``: the main job on the embedded default, end to end on CPU.
 
-synthetic shapes -> train the quickstart detector, U-Net and captioner -> serve all three on a
-free local port -> detect, segment and caption every held-out image over gRPC -> annotated
-images, masks, overlays, captions, results JSON and held-out metrics computed from the
-service's answers -> stop.
+synthetic shapes -> train the quickstart detector, U-Net, captioner and DCGAN -> serve all four
+on a free local port -> detect, segment and caption every held-out image over gRPC, draw samples
+from the generator -> annotated images, masks, overlays, captions, a sample grid, results JSON
+and held-out metrics computed from the service's answers -> stop.
 """
 
 from __future__ import annotations
@@ -18,31 +18,36 @@ SHOW_SCORE = 0.5  # boxes drawn on the annotated images; AP is computed from eve
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train, serve and query the quickstart models (CPU, a few minutes)")
+    p = sub.add_parser("demo", help="train, serve and query the quickstart models (CPU, about 20 minutes)")
     p.add_argument("--out", default="demo_output", help="folder for data, model store, results and images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run)
 
 
-def _train(out: Path, seed: int) -> tuple[Path, Any, Any, Any]:
+def _train(out: Path, seed: int) -> tuple[Path, Any, Any, Any, Any]:
     from models.synth import generate_shapes
-    from models.train import captioning, detection, segmentation
+    from models.train import captioning, detection, generation, segmentation
 
     data = out / "data"
-    print(f"[1/6] writing the synthetic shapes dataset to {data}", flush=True)
+    print(f"[1/7] writing the synthetic shapes dataset to {data}", flush=True)
     generate_shapes(data, splits=detection.QUICKSTART_SPLITS, image_size=128, seed=seed, progress=True)
     det_cfg = detection.quickstart_config(data, out, seed=seed)
-    print(f"[2/6] training the quickstart detector ({det_cfg.architecture}, {det_cfg.epochs} epochs)", flush=True)
+    print(f"[2/7] training the quickstart detector ({det_cfg.architecture}, {det_cfg.epochs} epochs)", flush=True)
     det = detection.train_detection(det_cfg)
     seg_cfg = segmentation.quickstart_config(data, out, arch="unet", seed=seed)
-    print(f"[3/6] training the quickstart segmenter ({seg_cfg.architecture}/{seg_cfg.encoder}, "
+    print(f"[3/7] training the quickstart segmenter ({seg_cfg.architecture}/{seg_cfg.encoder}, "
           f"{seg_cfg.epochs} epochs)", flush=True)
     seg = segmentation.train_segmentation(seg_cfg)
     cap_cfg = captioning.quickstart_config(data, out, seed=seed)
-    print(f"[4/6] training the quickstart captioner (Show and Tell, {cap_cfg.backbone} + LSTM, encoder "
+    print(f"[4/7] training the quickstart captioner (Show and Tell, {cap_cfg.backbone} + LSTM, encoder "
           f"initialised from the U-Net's, {cap_cfg.epochs} epochs)", flush=True)
     cap = captioning.train_captioning(cap_cfg)
-    return data, det, seg, cap
+    gan_data = generation.quickstart_data(out / "data-generation", seed=seed)
+    gan_cfg = generation.quickstart_config(gan_data, out, seed=seed)
+    print(f"[5/7] training the quickstart DCGAN ({gan_cfg.image_size} px, on single shapes in {gan_data}, "
+          f"{gan_cfg.epochs} epochs)", flush=True)
+    gan = generation.train_generation(gan_cfg)
+    return data, det, seg, cap, gan
 
 
 def _held_out_ap(rows: list[dict], annotations: Path) -> dict[str, float]:
@@ -111,6 +116,33 @@ def _caption(client: Any, paths: list[Path], data: Path, out: Path) -> tuple[lis
     return rows, metrics, sheet
 
 
+def _generate(client: Any, out: Path, *, seeds: int = 8) -> tuple[Any, Path]:
+    """64 images per seed from the service: all of them ((N, C, S, S) in [-1, 1]) and the seed-0 grid."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from models.generation import image_grid
+    from models.preprocessing import decode_image
+
+    batches = [np.stack([decode_image(im.png) for im in client.generate(count=64, seed=s).images])
+               for s in range(seeds)]
+    grid = cv2.resize(image_grid(batches[0]), None, fx=3, fy=3, interpolation=cv2.INTER_NEAREST)
+    target = out / "generated_samples.png"
+    cv2.imwrite(str(target), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    return torch.from_numpy(np.concatenate(batches)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0), target
+
+
+def _score_generated(drawn: Any, gan_data: Path, model_dir: Path) -> dict:
+    """Fréchet distance and recognised share of the service's samples next to an untrained generator's."""
+    from models import checkpoints
+    from models.gen_metrics import evaluate_generator
+
+    generator, config = checkpoints.load_model(model_dir)
+    report, _ = evaluate_generator(generator, dict(config.model_args), gan_data, generated=drawn)
+    return report
+
+
 def _examples_sheet(pairs: list, target: Path) -> Path:
     """Images on the top row, their segmentation overlays below: one PNG to look at."""
     import cv2
@@ -133,25 +165,28 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, det, seg, cap = _train(out, args.seed)
+    data, det, seg, cap, gan = _train(out, args.seed)
     paths = sorted((data / "images" / "test").glob("*.png"))
-    print("[5/6] serving the three models on a free local port", flush=True)
-    with running_server(task=["detection", "segmentation", "captioning"], model_store=out / "model_store") as address:
+    print("[6/7] serving the four models on a free local port", flush=True)
+    with running_server(task=["detection", "segmentation", "captioning", "generation"],
+                        model_store=out / "model_store") as address:
         print(f"      serving on {address}; detecting, segmenting and captioning {len(paths)} held-out images "
-              "over gRPC", flush=True)
+              "and drawing 512 generated ones over gRPC", flush=True)
         with CvtasksClient(address, timeout=60) as client:
             rows = _detect(client, paths, out)
             classes = checkpoints.load_config(seg.model_dir).classes
             seg_report, sheet = _segment(client, paths, data, out, classes)
             captions, cap_metrics, cap_sheet = _caption(client, paths, data, out)
-    print("      server stopped", flush=True)
+            drawn, gan_grid = _generate(client, out)
+    print("      server stopped; scoring the generated images", flush=True)
+    gan_report = _score_generated(drawn, out / "data-generation", gan["model_dir"])
     (out / "detections.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "segmentation_metrics.json").write_text(json.dumps(seg_report.to_json(), indent=2) + "\n")
     (out / "captions.json").write_text(json.dumps(captions, indent=2) + "\n")
     boxes = sum(1 for r in rows for d in r.get("detections", []) if d["score"] >= SHOW_SCORE)
     for row in captions[:5]:
         print(f"      {Path(row['image']).name}: \"{row['caption']}\"   (reference: \"{row['references'][0]}\")")
-    print(f"[6/6] done in {time.perf_counter() - started:.0f} s")
+    print(f"[7/7] done in {time.perf_counter() - started:.0f} s")
     print(json.dumps({
         "detection": {
             "held_out_metrics_from_the_service": {k: round(v, 3) for k, v in
@@ -170,6 +205,15 @@ def run(args: argparse.Namespace) -> int:
             "held_out_metrics_from_the_service": {k: round(v, 3) for k, v in cap_metrics.items()},
             "training_seconds": round(cap["seconds"], 1), "model": str(cap["model_dir"]), "curves": str(cap["plot"]),
             "captions": str(out / "captions.json"), "examples": str(cap_sheet),
+        },
+        "generation": {
+            "samples_from_the_service": gan_report["samples"],
+            "frechet_distance": round(gan_report["model"]["frechet_distance"], 2),
+            "untrained_baseline_frechet_distance": round(gan_report["untrained baseline"]["frechet_distance"], 2),
+            "frechet_ratio_to_baseline": round(gan_report["frechet_ratio_to_baseline"], 3),
+            "recognised_share": round(gan_report["model"]["recognised_share"], 3),
+            "training_seconds": round(gan["seconds"], 1), "model": str(gan["model_dir"]), "losses": str(gan["plot"]),
+            "sample_grid": str(gan_grid),
         },
     }, indent=2))
     return 0

@@ -147,43 +147,23 @@ def run_captioning(args: argparse.Namespace) -> int:
 
 
 def run_generation(args: argparse.Namespace) -> int:
-    import torch
-
     from models import checkpoints
-    from models.gen_metrics import accuracy, labelled_images, samples, score_samples, train_classifier
-    from models.generation import Generator, image_grid, to_uint8
+    from models.gen_metrics import evaluate_generator
+    from models.generation import image_grid, to_uint8
     from models.preprocessing import encode_image
 
     generator, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model))
     if config.task != "generation":
         raise ValueError(f"model {args.model} is a {config.task} model, not a generator")
-    size, channels = int(config.model_args["image_size"]), int(config.model_args["channels"])
-    nz = int(config.model_args.get("nz", 100))
-    data = Path(args.data)
-    train_x, train_y, names = labelled_images(data / "images" / args.train_split,
-                                              data / "annotations" / f"{args.train_split}.json",
-                                              size=size, channels=channels)
-    test_x, test_y, _ = labelled_images(data / "images" / args.test_split,
-                                        data / "annotations" / f"{args.test_split}.json", size=size, channels=channels)
-    classifier = train_classifier(train_x, train_y, num_classes=len(names), epochs=args.classifier_epochs,
-                                  seed=args.seed)
-    torch.manual_seed(args.seed)
-    baseline = Generator(**config.model_args)  # the same architecture, DCGAN-initialised, never trained
-    drawn = {"model": samples(generator, args.samples, seed=args.seed, nz=nz),
-             "untrained baseline": samples(baseline, args.samples, seed=args.seed, nz=nz)}
-    scores = {k: score_samples(classifier, test_x, v, confidence=args.confidence, class_names=names)
-              for k, v in drawn.items()}
-    report = {"model": config.name, "version": config.version, "samples": args.samples,
-              "feature_classifier": {"classes": list(names), "train_images": len(train_x),
-                                     "test_accuracy": accuracy(classifier, test_x, test_y)},
-              "real_images_compared": len(test_x), "confidence": args.confidence, **scores,
-              "frechet_ratio_to_baseline": scores["model"]["frechet_distance"]
-              / max(1e-12, scores["untrained baseline"]["frechet_distance"])}
-    print(f"feature classifier: {len(train_x)} real training images, test accuracy "
-          f"{report['feature_classifier']['test_accuracy']:.3f}")
-    for key, value in scores.items():
-        print(f"{key:20s} Fréchet distance {value['frechet_distance']:9.3f}   recognised "
-              f"{value['recognised_share']:.3f}")
+    scores, drawn = evaluate_generator(generator, dict(config.model_args), args.data, train_split=args.train_split,
+                                       test_split=args.test_split, count=args.samples, seed=args.seed,
+                                       confidence=args.confidence, classifier_epochs=args.classifier_epochs)
+    report = {"model": config.name, "version": config.version, **scores}
+    print(f"feature classifier: {scores['feature_classifier']['train_images']} real training images, test accuracy "
+          f"{scores['feature_classifier']['test_accuracy']:.3f}")
+    for key in drawn:
+        print(f"{key:20s} Fréchet distance {scores[key]['frechet_distance']:9.3f}   recognised "
+              f"{scores[key]['recognised_share']:.3f}")
     print(f"Fréchet distance / baseline: {report['frechet_ratio_to_baseline']:.3f}")
     if args.out:
         out = Path(args.out)

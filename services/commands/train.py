@@ -6,6 +6,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -213,14 +214,18 @@ def _add_captioning(task_sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_captioning)
 
 
-PATH_FIELDS = ("train_images", "train_captions", "val_images", "val_captions", "run_dir", "model_store", "name")
+def under_recipe(settings: dict[str, Any], config_class: type, recipe: dict[str, Any]) -> dict[str, Any]:
+    """``--quickstart``: the recipe's value for every setting whose flag the user left at the
+    config's default; flags the user changed win."""
+    fields = config_class.__dataclass_fields__
+    return {k: recipe[k] if k in recipe and v == fields[k].default else v for k, v in settings.items()}
 
 
 def run_captioning(args: argparse.Namespace) -> int:
     from models.train.captioning import (
         QUICKSTART_ENCODER_FROM,
+        QUICKSTART_RECIPE,
         CaptioningTrainConfig,
-        quickstart_config,
         train_captioning,
     )
 
@@ -237,11 +242,9 @@ def run_captioning(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         clip_grad=args.clip_grad, words_weight=args.words_weight, device=args.device, seed=args.seed, resume=args.resume,
     )
-    if args.quickstart:  # the recipe's hyperparameters, under any flag the user changed from its default
-        fields = CaptioningTrainConfig.__dataclass_fields__
-        recipe = vars(quickstart_config(".", "."))
-        recipe["encoder_weights_path"] = str(Path(args.model_store) / QUICKSTART_ENCODER_FROM)
-        settings = {k: v if v != fields[k].default or k in PATH_FIELDS else recipe[k] for k, v in settings.items()}
+    if args.quickstart:
+        settings = under_recipe(settings, CaptioningTrainConfig, {
+            **QUICKSTART_RECIPE, "encoder_weights_path": str(Path(args.model_store) / QUICKSTART_ENCODER_FROM)})
     result = train_captioning(CaptioningTrainConfig(**settings))
     print(json.dumps({"model": str(result["model_dir"]), "best_val_bleu4": round(result["best_bleu4"], 4),
                       "plot": str(result["plot"]), "seconds": round(result["seconds"], 1)}, indent=2))
@@ -254,6 +257,9 @@ def _add_generation(task_sub: argparse._SubParsersAction) -> None:
 
     p = task_sub.add_parser("generation", help="train a DCGAN on a folder of images")
     p.add_argument("--images", required=True, help="folder of images (any size: centre-cropped and resized)")
+    p.add_argument("--quickstart", action="store_true",
+                   help="use the quickstart recipe (the demo's: 32 px, nz 64, ngf/ndf 32, batch 16, label smoothing "
+                        "0.1); flags you give override it")
     p.add_argument("--image-size", type=int, choices=IMAGE_SIZES, default=C.image_size)
     p.add_argument("--channels", type=int, choices=CHANNELS, default=C.channels, help="1 = grayscale")
     p.add_argument("--nz", type=int, default=C.nz, help="latent size")
@@ -276,16 +282,18 @@ def _add_generation(task_sub: argparse._SubParsersAction) -> None:
 
 
 def run_generation(args: argparse.Namespace) -> int:
-    from models.train.generation import GenerationTrainConfig, train_generation
+    from models.train.generation import QUICKSTART_RECIPE, GenerationTrainConfig, train_generation
 
-    cfg = GenerationTrainConfig(
+    settings = dict(
         images=args.images, run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store,
         name=args.name, image_size=args.image_size, channels=args.channels, nz=args.nz, ngf=args.ngf,
         ndf=args.ndf, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
         label_smoothing=args.label_smoothing, sample_seed=args.sample_seed, device=args.device, seed=args.seed,
         resume=args.resume,
     )
-    result = train_generation(cfg)
+    if args.quickstart:
+        settings = under_recipe(settings, GenerationTrainConfig, QUICKSTART_RECIPE)
+    result = train_generation(GenerationTrainConfig(**settings))
     print(json.dumps({"model": str(result["model_dir"]), "samples": str(result["samples"]),
                       "plot": str(result["plot"]), "seconds": round(result["seconds"], 1)}, indent=2))
     return 0

@@ -45,3 +45,22 @@ def test_a_trained_classifier_recognises_real_images_and_not_noise():
     assert like_real["recognised_share"] > 0.9 and like_real["share_horizontal"] > 0.3
     assert noise["frechet_distance"] > 5 * like_real["frechet_distance"]
     assert isinstance(ShapeClassifier(num_classes=3).features(torch.zeros(2, 3, 32, 32)).shape[1], int)
+
+
+def test_evaluate_generator_scores_given_samples_against_an_untrained_baseline(tmp_path):
+    from models.gen_metrics import evaluate_generator, labelled_images
+    from models.generation import Generator
+    from models.synth import generate_shapes
+
+    generate_shapes(tmp_path, splits={"train": 600, "test": 60, "more": 60}, image_size=32, max_shapes=1,
+                    solid_backgrounds=True, seed=3)
+    args = {"image_size": 32, "channels": 3, "nz": 8, "ngf": 8}
+    real_like, _, _ = labelled_images(tmp_path / "images" / "more", tmp_path / "annotations" / "more.json",
+                                      size=32, channels=3)
+    report, drawn = evaluate_generator(Generator(**args), args, tmp_path, classifier_epochs=8, generated=real_like)
+    assert set(drawn) == {"model", "untrained baseline"} and len(drawn["untrained baseline"]) == 60
+    assert report["samples"] == 60 and report["real_images_compared"] == 60
+    assert report["feature_classifier"]["test_accuracy"] > 0.8
+    # Real images of the same distribution stand in for a perfect generator.
+    assert report["frechet_ratio_to_baseline"] < 0.3
+    assert report["model"]["recognised_share"] > report["untrained baseline"]["recognised_share"]

@@ -30,6 +30,15 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(small, tmp_pat
     assert (small / "images/train/000003.png").read_bytes() != (tmp_path / "other/images/train/000003.png").read_bytes()
 
 
+def test_solid_backgrounds_are_one_colour_outside_the_shapes(tmp_path):
+    generate_shapes(tmp_path, splits={"train": 8}, image_size=32, max_shapes=1, solid_backgrounds=True, seed=2)
+    for path in sorted((tmp_path / "images" / "train").glob("*.png")):
+        image = cv2.imread(str(path))
+        background = image[cv2.imread(str(tmp_path / "masks" / "train" / path.name), cv2.IMREAD_GRAYSCALE) == 0]
+        assert len(np.unique(background, axis=0)) == 1, path.name
+    assert json.loads((tmp_path / "dataset.json").read_text())["solid_backgrounds"] is True
+
+
 def test_boxes_are_tight_around_the_mask_pixels_of_their_class(small):
     coco = json.loads((small / "annotations/train.json").read_text())
     assert [c["name"] for c in coco["categories"]] == list(CLASSES)
