@@ -54,7 +54,7 @@ def raw_images_per_s(store: Path, name: str, images: int, batch: int, device: to
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-store", default=None)
-    parser.add_argument("--model", default="quickstart-dcgan")
+    parser.add_argument("--model", default="quickstart-generator")
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--size", type=int, default=64, help="image side of the random-weights generator")
     parser.add_argument("--count", type=int, default=8, help="images per Generate call")
