@@ -18,7 +18,7 @@ SHOW_SCORE = 0.5  # boxes drawn on the annotated images; AP is computed from eve
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train, serve and query the quickstart models (CPU, about 20 minutes)")
+    p = sub.add_parser("demo", help="train, serve and query the quickstart models (CPU, about 25 minutes)")
     p.add_argument("--out", default="demo_output", help="folder for data, model store, results and images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run)
