@@ -3,9 +3,11 @@
 The Dice term is ``segmentation_models_pytorch.losses.DiceLoss`` (from logits, ``ignore_index``,
 ``smooth``), with optional per-class weights applied to smp's per-class losses. smp zeroes the
 Dice loss of a class absent from the target (an empty mask costs nothing) but still counts it
-in the mean over classes. The focal term
-is computed here (smp's FocalLoss has no per-class weights): per pixel
-``FL = -alpha_t * w[target] * (1 - p_t)**gamma * log(p_t)``, averaged over non-ignored pixels.
+in the mean over classes. The focal term is computed here (smp's FocalLoss has no per-class
+weights): per pixel ``FL = -alpha_t * (1 - p_t)**gamma * log(p_t)``, averaged over non-ignored
+pixels; with class weights ``w`` (multiclass) the average is ``sum(w[target] * FL) / sum(w[target])``,
+as torch's weighted cross-entropy averages. Both terms are computed in float32, also under autocast.
+Targets of the wrong shape, dtype or class range are refused with a message saying what was expected.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class SegLossConfig:
             raise ValueError(f"focal_alpha must be in [0, 1], got {self.focal_alpha}")
         if self.class_weights is not None and any(w < 0 for w in self.class_weights):
             raise ValueError("class_weights must be >= 0")
+        if self.class_weights is not None and self.mode != "multiclass":
+            raise ValueError(f"class_weights apply to multiclass mode only, not {self.mode}")
+        if self.focal_alpha is not None and self.mode == "multiclass":
+            raise ValueError("focal_alpha applies to binary and multilabel modes; use class_weights in multiclass mode")
 
 
 class _WeightedDice(DiceLoss):
@@ -77,26 +83,55 @@ class DiceFocalLoss(nn.Module):
                                   smooth=config.smooth, class_weights=weights)
         self.last_terms: dict[str, float] = {}
 
+    def _check(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Raise ValueError naming what was expected when the target does not fit the logits."""
+        cfg = self.config
+        if logits.dim() != 4:
+            raise ValueError(f"logits must be (B, C, H, W), got shape {tuple(logits.shape)}")
+        b, c, h, w = logits.shape
+        if cfg.mode == "multiclass":
+            if tuple(target.shape) != (b, h, w):
+                raise ValueError(f"multiclass targets must be (B, H, W) = {(b, h, w)} class ids, got {tuple(target.shape)}")
+            if target.dtype.is_floating_point or target.dtype == torch.bool:
+                raise ValueError(f"multiclass targets must be integer class ids, got {target.dtype}")
+            if self.class_weights is not None and len(self.class_weights) != c:
+                raise ValueError(f"{len(self.class_weights)} class_weights for {c} classes")
+            ids = target[target != cfg.ignore_index] if cfg.ignore_index is not None else target
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c):
+                raise ValueError(f"target class ids must be in 0..{c - 1}"
+                                 + (f" or {cfg.ignore_index} (ignored)" if cfg.ignore_index is not None else "")
+                                 + f", got {int(ids.min())}..{int(ids.max())}")
+        elif cfg.mode == "binary":
+            if c != 1 or tuple(target.shape) not in ((b, h, w), (b, 1, h, w)):
+                raise ValueError(f"binary mode needs (B, 1, H, W) logits and (B, H, W) or (B, 1, H, W) targets, "
+                                 f"got {tuple(logits.shape)} and {tuple(target.shape)}")
+        elif target.shape != logits.shape:
+            raise ValueError(f"multilabel targets must have the logits' shape {tuple(logits.shape)}, "
+                             f"got {tuple(target.shape)}")
+
     def _focal(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         if cfg.mode == "multiclass":
             valid = target != cfg.ignore_index if cfg.ignore_index is not None else torch.ones_like(target, dtype=bool)
             safe = torch.where(valid, target, torch.zeros_like(target))
             log_p = F.log_softmax(logits, dim=1).gather(1, safe.unsqueeze(1)).squeeze(1)  # (B, H, W) log p_t
-            weight = self.class_weights.to(logits.device)[safe] if self.class_weights is not None else 1.0
             alpha = 1.0
         else:
             target = target.view_as(logits).float()
             valid = target != cfg.ignore_index if cfg.ignore_index is not None else torch.ones_like(target, dtype=bool)
             safe = torch.where(valid, target, torch.zeros_like(target))
             log_p = -F.binary_cross_entropy_with_logits(logits, safe, reduction="none")
-            weight = 1.0
             alpha = (cfg.focal_alpha * safe + (1 - cfg.focal_alpha) * (1 - safe)) if cfg.focal_alpha is not None else 1.0
-        loss = -alpha * weight * (1 - log_p.exp()) ** cfg.focal_gamma * log_p
-        return (loss * valid).sum() / valid.sum().clamp_min(1)
+        loss = -alpha * (1 - log_p.exp()) ** cfg.focal_gamma * log_p
+        weight = valid.float()
+        if self.class_weights is not None:  # multiclass only (SegLossConfig checks)
+            weight = weight * self.class_weights.to(logits.device)[safe]
+        return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.config
+        self._check(logits, target)
+        logits = logits.float()  # both terms in float32, also under autocast
         dice = self.dice(logits, target) if cfg.dice_weight else logits.new_zeros(())
         focal = self._focal(logits, target) if cfg.focal_weight else logits.new_zeros(())
         self.last_terms = {"dice": float(dice.detach()), "focal": float(focal.detach())}

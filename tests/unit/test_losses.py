@@ -76,7 +76,8 @@ def test_perfect_prediction_gives_near_zero_loss():
 def test_class_weights_weight_both_terms():
     loss = build_loss("dice+focal", class_weights=(1.0, 3.0))
     loss(LOGITS, TARGET)
-    assert loss.last_terms["focal"] == pytest.approx((1 * FOCAL_A + 3 * FOCAL_B) / 2, rel=1e-5)
+    # Weighted mean, as torch's weighted cross-entropy: sum(w * FL) / sum(w).
+    assert loss.last_terms["focal"] == pytest.approx((1 * FOCAL_A + 3 * FOCAL_B) / 4, rel=1e-5)
     assert loss.last_terms["dice"] == pytest.approx((1 * DICE_0 + 3 * DICE_1) / 4, rel=1e-5)
 
 
@@ -99,7 +100,8 @@ def test_gradients_are_finite():
 
 
 @pytest.mark.parametrize("kwargs", [{"mode": "panoptic"}, {"dice_weight": 0, "focal_weight": 0},
-                                    {"focal_gamma": -1}, {"class_weights": (1.0, -2.0)}])
+                                    {"focal_gamma": -1}, {"class_weights": (1.0, -2.0)},
+                                    {"mode": "binary", "class_weights": (1.0, 2.0)}, {"focal_alpha": 0.25}])
 def test_bad_configs(kwargs):
     with pytest.raises(ValueError):
         SegLossConfig(**kwargs)
@@ -108,3 +110,26 @@ def test_bad_configs(kwargs):
 def test_unknown_spec_lists_the_options():
     with pytest.raises(ValueError, match="dice\\+focal"):
         build_loss("lovasz")
+
+
+@pytest.mark.parametrize(("logits", "target", "kwargs", "message"), [
+    (LOGITS, torch.tensor([[0, 1]]), {}, "must be \\(B, H, W\\)"),
+    (LOGITS, TARGET.float(), {}, "integer class ids"),
+    (LOGITS, torch.tensor([[[0, 2]]]), {}, "in 0..1, got 0..2"),
+    (LOGITS, torch.tensor([[[0, 7]]]), {"ignore_index": 255}, "or 255 \\(ignored\\)"),
+    (LOGITS, TARGET, {"class_weights": (1.0, 2.0, 3.0)}, "3 class_weights for 2 classes"),
+    (LOGITS, TARGET, {"mode": "binary"}, "binary mode needs"),
+    (LOGITS, TARGET, {"mode": "multilabel"}, "logits' shape"),
+    (LOGITS[0], TARGET, {}, "\\(B, C, H, W\\)"),
+])
+def test_targets_that_do_not_fit_are_refused_with_what_was_expected(logits, target, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_loss("dice+focal", **kwargs)(logits, target)
+
+
+def test_terms_are_float32_under_autocast():
+    loss = build_loss("dice+focal")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(LOGITS.bfloat16(), TARGET)
+    assert value.dtype == torch.float32
+    assert float(value) == pytest.approx(float(loss(LOGITS, TARGET)), rel=2e-2)
