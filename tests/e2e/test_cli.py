@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 
 import cv2
 import pytest
 
-CLI = [sys.executable, "-m", "services.cli"]
-ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
+from tests.e2e.cli_server import CLI, ENV, cli_server, server_log
 
 
 @pytest.fixture()
-def served(detector_store):
-    proc = subprocess.Popen([*CLI, "serve", "--task", "detection", "--model-store", str(detector_store),
-                             "--host", "127.0.0.1", "--port", "0", "--grace-s", "5"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    line = proc.stdout.readline()  # printed once models are loaded, warmed up and health says SERVING
-    assert "serving detection on" in line, line + proc.stderr.read() if proc.poll() is not None else line
-    yield proc, line.strip().rsplit(" ", 1)[-1]
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+def served(detector_store, tmp_path):
+    with cli_server("detection", detector_store, tmp_path, "--grace-s", "5") as (proc, address):
+        yield proc, address
 
 
 def test_serve_detect_and_sigterm(served, shapes_dir, tmp_path):
@@ -49,7 +39,7 @@ def test_serve_detect_and_sigterm(served, shapes_dir, tmp_path):
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    assert '"msg": "stopped"' in proc.stderr.read()
+    assert '"msg": "stopped"' in server_log(tmp_path, "detection")
 
 
 def test_train_resume_and_eval(shapes_dir, tmp_path):

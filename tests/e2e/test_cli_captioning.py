@@ -7,7 +7,7 @@ import subprocess
 
 import cv2
 
-from tests.e2e.test_cli import CLI, ENV
+from tests.e2e.cli_server import CLI, ENV, cli_server
 
 
 def test_train_resume_eval_captioning(shapes_dir, tmp_path):
@@ -48,13 +48,7 @@ def test_eval_refuses_a_model_of_another_task(detector_store, shapes_dir):
 
 
 def test_caption_command_prints_captions_and_reports_bad_files_and_options(captioner_store, shapes_dir, tmp_path):
-    proc = subprocess.Popen([*CLI, "serve", "--task", "captioning", "--model-store", str(captioner_store),
-                             "--host", "127.0.0.1", "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=ENV)
-    try:
-        line = proc.stdout.readline()
-        assert "serving captioning on" in line
-        address = line.strip().rsplit(" ", 1)[-1]
+    with cli_server("captioning", captioner_store, tmp_path) as (_, address):
         images = [str(p) for p in sorted((shapes_dir / "images" / "test").glob("*.png"))[:2]]
         bad = tmp_path / "broken.jpg"
         bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
@@ -70,6 +64,3 @@ def test_caption_command_prints_captions_and_reports_bad_files_and_options(capti
         refused = subprocess.run([*CLI, "caption", images[0], "--server", address, "--beam-size", "0"],
                                  capture_output=True, text=True, timeout=120, env=ENV)
         assert refused.returncode == 1 and "beam_size must be in 1..16" in refused.stderr
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -7,7 +7,7 @@ import subprocess
 
 import cv2
 
-from tests.e2e.test_cli import CLI, ENV
+from tests.e2e.cli_server import CLI, ENV, cli_server
 
 
 def test_train_and_resume_generation(shapes_dir, tmp_path):
@@ -36,13 +36,7 @@ def test_an_empty_folder_is_reported(tmp_path):
 
 
 def test_generate_command_writes_images_and_a_grid_and_repeats_a_seed(generator_store, tmp_path):
-    proc = subprocess.Popen([*CLI, "serve", "--task", "generation", "--model-store", str(generator_store),
-                             "--host", "127.0.0.1", "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=ENV)
-    try:
-        line = proc.stdout.readline()
-        assert "serving generation on" in line
-        address = line.strip().rsplit(" ", 1)[-1]
+    with cli_server("generation", generator_store, tmp_path) as (_, address):
         runs = []
         for folder in ("a", "b"):
             out = subprocess.run([*CLI, "generate", "--count", "6", "--seed", "5", "--server", address,
@@ -60,9 +54,6 @@ def test_generate_command_writes_images_and_a_grid_and_repeats_a_seed(generator_
         bad = subprocess.run([*CLI, "generate", "--count", "100", "--server", address, "--out", str(tmp_path / "x")],
                              capture_output=True, text=True, timeout=120, env=ENV)
         assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "count must be in 1..64" in bad.stderr
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_eval_generation_reports_model_and_untrained_baseline(generator_store, shapes_dir, tmp_path):

@@ -8,7 +8,7 @@ import subprocess
 import cv2
 import numpy as np
 
-from tests.e2e.test_cli import CLI, ENV
+from tests.e2e.cli_server import CLI, ENV, cli_server
 
 
 def test_train_resume_eval_segmentation(shapes_dir, tmp_path):
@@ -52,13 +52,7 @@ def test_missing_mask_is_reported_by_name(shapes_dir, tmp_path):
 
 
 def test_segment_command_writes_masks_and_overlays(segmenter_store, shapes_dir, tmp_path):
-    proc = subprocess.Popen([*CLI, "serve", "--task", "segmentation", "--model-store", str(segmenter_store),
-                             "--host", "127.0.0.1", "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=ENV)
-    try:
-        line = proc.stdout.readline()
-        assert "serving segmentation on" in line
-        address = line.strip().rsplit(" ", 1)[-1]
+    with cli_server("segmentation", segmenter_store, tmp_path) as (_, address):
         images = sorted((shapes_dir / "images" / "test").glob("*.png"))[:2]
         out = subprocess.run([*CLI, "segment", *map(str, images), "--server", address, "--out", str(tmp_path),
                               "--contours"], capture_output=True, text=True, timeout=120, env=ENV)
@@ -69,6 +63,3 @@ def test_segment_command_writes_masks_and_overlays(segmenter_store, shapes_dir, 
             assert mask.shape == (128, 128) and row["processing"] == "whole"
             assert cv2.imread(row["overlay"]).shape == (128, 128, 3)
             assert sum(v["pixels"] for v in row["areas"].values()) == 128 * 128
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
