@@ -211,7 +211,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
 
 
 def encode_image(image_rgb: np.ndarray, fmt: str = "png", *, quality: int = 95) -> bytes:
-    """RGB uint8 (H, W, 3) or gray (H, W) -> encoded bytes. fmt: "png", "jpeg"/"jpg" or "webp".
+    """RGB uint8 (H, W, 3) or gray (H, W) or (H, W, 1) -> encoded bytes. fmt: "png", "jpeg"/"jpg" or "webp".
 
     ``quality`` (1..100) applies to JPEG and WebP.
     """
@@ -226,11 +226,13 @@ def encode_image(image_rgb: np.ndarray, fmt: str = "png", *, quality: int = 95) 
         raise InvalidInputError(f"cannot encode to {fmt!r}: choose png, jpeg or webp")
     if not 1 <= quality <= 100:
         raise InvalidInputError(f"quality must be in 1..100, got {quality}")
-    is_gray_or_rgb = image_rgb.ndim == 2 or (image_rgb.ndim == 3 and image_rgb.shape[2] == 3)
+    is_gray_or_rgb = image_rgb.ndim == 2 or (image_rgb.ndim == 3 and image_rgb.shape[2] in (1, 3))
     if image_rgb.dtype != np.uint8 or not is_gray_or_rgb:
         raise InvalidInputError(
-            f"encode_image needs uint8 (H, W, 3) RGB or (H, W) gray, got {image_rgb.dtype} {image_rgb.shape}"
+            f"encode_image needs uint8 (H, W, 3) RGB or (H, W) / (H, W, 1) gray, got {image_rgb.dtype} {image_rgb.shape}"
         )
+    if image_rgb.ndim == 3 and image_rgb.shape[2] == 1:
+        image_rgb = image_rgb[..., 0]
     pixels = image_rgb if image_rgb.ndim == 2 else cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     ok, buffer = cv2.imencode("." + fmt, pixels, params[fmt])
     if not ok:

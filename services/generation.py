@@ -96,7 +96,7 @@ def images_proto(pixels: np.ndarray, z: torch.Tensor, fmt: int) -> list[generati
             item.raw.CopyFrom(common_pb2.RawImage(data=np.ascontiguousarray(image).tobytes(), height=height,
                                                   width=width, channels=channels))
         else:
-            item.png = encode_image(image if image.shape[2] == 3 else image[..., 0], "png")
+            item.png = encode_image(image, "png")
         out.append(item)
     return out
 

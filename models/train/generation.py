@@ -98,7 +98,7 @@ def _sample_grid(generator: Generator, noise: torch.Tensor, path: Path) -> Path:
     generator.train(was_training)
     grid = image_grid(pixels)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_image(grid if grid.shape[2] == 3 else grid[..., 0], "png"))
+    path.write_bytes(encode_image(grid, "png"))
     return path
 
 

@@ -171,7 +171,6 @@ def run_generation(args: argparse.Namespace) -> int:
         (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
         for key, images in drawn.items():
             grid = image_grid(to_uint8(images[:64]))
-            (out / f"{key.replace(' ', '_')}_samples.png").write_bytes(
-                encode_image(grid if grid.shape[2] == 3 else grid[..., 0], "png"))
+            (out / f"{key.replace(' ', '_')}_samples.png").write_bytes(encode_image(grid, "png"))
         print(f"wrote {out / 'metrics.json'} and the sample grids")
     return 0

@@ -386,6 +386,11 @@ def test_encode_image_round_trip(fmt):
     assert np.abs(pp.decode_image(data).astype(int) - img).mean() < (0.01 if fmt == "png" else 15)
 
 
+def test_encode_image_takes_gray_with_or_without_a_channel_axis():
+    gray = quadrants()[..., 0]
+    assert pp.encode_image(gray[..., None], "png") == pp.encode_image(gray, "png")
+
+
 def test_encode_image_rejects_bad_arguments():
     with pytest.raises(InvalidInputError, match="png, jpeg or webp"):
         pp.encode_image(quadrants(), "gif")
