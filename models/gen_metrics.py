@@ -149,7 +149,7 @@ def samples(generator: nn.Module, count: int, *, seed: int, nz: int, batch_size:
     return torch.cat([generator(z[i:i + batch_size].to(device)).cpu() for i in range(0, count, batch_size)])
 
 
-def evaluate_generator(generator: nn.Module, model_args: dict[str, Any], data: str | Path, *,
+def evaluate_generator(generator: nn.Module | None, model_args: dict[str, Any], data: str | Path, *,
                        train_split: str = "train", test_split: str = "test", count: int = 500, seed: int = 0,
                        confidence: float = 0.9, classifier_epochs: int = 8,
                        generated: torch.Tensor | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -159,11 +159,14 @@ def evaluate_generator(generator: nn.Module, model_args: dict[str, Any], data: s
     A small classifier learns the classes from ``train_split``; Fréchet distance is measured in its
     feature space against ``test_split``, and the recognised share is the share of samples it
     classifies with probability >= ``confidence``. ``generated`` takes samples already drawn (by
-    the service, say; (N, C, S, S) in [-1, 1]); otherwise ``count`` are drawn from ``seed``.
+    the service, say; (N, C, S, S) in [-1, 1]; ``generator`` may then be None); otherwise ``count``
+    are drawn from ``generator`` with ``seed``.
     Returns (report, {"model": samples, "untrained baseline": samples}).
     """
     from models.generation import Generator
 
+    if generator is None and generated is None:
+        raise ValueError("give the generator or its samples (generated=)")
     size, channels = int(model_args["image_size"]), int(model_args["channels"])
     nz = int(model_args.get("nz", 100))
     root = Path(data)

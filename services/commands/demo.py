@@ -124,13 +124,15 @@ def _generate(client: Any, out: Path, *, seeds: int = 8) -> tuple[Any, Path]:
 
     from models.generation import image_grid
     from models.preprocessing import decode_image
+    from models.train.generation import gan_input
 
     batches = [np.stack([decode_image(im.png) for im in client.generate(count=64, seed=s).images])
                for s in range(seeds)]
     grid = cv2.resize(image_grid(batches[0]), None, fx=3, fy=3, interpolation=cv2.INTER_NEAREST)
     target = out / "generated_samples.png"
     cv2.imwrite(str(target), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    return torch.from_numpy(np.concatenate(batches)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0), target
+    drawn = torch.stack([gan_input(image, size=image.shape[0], channels=3) for batch in batches for image in batch])
+    return drawn, target
 
 
 def _score_generated(drawn: Any, gan_data: Path, model_dir: Path) -> dict:
@@ -138,8 +140,8 @@ def _score_generated(drawn: Any, gan_data: Path, model_dir: Path) -> dict:
     from models import checkpoints
     from models.gen_metrics import evaluate_generator
 
-    generator, config = checkpoints.load_model(model_dir)
-    report, _ = evaluate_generator(generator, dict(config.model_args), gan_data, generated=drawn)
+    model_args = dict(checkpoints.load_config(model_dir).model_args)  # the samples are drawn: no weights needed
+    report, _ = evaluate_generator(None, model_args, gan_data, generated=drawn)
     return report
 
 

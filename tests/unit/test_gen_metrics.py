@@ -64,3 +64,5 @@ def test_evaluate_generator_scores_given_samples_against_an_untrained_baseline(t
     # Real images of the same distribution stand in for a perfect generator.
     assert report["frechet_ratio_to_baseline"] < 0.3
     assert report["model"]["recognised_share"] > report["untrained baseline"]["recognised_share"]
+    with pytest.raises(ValueError, match="generator or its samples"):
+        evaluate_generator(None, args, tmp_path)
