@@ -105,11 +105,13 @@ class CvtasksClient:
     """One channel to a cvtasks server. ``timeout`` (seconds) is each call's deadline."""
 
     def __init__(self, target: str, *, timeout: float = 30.0, max_message_bytes: int = 64 * MiB,
-                 metadata: Sequence[tuple[str, str]] | None = None) -> None:
+                 metadata: Sequence[tuple[str, str]] | None = None,
+                 channel_options: Sequence[tuple[str, Any]] = ()) -> None:
         self.target, self.timeout, self.metadata = target, timeout, list(metadata or [])
         self.channel = grpc.insecure_channel(target, options=[
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            *channel_options,
         ])
         self.detection = detection_pb2_grpc.DetectionServiceStub(self.channel)
         self.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(self.channel)

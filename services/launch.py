@@ -23,9 +23,11 @@ def running_server(
     host: str = "127.0.0.1",
     port: int = 0,
     ready_timeout_s: float = 300.0,
+    grace_s: float = 5.0,
     **serving: Any,
 ) -> Iterator[str]:
-    """Serve ``task`` (or several) from ``model_store`` until the block ends; yields "HOST:PORT" once SERVING."""
+    """Serve ``task`` (or several) from ``model_store`` until the block ends; yields "HOST:PORT" once SERVING.
+    On exit, in-flight calls get ``grace_s`` seconds before they are cancelled."""
     app = build_app([task] if isinstance(task, str) else list(task), model_store, ServingConfig(**serving), models=models)
     ready, stopped = threading.Event(), threading.Event()
     state: dict[str, Any] = {}
@@ -38,7 +40,7 @@ def running_server(
         async def go() -> None:
             state["stop"] = asyncio.Event()
             state["loop"] = asyncio.get_running_loop()
-            await run_app(app, ServerConfig(host=host, port=port, grace_s=5.0), on_ready=on_ready,
+            await run_app(app, ServerConfig(host=host, port=port, grace_s=grace_s), on_ready=on_ready,
                           stop_event=state["stop"])
 
         try:

@@ -1,0 +1,229 @@
+"""The local pipelined engine: listing, decoding, inference and writing overlap.
+
+    feeder thread ──(slot)──> decode pool (N threads) ──> main thread: batches on the device
+                                                            └──> writer thread: files + manifest
+
+A slot is taken before an input is read and given back once its manifest line is written, so
+at most ``max_in_flight`` images are held in memory whatever the folder's size. OpenCV and torch
+release the GIL, so decoding, inference and PNG/JPEG encoding run in parallel.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+from tqdm.auto import tqdm
+
+from models.batch.store import ERRORS_FILE, InputFile, Manifest, write_jsonl
+from models.batch.tasks import BatchTask
+from models.errors import CvtasksError
+
+Loaded = tuple["np.ndarray | None", Any]  # (decoded pixels or None, the model's input)
+
+
+@dataclass(frozen=True)
+class Work:
+    """One input of a job: its manifest key and how to load it (run in the decode pool)."""
+
+    key: str
+    load: Callable[[], Loaded]
+
+
+@dataclass
+class Summary:
+    """What a run did; ``outputs`` are the results files it (re)wrote."""
+
+    out: Path
+    total: int = 0
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    outputs: list[Path] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.processed + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": str(self.out), "total": self.total, "processed": self.processed, "skipped": self.skipped,
+                "failed": self.failed, "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
+                "outputs": [str(p) for p in self.outputs]}
+
+    def text(self) -> str:
+        lines = [f"{self.processed} processed, {self.skipped} skipped (already done), {self.failed} failed "
+                 f"of {self.total} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)",
+                 f"results in {self.out}: " + ", ".join(p.name for p in self.outputs)]
+        if self.failed:
+            lines.append(f"failed inputs and why: {self.out / ERRORS_FILE}")
+        return "\n".join(lines)
+
+
+def file_work(task: BatchTask, inputs: Iterable[InputFile]) -> list[Work]:
+    """Image files as work: read the bytes and ``task.prepare`` them."""
+    return [Work(f.key, lambda path=f.path: task.prepare(path.read_bytes())) for f in inputs]
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, CvtasksError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"could not read the file: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Sink:
+    """Writes results on one thread: each input's files and row (``task.record``), then its
+    manifest line; counts and advances the progress bar. ``done`` runs once per input written."""
+
+    def __init__(self, task: BatchTask, manifest: Manifest, summary: Summary, bar: tqdm,
+                 done: Callable[[], None] = lambda: None) -> None:
+        self.task, self.manifest, self.summary, self.bar, self.done = task, manifest, summary, bar, done
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
+        self._futures: list[Future] = []
+
+    def ok(self, items: Sequence[tuple[str, Any, tuple[int, int], np.ndarray | None]]) -> None:
+        """(key, output, (height, width), pixels or None) per input, written in the background."""
+        self._submit(self._write_ok, list(items))
+
+    def failed(self, key: str, reason: str) -> None:
+        self._submit(self._write_failed, key, reason)
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        for f in self._futures:
+            if f.done():
+                f.result()  # a write failed (e.g. disk full): stop the job and say why
+        self._futures = [f for f in self._futures if not f.done()]
+        self._futures.append(self._pool.submit(fn, *args))
+
+    def _write_ok(self, items: list[tuple[str, Any, tuple[int, int], np.ndarray | None]]) -> None:
+        records = [{"key": key, "status": "ok", "row": self.task.record(key, output, size, array)}
+                   for key, output, size, array in items]
+        self.manifest.append(records)
+        self.summary.processed += len(records)
+        self._advance(len(records))
+
+    def _write_failed(self, key: str, reason: str) -> None:
+        self.manifest.append([{"key": key, "status": "failed", "error": reason}])
+        self.summary.failed += 1
+        self.bar.set_postfix(failed=self.summary.failed)
+        self._advance(1)
+
+    def _advance(self, count: int) -> None:
+        self.bar.update(count)
+        for _ in range(count):
+            self.done()
+
+    def close(self) -> None:
+        """Wait for every pending write; raises the first write error."""
+        self._pool.shutdown(wait=True)
+        for f in self._futures:
+            f.result()
+
+
+def finish(task: BatchTask, manifest: Manifest, summary: Summary, started: float) -> Summary:
+    """Rebuild the results files and the errors file from the manifest; close it."""
+    summary.outputs = [*task.finish(manifest.rows()), write_jsonl(manifest.out / ERRORS_FILE, manifest.errors())]
+    summary.seconds = time.perf_counter() - started
+    manifest.close()
+    return summary
+
+
+def plan(work: Sequence[Work], manifest: Manifest, summary: Summary) -> list[Work]:
+    """The inputs not finished by an earlier run (failed ones are tried again)."""
+    todo = [w for w in work if not manifest.finished(w.key)]
+    summary.total, summary.skipped = len(work), len(work) - len(todo)
+    return todo
+
+
+def progress_bar(total: int, *, enabled: bool, desc: str) -> tqdm:
+    """Images/s and ETA on a terminal; silent when not a terminal or not ``enabled``."""
+    return tqdm(total=total, unit="img", desc=desc, disable=None if enabled else True, dynamic_ncols=True)
+
+
+def run_local(task: BatchTask, model: nn.Module, work: Sequence[Work], manifest: Manifest, *,
+              batch_size: int = 8, decode_workers: int = 2, max_in_flight: int | None = None,
+              progress: bool = True) -> Summary:
+    """Run every unfinished input of ``work`` through ``task`` on ``model``; returns the summary."""
+    in_flight = max_in_flight or 4 * batch_size
+    if batch_size < 1 or decode_workers < 1 or in_flight < batch_size:
+        raise ValueError(f"need batch_size >= 1, decode_workers >= 1 and max_in_flight >= batch_size, got "
+                         f"{batch_size}, {decode_workers}, {in_flight}")
+    started = time.perf_counter()
+    summary = Summary(manifest.out)
+    todo = plan(work, manifest, summary)
+    slots = threading.BoundedSemaphore(in_flight)
+    with progress_bar(len(todo), enabled=progress, desc=task.task) as bar:
+        sink = Sink(task, manifest, summary, bar, done=slots.release)
+        try:
+            _pipeline(task, model, todo, sink, slots, batch_size=batch_size, decode_workers=decode_workers)
+        finally:
+            sink.close()
+    return finish(task, manifest, summary, started)
+
+
+def _pipeline(task: BatchTask, model: nn.Module, todo: Sequence[Work], sink: Sink, slots: threading.Semaphore,
+              *, batch_size: int, decode_workers: int) -> None:
+    loads: queue.Queue[tuple[Work, Future] | None] = queue.Queue()
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="batch-decode")
+
+    def feed() -> None:
+        try:
+            for item in todo:
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                loads.put((item, pool.submit(item.load)))
+        finally:
+            loads.put(None)
+
+    feeder = threading.Thread(target=feed, name="batch-feeder", daemon=True)
+    feeder.start()
+    batch: list[tuple[str, Loaded]] = []
+    try:
+        while (entry := loads.get()) is not None:
+            item, future = entry
+            try:
+                batch.append((item.key, future.result()))
+            except Exception as exc:  # noqa: BLE001 — a bad input is recorded, the job goes on
+                sink.failed(item.key, failure_reason(exc))
+            if len(batch) >= batch_size:
+                _infer(task, model, batch, sink)
+                batch = []
+        if batch:
+            _infer(task, model, batch, sink)
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        feeder.join()
+
+
+def _infer(task: BatchTask, model: nn.Module, batch: list[tuple[str, Loaded]], sink: Sink) -> None:
+    """One batch on the device; when it fails, each input alone, so one bad input fails alone."""
+    try:
+        outputs = task.infer(model, [inputs for _, (_, inputs) in batch])
+    except Exception as exc:  # noqa: BLE001
+        if len(batch) == 1:
+            sink.failed(batch[0][0], f"inference failed: {failure_reason(exc)}")
+        else:
+            for one in batch:
+                _infer(task, model, [one], sink)
+        return
+    sink.ok([(key, out, _size(pixels, out), pixels) for (key, (pixels, _)), out in zip(batch, outputs)])
+
+
+def _size(pixels: np.ndarray | None, output: Any) -> tuple[int, int]:
+    shape = pixels.shape if pixels is not None else np.asarray(output).shape
+    return int(shape[0]), int(shape[1])

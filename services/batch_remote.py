@@ -1,0 +1,202 @@
+"""Remote mode of ``cvtasks batch``: a running service does the inference.
+
+Images go over the task's streaming RPC with at most ``in_flight`` unanswered; each answer is
+written by the same ``Sink`` as the local engine (task.record, then the manifest line). When
+the server goes away mid-run (restart, deploy), the unanswered inputs are sent again on a new
+stream once it is back, for up to ``retry_s`` seconds without progress: a restart is not fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from models.batch.engine import Sink, Summary, Work, failure_reason, finish, plan, progress_bar
+from models.batch.image_tasks import segmentation_from_png
+from models.batch.store import InputFile, Manifest
+from models.batch.tasks import BatchTask
+from models.checkpoints import ModelConfig
+from models.preprocessing import decode_image
+from services.client import CvtasksClient
+from services.commands.detect import detections_from_proto
+
+log = logging.getLogger("cvtasks.batch")
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+GENERATE_CHUNK = 64  # the service's bound on images per Generate call
+
+
+def remote_config(client: CvtasksClient, task: str, model: str) -> ModelConfig:
+    """The served model's config as far as a batch job needs it (name, version, classes)."""
+    info = client.get_model(model)
+    if info.task != task:
+        raise ValueError(f"model `{info.name}` on {client.target} is a {info.task} model, not {task}")
+    model_args: dict[str, Any] = {}
+    if task == "generation":  # the latent size and channels, so latents are drawn here as there
+        probe = client.generate(count=1, fmt="raw", model=info.name)
+        model_args = {"nz": probe.latent_size, "channels": probe.images[0].raw.channels}
+    return ModelConfig(name=info.name, task=info.task, architecture=info.architecture, classes=tuple(info.classes),
+                       version=info.version, input_size=info.input_size or None, model_args=model_args)
+
+
+def _detection(response: Any) -> Any:
+    return detections_from_proto(response)
+
+
+def _segmentation(response: Any) -> Any:
+    from services.segmentation import _PROCESSING
+
+    names = {v: k for k, v in _PROCESSING.items()}
+    return segmentation_from_png(response.label_map_png, names.get(response.processing, "whole"))
+
+
+def _captioning(response: Any) -> Any:
+    return [{"text": c.text, "log_prob": round(c.log_prob, 4), "score": round(c.score, 4)} for c in response.captions]
+
+
+@dataclass(frozen=True)
+class Remote:
+    """How one task's stream is called and its answers turned into the task's plain outputs."""
+
+    stream: Callable[[CvtasksClient], Callable[..., Iterator[Any]]]
+    output: Callable[[Any], Any]
+
+
+REMOTES = {
+    "detection": Remote(lambda c: c.detect_stream, _detection),
+    "segmentation": Remote(lambda c: c.segment_stream, _segmentation),
+    "captioning": Remote(lambda c: c.caption_stream, _captioning),
+}
+
+
+def run_remote(task: BatchTask, client: CvtasksClient, inputs: Sequence[InputFile], manifest: Manifest, *,
+               in_flight: int = 32, retry_s: float = 60.0, progress: bool = True) -> Summary:
+    """Every unfinished input through the service's stream; returns the summary."""
+    if task.task not in REMOTES:
+        raise ValueError(f"remote mode covers {sorted(REMOTES)}; for generation use run_remote_generate")
+    started, summary = time.perf_counter(), Summary(manifest.out)
+    by_key = {f.key: f for f in inputs}
+    todo = plan([Work(f.key, lambda: (None, None)) for f in inputs], manifest, summary)
+    pending = deque(by_key[w.key] for w in todo)
+    with progress_bar(len(pending), enabled=progress, desc=f"{task.task} @ {client.target}") as bar:
+        sink = Sink(task, manifest, summary, bar)
+        try:
+            _with_retries(lambda: _stream_once(task, client, pending, sink, in_flight), lambda: len(pending),
+                          retry_s)
+        finally:
+            sink.close()
+    return finish(task, manifest, summary, started)
+
+
+def _with_retries(attempt: Callable[[], None], remaining: Callable[[], int], retry_s: float) -> None:
+    """Run ``attempt`` until nothing remains; a retryable gRPC error waits and tries again, unless
+    no input has been answered for ``retry_s`` seconds."""
+    last_progress, left, delay = time.monotonic(), remaining(), 0.25
+    while True:
+        try:
+            attempt()
+            return
+        except grpc.RpcError as exc:
+            if exc.code() not in RETRYABLE:
+                raise
+            if remaining() < left:
+                last_progress, left, delay = time.monotonic(), remaining(), 0.25
+            if time.monotonic() - last_progress > retry_s:
+                raise
+            log.warning("server unavailable (%s); retrying %d unanswered inputs in %.1f s",
+                        exc.code().name, remaining(), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _stream_once(task: BatchTask, client: CvtasksClient, pending: deque[InputFile], sink: Sink,
+                 in_flight: int) -> None:
+    """One stream over what is pending; on a transport error the unanswered inputs go back to the
+    front of ``pending`` (in order) and the error propagates."""
+    remote, lock, slots = REMOTES[task.task], threading.Lock(), threading.Semaphore(in_flight)
+    sent: deque[InputFile] = deque()
+    stop = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        while not stop.is_set():
+            slots.acquire()
+            with lock:
+                if stop.is_set() or not pending:
+                    return
+                item = pending.popleft()
+                try:
+                    data = item.path.read_bytes()
+                except OSError as exc:
+                    sink.failed(item.key, failure_reason(exc))
+                    slots.release()
+                    continue
+                sent.append(item)
+            yield data
+
+    call = remote.stream(client)(requests(), **task.request_options())
+    try:
+        for response in call:
+            with lock:
+                item = sent.popleft()
+            slots.release()
+            _answer(task, remote, item, response, sink)
+    except BaseException:
+        stop.set()
+        slots.release()
+        call.cancel()
+        with lock:
+            pending.extendleft(reversed(sent))
+            sent.clear()
+        raise
+
+
+def _answer(task: BatchTask, remote: Remote, item: InputFile, response: Any, sink: Sink) -> None:
+    if response.HasField("error"):
+        sink.failed(item.key, f"{_CODE_NAMES.get(response.error.code, 'ERROR')}: {response.error.message}")
+        return
+    pixels: np.ndarray | None = None
+    if task.needs_pixels:
+        pixels = decode_image(item.path.read_bytes())
+    sink.ok([(item.key, remote.output(response), (response.image_height, response.image_width), pixels)])
+
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def _pixels(raw: Any) -> np.ndarray:
+    return np.frombuffer(raw.data, np.uint8).reshape(raw.height, raw.width, raw.channels)
+
+
+def run_remote_generate(task: BatchTask, client: CvtasksClient, count: int, manifest: Manifest, *,
+                        retry_s: float = 60.0, progress: bool = True) -> Summary:
+    """Images 0..count-1 of the task's seed from the service: the latents are drawn here (the same
+    as the service's for that seed) and sent explicitly, 64 per Generate call."""
+    started, summary = time.perf_counter(), Summary(manifest.out)
+    z = task.latents(count)
+    todo = plan([Work(task.key(i), lambda: (None, None)) for i in range(count)], manifest, summary)
+    indices = deque(int(w.key.split("/")[1]) for w in todo)
+    with progress_bar(len(indices), enabled=progress, desc=f"generate @ {client.target}") as bar:
+        sink = Sink(task, manifest, summary, bar)
+
+        def attempt() -> None:
+            while indices:
+                chunk = [indices[i] for i in range(min(GENERATE_CHUNK, len(indices)))]
+                response = client.generate(latents=z[chunk].tolist(), fmt="raw", model=task.config.name)
+                images = [_pixels(image.raw) for image in response.images]
+                sink.ok([(task.key(i), image, image.shape[:2], None) for i, image in zip(chunk, images)])
+                for _ in chunk:
+                    indices.popleft()
+
+        try:
+            _with_retries(attempt, lambda: len(indices), retry_s)
+        finally:
+            sink.close()
+    return finish(task, manifest, summary, started)

@@ -1,0 +1,186 @@
+"""``cvtasks batch TASK INPUT --out OUT``: a folder of images through a model, results on disk.
+
+    cvtasks batch detection photos/ --out results/ --recursive --annotate
+    cvtasks batch segmentation scans/ --out masks/ --server localhost:50051
+    cvtasks batch captioning frames/ --out captions/ --engine ray
+    cvtasks batch generate --count 1000 --out samples/
+
+Re-running the same command skips the inputs already done (see models/batch/store.py);
+``--force`` starts over. Exit code 0: all done; 1: some inputs failed (listed in errors.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from models.batch.store import IMAGE_PATTERNS
+from models.preprocessing import DEFAULT_MAX_PIXELS
+
+IMAGE_TASKS = ("detection", "segmentation", "captioning")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("batch", help="run a model over a folder of images (or generate many), results on disk")
+    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    for task in IMAGE_TASKS:
+        t = tasks.add_parser(task, help=f"{task} over a folder of images")
+        t.add_argument("input", help="folder of images (or one image file)")
+        t.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+        t.add_argument("--glob", nargs="+", default=list(IMAGE_PATTERNS), metavar="PATTERN",
+                       help="file name patterns to take, case-insensitive (default: common image extensions)")
+        t.add_argument("--decode-workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
+                       help="threads reading and decoding images")
+        t.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are refused")
+        t.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local pipelined engine, or Ray Data (a cluster via RAY_ADDRESS, else local Ray)")
+        t.add_argument("--actors", type=int, default=1, help="Ray engine: model replicas (actors)")
+        _common(t)
+        _TASK_OPTIONS[task](t)
+    g = tasks.add_parser("generate", aliases=["generation"], help="draw COUNT images from a generator")
+    g.add_argument("--count", type=int, required=True, help="images 0..COUNT-1 of the seed")
+    g.add_argument("--seed", type=int, default=0)
+    _common(g)
+    p.set_defaults(run=run)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder (results, manifest, errors)")
+    p.add_argument("--model", default="", help="model name (default: the only/first model of the task)")
+    p.add_argument("--model-store", default=os.environ.get("CVTASKS_MODEL_STORE", "model_store"))
+    p.add_argument("--server", default=None, help="HOST:PORT of a running service: it does the inference")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-in-flight", type=int, default=None,
+                   help="images held at once (default 4 x batch size; remote: unanswered requests, default 32)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--retry-s", type=float, default=60.0,
+                   help="remote: keep retrying an unavailable server this long without progress")
+    p.add_argument("--force", action="store_true", help="start over: reprocess inputs already done")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when not a terminal)")
+
+
+def _detection_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--score-threshold", type=float, default=None, help="default 0.5")
+    p.add_argument("--max-detections", type=int, default=None, help="default 100")
+    p.add_argument("--classes", nargs="+", default=None, help="keep only these class names")
+    p.add_argument("--annotate", action="store_true", help="also write annotated/<input>.jpg with boxes drawn")
+
+
+def _segmentation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-side", type=int, default=None, help="larger images are resized or tiled (default 1024)")
+    p.add_argument("--large-image-mode", choices=("resize", "tile"), default=None)
+    p.add_argument("--tile-overlap", type=int, default=None)
+    p.add_argument("--overlay", action="store_true", help="also write overlays/<input>.png")
+    p.add_argument("--overlay-alpha", type=float, default=None, help="default 0.5")
+
+
+def _captioning_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam-size", type=int, default=None, help="default 3 (1 = greedy)")
+    p.add_argument("--max-length", type=int, default=None, help="default: the model's trained length")
+    p.add_argument("--num-captions", type=int, default=None, help="default 1")
+    p.add_argument("--length-penalty", type=float, default=None)
+
+
+_TASK_OPTIONS = {"detection": _detection_options, "segmentation": _segmentation_options,
+                 "captioning": _captioning_options}
+_OPTION_NAMES = {
+    "detection": ("score_threshold", "max_detections", "classes", "annotate"),
+    "segmentation": ("max_side", "large_image_mode", "tile_overlap", "overlay", "overlay_alpha"),
+    "captioning": ("beam_size", "max_length", "num_captions", "length_penalty"),
+    "generation": ("seed",),
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    task_name = "generation" if args.task in ("generate", "generation") else args.task
+    options = {name: getattr(args, name) for name in _OPTION_NAMES[task_name]}
+    if args.server:
+        summary = _run_remote(args, task_name, options)
+    else:
+        summary = _run_in_process(args, task_name, options)
+    print(json.dumps(summary.to_json(), indent=2))
+    print(summary.text(), file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _inputs(args: argparse.Namespace) -> list:
+    from models.batch.store import list_inputs
+
+    inputs = list_inputs(args.input, patterns=args.glob, recursive=args.recursive, exclude=[args.out])
+    if not inputs:
+        raise FileNotFoundError(f"no files matching {' '.join(args.glob)} in {args.input}"
+                                f"{'' if args.recursive else ' (add --recursive for sub-folders)'}")
+    return inputs
+
+
+def _run_in_process(args: argparse.Namespace, task_name: str, options: dict[str, Any]):
+    from models import checkpoints
+    from models.batch.engine import Work, file_work, run_local
+    from models.batch.store import Manifest
+    from models.batch.tasks import build_task
+    from models.train.common import pick_device
+
+    folder = _model_folder(args.model_store, task_name, args.model)
+    config = checkpoints.load_config(folder)
+    max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
+    task = build_task(task_name, config, args.out, max_pixels=max_pixels, **options)
+    inputs = _inputs(args) if task_name != "generation" else []
+    manifest = Manifest(args.out, task.job(), force=args.force)
+    if getattr(args, "engine", "local") == "ray":
+        from models.batch.ray_engine import run_ray
+
+        return run_ray(task, folder, inputs, manifest, batch_size=args.batch_size, actors=args.actors,
+                       device=args.device, progress=not args.no_progress)
+    model, _ = checkpoints.load_model(folder, device=pick_device(args.device))
+    if task_name == "generation":
+        z = task.latents(_check_count(args.count))
+        work = [Work(task.key(i), lambda i=i: (None, z[i])) for i in range(args.count)]
+    else:
+        work = file_work(task, inputs)
+    return run_local(task, model, work, manifest, batch_size=args.batch_size,
+                     decode_workers=getattr(args, "decode_workers", 1), max_in_flight=args.max_in_flight,
+                     progress=not args.no_progress)
+
+
+def _check_count(count: int) -> int:
+    if count < 1:
+        raise ValueError(f"--count must be >= 1, got {count}")
+    return count
+
+
+def _model_folder(store: str, task: str, name: str) -> Path:
+    """The named model, or the task's only (or first, by name) model in the store."""
+    from models import checkpoints
+
+    if name:
+        return checkpoints.resolve(store, name)
+    found = sorted(c.name for c in checkpoints.list_store(store) if c.task == task)
+    if not found:
+        raise FileNotFoundError(f"no {task} model in model store {store}; train one (cvtasks train {task} ...) "
+                                f"or pass --model-store / --server")
+    return checkpoints.resolve(store, found[0])
+
+
+def _run_remote(args: argparse.Namespace, task_name: str, options: dict[str, Any]):
+    from models.batch.store import Manifest
+    from models.batch.tasks import build_task
+    from services.batch_remote import run_remote, run_remote_generate, remote_config
+    from services.client import CvtasksClient
+
+    if getattr(args, "engine", "local") != "local":
+        raise ValueError("--server and --engine ray exclude each other: the server already does the inference")
+    reconnect = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 2000)]
+    with CvtasksClient(args.server, timeout=60.0, channel_options=reconnect) as client:
+        config = remote_config(client, task_name, args.model)
+        max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
+        task = build_task(task_name, config, args.out, max_pixels=max_pixels, **options)
+        manifest = Manifest(args.out, task.job(), force=args.force)
+        if task_name == "generation":
+            return run_remote_generate(task, client, _check_count(args.count), manifest, retry_s=args.retry_s,
+                                       progress=not args.no_progress)
+        return run_remote(task, client, _inputs(args), manifest, in_flight=args.max_in_flight or 32,
+                          retry_s=args.retry_s, progress=not args.no_progress)
