@@ -30,7 +30,18 @@ from services.commands.detect import detections_from_proto
 
 log = logging.getLogger("cvtasks.batch")
 
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
+             grpc.StatusCode.RESOURCE_EXHAUSTED)
+_RETRYABLE_ITEM_CODES = {code.value[0] for code in RETRYABLE}
+
+
+class ServerBusy(Exception):
+    """An item came back UNAVAILABLE / RESOURCE_EXHAUSTED (the server is stopping or full): the
+    input is not at fault, so it is sent again rather than recorded as failed."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{_CODE_NAMES.get(code, code)}: {message}")
 GENERATE_CHUNK = 64  # the service's bound on images per Generate call
 
 
@@ -104,15 +115,15 @@ def _with_retries(attempt: Callable[[], None], remaining: Callable[[], int], ret
         try:
             attempt()
             return
-        except grpc.RpcError as exc:
-            if exc.code() not in RETRYABLE:
+        except (grpc.RpcError, ServerBusy) as exc:
+            if isinstance(exc, grpc.RpcError) and exc.code() not in RETRYABLE:
                 raise
             if remaining() < left:
                 last_progress, left, delay = time.monotonic(), remaining(), 0.25
             if time.monotonic() - last_progress > retry_s:
                 raise
-            log.warning("server unavailable (%s); retrying %d unanswered inputs in %.1f s",
-                        exc.code().name, remaining(), delay)
+            reason = exc.code().name if isinstance(exc, grpc.RpcError) else str(exc)
+            log.warning("server unavailable (%s); retrying %d unanswered inputs in %.1f s", reason, remaining(), delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -146,6 +157,9 @@ def _stream_once(task: BatchTask, client: CvtasksClient, pending: deque[InputFil
         for response in call:
             with lock:
                 item = sent.popleft()
+                if response.HasField("error") and response.error.code in _RETRYABLE_ITEM_CODES:
+                    sent.appendleft(item)
+                    raise ServerBusy(response.error.code, response.error.message)
             slots.release()
             _answer(task, remote, item, response, sink)
     except BaseException:
@@ -166,9 +180,6 @@ def _answer(task: BatchTask, remote: Remote, item: InputFile, response: Any, sin
     if task.needs_pixels:
         pixels = decode_image(item.path.read_bytes())
     sink.ok([(item.key, remote.output(response), (response.image_height, response.image_width), pixels)])
-
-
-_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 def _pixels(raw: Any) -> np.ndarray:

@@ -98,6 +98,8 @@ _OPTION_NAMES = {
 def run(args: argparse.Namespace) -> int:
     task_name = "generation" if args.task in ("generate", "generation") else args.task
     options = {name: getattr(args, name) for name in _OPTION_NAMES[task_name]}
+    if task_name == "generation" and args.count < 1:
+        raise ValueError(f"--count must be >= 1, got {args.count}")
     if args.server:
         summary = _run_remote(args, task_name, options)
     else:
@@ -137,19 +139,13 @@ def _run_in_process(args: argparse.Namespace, task_name: str, options: dict[str,
                        device=args.device, progress=not args.no_progress)
     model, _ = checkpoints.load_model(folder, device=pick_device(args.device))
     if task_name == "generation":
-        z = task.latents(_check_count(args.count))
+        z = task.latents(args.count)
         work = [Work(task.key(i), lambda i=i: (None, z[i])) for i in range(args.count)]
     else:
         work = file_work(task, inputs)
     return run_local(task, model, work, manifest, batch_size=args.batch_size,
                      decode_workers=getattr(args, "decode_workers", 1), max_in_flight=args.max_in_flight,
                      progress=not args.no_progress)
-
-
-def _check_count(count: int) -> int:
-    if count < 1:
-        raise ValueError(f"--count must be >= 1, got {count}")
-    return count
 
 
 def _model_folder(store: str, task: str, name: str) -> Path:
@@ -180,7 +176,7 @@ def _run_remote(args: argparse.Namespace, task_name: str, options: dict[str, Any
         task = build_task(task_name, config, args.out, max_pixels=max_pixels, **options)
         manifest = Manifest(args.out, task.job(), force=args.force)
         if task_name == "generation":
-            return run_remote_generate(task, client, _check_count(args.count), manifest, retry_s=args.retry_s,
+            return run_remote_generate(task, client, args.count, manifest, retry_s=args.retry_s,
                                        progress=not args.no_progress)
         return run_remote(task, client, _inputs(args), manifest, in_flight=args.max_in_flight or 32,
                           retry_s=args.retry_s, progress=not args.no_progress)
