@@ -28,6 +28,7 @@ from models.batch.tasks import BatchTask
 from models.errors import CvtasksError
 
 Loaded = tuple["np.ndarray | None", Any]  # (decoded pixels or None, the model's input)
+Ready = tuple["np.ndarray | None", Any, "tuple[int, int] | None"]  # (pixels kept, model input, (h, w))
 
 
 @dataclass(frozen=True)
@@ -191,12 +192,13 @@ def _pipeline(task: BatchTask, model: nn.Module, todo: Sequence[Work], sink: Sin
 
     feeder = threading.Thread(target=feed, name="batch-feeder", daemon=True)
     feeder.start()
-    batch: list[tuple[str, Loaded]] = []
+    batch: list[tuple[str, Ready]] = []
     try:
         while (entry := loads.get()) is not None:
             item, future = entry
             try:
-                batch.append((item.key, future.result()))
+                pixels, inputs = future.result()
+                batch.append((item.key, (_kept(task, pixels), inputs, _size(pixels, None))))
             except Exception as exc:  # noqa: BLE001 — a bad input is recorded, the job goes on
                 sink.failed(item.key, failure_reason(exc))
             if len(batch) >= batch_size:
@@ -210,10 +212,10 @@ def _pipeline(task: BatchTask, model: nn.Module, todo: Sequence[Work], sink: Sin
         feeder.join()
 
 
-def _infer(task: BatchTask, model: nn.Module, batch: list[tuple[str, Loaded]], sink: Sink) -> None:
+def _infer(task: BatchTask, model: nn.Module, batch: list[tuple[str, Ready]], sink: Sink) -> None:
     """One batch on the device; when it fails, each input alone, so one bad input fails alone."""
     try:
-        outputs = task.infer(model, [inputs for _, (_, inputs) in batch])
+        outputs = task.infer(model, [inputs for _, (_, inputs, _) in batch])
     except Exception as exc:  # noqa: BLE001
         if len(batch) == 1:
             sink.failed(batch[0][0], f"inference failed: {failure_reason(exc)}")
@@ -221,9 +223,16 @@ def _infer(task: BatchTask, model: nn.Module, batch: list[tuple[str, Loaded]], s
             for one in batch:
                 _infer(task, model, [one], sink)
         return
-    sink.ok([(key, out, _size(pixels, out), pixels) for (key, (pixels, _)), out in zip(batch, outputs)])
+    sink.ok([(key, out, size or _size(None, out), pixels)
+             for (key, (pixels, _, size)), out in zip(batch, outputs)])
 
 
-def _size(pixels: np.ndarray | None, output: Any) -> tuple[int, int]:
-    shape = pixels.shape if pixels is not None else np.asarray(output).shape
-    return int(shape[0]), int(shape[1])
+def _kept(task: BatchTask, pixels: np.ndarray | None) -> np.ndarray | None:
+    """The decoded pixels stay in memory until written only when the task draws on them."""
+    return pixels if task.needs_pixels else None
+
+
+def _size(pixels: np.ndarray | None, output: Any) -> tuple[int, int] | None:
+    """(height, width) of the input, else of the output (generation); None when neither has one."""
+    shape = pixels.shape if pixels is not None else None if output is None else np.asarray(output).shape
+    return None if shape is None else (int(shape[0]), int(shape[1]))

@@ -129,8 +129,9 @@ class SegmentationBatch(BatchTask):
 
     def infer(self, model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[Segmentation]:
         device, norm = device_of(model), self.config.normalization
-        return segment_batch(model, [x.to(device) for x in inputs], mean=norm["mean"], std=norm["std"],
-                             options=[self.segment_options] * len(inputs))
+        with torch.inference_mode():
+                return segment_batch(model, [x.to(device) for x in inputs], mean=norm["mean"], std=norm["std"],
+                                 options=[self.segment_options] * len(inputs))
 
     def record(self, key: str, output: Segmentation, size: tuple[int, int],
                array: np.ndarray | None = None) -> dict[str, Any]:
@@ -198,6 +199,7 @@ class CaptioningBatch(BatchTask):
         max_length = opts.max_length or int(self.config.extra.get("max_length", 20))
         self.settings = CaptionSettings(beam_size=opts.beam_size, max_length=max_length,
                                         num_captions=opts.num_captions, length_penalty=opts.length_penalty).check()
+        self.vocab = Vocabulary(tuple(self.config.extra["vocab"]["words"])) if "vocab" in self.config.extra else None
         return opts
 
     def prepare(self, data: bytes) -> tuple[np.ndarray, torch.Tensor]:
@@ -205,10 +207,10 @@ class CaptioningBatch(BatchTask):
         return array, image_input(array, size=self.config.input_size or 224)
 
     def infer(self, model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[list[dict[str, Any]]]:
-        vocab = Vocabulary(tuple(self.config.extra["vocab"]["words"]))
         images = torch.stack(list(inputs)).to(device_of(model))
-        found = caption_batch(model, images, [self.settings] * len(inputs))
-        return [[{"text": vocab.decode(c.tokens), "log_prob": round(c.log_prob, 4), "score": round(c.score, 4)}
+        with torch.inference_mode():
+            found = caption_batch(model, images, [self.settings] * len(inputs))
+        return [[{"text": self.vocab.decode(c.tokens), "log_prob": round(c.log_prob, 4), "score": round(c.score, 4)}
                  for c in captions] for captions in found]
 
     def record(self, key: str, output: list[dict[str, Any]], size: tuple[int, int],
