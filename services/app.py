@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.registry import Registry
 from services.host import ModelHost, ServingConfig, TaskRuntime
 from services.imaging import Decoder
+from services.metrics import ServingMetrics, start_metrics_endpoint
 from services.models import ModelServicer
 from services.server import ServerConfig, Servicer, serve
 
@@ -56,11 +57,12 @@ TASKS.register("generation")(_generation)
 
 @dataclass
 class App:
-    """Servicers plus the hooks serve() runs around them."""
+    """Servicers plus the hooks serve() runs around them, and the process's metrics."""
 
     servicers: list[Servicer]
     hosts: list[ModelHost]
     decoder: Decoder
+    metrics: ServingMetrics = field(default_factory=ServingMetrics)
 
     async def startup(self) -> None:
         for host in self.hosts:
@@ -81,16 +83,28 @@ def build_app(
 ) -> App:
     """One host per task over ``model_store`` (``models`` restricts which names load)."""
     decoder = Decoder(workers=serving.decode_workers, max_pixels=serving.max_pixels)
+    metrics = ServingMetrics()
     servicers: list[Servicer] = []
     hosts: list[ModelHost] = []
     for task in tasks:
         spec = TASKS.get(task)()
-        host = ModelHost(model_store, spec.runtime(), serving, names=models, default=default_model)
+        host = ModelHost(model_store, spec.runtime(), serving, names=models, default=default_model, metrics=metrics)
         hosts.append(host)
         servicers.append(spec.servicer(host, decoder))
     servicers.append(ModelServicer(hosts))
-    return App(servicers, hosts, decoder)
+    return App(servicers, hosts, decoder, metrics)
 
 
-async def run_app(app: App, config: ServerConfig, **kwargs) -> None:
-    await serve(config, app.servicers, startup=app.startup, shutdown=app.shutdown, **kwargs)
+async def run_app(app: App, config: ServerConfig, *, metrics_port: int | None = None,
+                  on_metrics: Callable[[str], None] | None = None, **kwargs) -> None:
+    """Serve ``app`` (kwargs go to services.server.serve). With ``metrics_port`` (0 = any free port)
+    its Prometheus endpoint listens on ``config.host`` first, and ``on_metrics`` gets its URL."""
+    endpoint = None if metrics_port is None else start_metrics_endpoint(app.metrics, metrics_port, config.host)
+    try:
+        if endpoint is not None and on_metrics is not None:
+            on_metrics(endpoint.url)
+        await serve(config, app.servicers, startup=app.startup, shutdown=app.shutdown, metrics=app.metrics,
+                    **kwargs)
+    finally:
+        if endpoint is not None:
+            await asyncio.to_thread(endpoint.close)

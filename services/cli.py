@@ -14,10 +14,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import grpc  # noqa: E402
 
 from services.commands import (  # noqa: E402
-    batch, caption, data, demo, detect, evaluate, generate, segment, serve, train, weights,
+    batch, caption, data, demo, detect, evaluate, generate, manage, segment, serve, train, weights,
 )
 
-COMMANDS = (serve, detect, segment, caption, generate, batch, data, train, evaluate, weights, demo)
+COMMANDS = (serve, detect, segment, caption, generate, batch, manage, data, train, evaluate, weights, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

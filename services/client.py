@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -101,18 +103,33 @@ def _latent(values: Sequence[float]) -> generation_pb2.Latent:
     return generation_pb2.Latent(values=[float(v) for v in values])
 
 
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
 class CvtasksClient:
-    """One channel to a cvtasks server. ``timeout`` (seconds) is each call's deadline."""
+    """One channel to a cvtasks server. ``timeout`` (seconds) is each call's deadline.
+
+    ``token`` is sent as ``authorization: Bearer <token>`` on every call. ``tls_ca`` (a CA file)
+    switches to TLS; ``tls_cert`` + ``tls_key`` add a client certificate (mutual TLS).
+    ``CvtasksClient.from_env`` takes them from CVTASKS_TOKEN (or CVTASKS_TOKEN_FILE),
+    CVTASKS_TLS_CA, CVTASKS_TLS_CERT and CVTASKS_TLS_KEY.
+    """
 
     def __init__(self, target: str, *, timeout: float = 30.0, max_message_bytes: int = 64 * MiB,
                  metadata: Sequence[tuple[str, str]] | None = None,
-                 channel_options: Sequence[tuple[str, Any]] = ()) -> None:
+                 channel_options: Sequence[tuple[str, Any]] = (), token: str | None = None,
+                 tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None) -> None:
         self.target, self.timeout, self.metadata = target, timeout, list(metadata or [])
-        self.channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            *channel_options,
-        ])
+        if token:
+            self.metadata.append(("authorization", f"Bearer {token}"))
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes), *channel_options]
+        if tls_ca or tls_cert:
+            credentials = grpc.ssl_channel_credentials(_read(tls_ca), _read(tls_key), _read(tls_cert))
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.detection = detection_pb2_grpc.DetectionServiceStub(self.channel)
         self.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(self.channel)
         self.captioning = captioning_pb2_grpc.CaptioningServiceStub(self.channel)
@@ -188,6 +205,25 @@ class CvtasksClient:
         """"SERVING", "NOT_SERVING", ... for ``service`` ("" = the whole server)."""
         response = self._health.Check(health_pb2.HealthCheckRequest(service=service), **self._call_args(None))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def load_model(self, name: str, *, make_default: bool = False,
+                   timeout: float | None = None) -> models_pb2.ModelInfo:
+        """(Re)load ``name`` from the server's model store (an admin token when tokens are on)."""
+        request = models_pb2.LoadModelRequest(name=name, make_default=make_default)
+        return self.models.LoadModel(request, **self._call_args(timeout))
+
+    def unload_model(self, name: str, *, timeout: float | None = None) -> models_pb2.UnloadModelResponse:
+        return self.models.UnloadModel(models_pb2.UnloadModelRequest(name=name), **self._call_args(timeout))
+
+    @classmethod
+    def from_env(cls, target: str, **kwargs: Any) -> "CvtasksClient":
+        """A client whose token and TLS files come from the environment (see the class docstring)."""
+        token = os.environ.get("CVTASKS_TOKEN")
+        if not token and os.environ.get("CVTASKS_TOKEN_FILE"):
+            token = Path(os.environ["CVTASKS_TOKEN_FILE"]).read_text().strip()
+        env = {"tls_ca": "CVTASKS_TLS_CA", "tls_cert": "CVTASKS_TLS_CERT", "tls_key": "CVTASKS_TLS_KEY"}
+        found = {key: os.environ[var] for key, var in env.items() if os.environ.get(var)}
+        return cls(target, token=token or None, **found, **kwargs)
 
     def close(self) -> None:
         self.channel.close()

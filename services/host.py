@@ -24,6 +24,7 @@ from models.preprocessing import DEFAULT_MAX_PIXELS
 from models.train.common import pick_device
 from services.batching import DynamicBatcher
 from services.errors import UnavailableError
+from services.metrics import ServingMetrics, note_model
 from services.models import LoadedModelInfo
 
 log = logging.getLogger("cvtasks.host")
@@ -59,32 +60,44 @@ class TaskRuntime(Protocol):
 
 @dataclass(frozen=True)
 class BatchResult:
-    """A batch item's output plus when its batch started and ended (time.perf_counter seconds)."""
+    """A batch item's output plus when its batch started and ended (time.perf_counter seconds)
+    and the name of the model that ran it."""
 
     value: Any
     started: float
     finished: float
+    model: str = ""
 
 
 class LoadedModel:
     """A model on its device with its batcher. ``submit`` returns a BatchResult."""
 
     def __init__(self, model: nn.Module, config: checkpoints.ModelConfig, device: torch.device,
-                 runtime: TaskRuntime, serving: ServingConfig) -> None:
+                 runtime: TaskRuntime, serving: ServingConfig, *, metrics: ServingMetrics | None = None) -> None:
         self.model, self.config, self.device, self.runtime = model, config, device, runtime
+        self.metrics = metrics
         self.ready = False
+        self.successor: LoadedModel | None = None  # set when a reload swaps a newer version in
         self.batcher: DynamicBatcher[Any, BatchResult] = DynamicBatcher(
             self._run, max_batch_size=serving.max_batch_size, max_delay_s=serving.max_delay_ms / 1000,
-            max_queue_size=serving.max_queue_size, name=config.name,
+            max_queue_size=serving.max_queue_size, name=config.name, on_batch=self._batch_done,
         )
+
+    def _batch_done(self, size: int, seconds: float) -> None:
+        if self.metrics is not None and self.ready:  # the warm-up batch is not traffic
+            self.metrics.observe_batch(self.config.name, size)
 
     def _run(self, items: list[Any]) -> list[BatchResult]:
         started = time.perf_counter()
         values = self.runtime.run_batch(self.model, self.config, items)
         finished = time.perf_counter()
-        return [BatchResult(v, started, finished) for v in values]
+        return [BatchResult(v, started, finished, self.config.name) for v in values]
 
     async def submit(self, item: Any, *, deadline: float | None = None) -> BatchResult:
+        """Queue ``item`` on this model's batcher; once a newer version has replaced this one, on
+        the newer one (a request that picked this model just before the swap does not fail)."""
+        if self.successor is not None:
+            return await self.successor.submit(item, deadline=deadline)
         return await self.batcher.submit(item, deadline=deadline)
 
     def info(self, *, is_default: bool = False) -> LoadedModelInfo:
@@ -100,11 +113,14 @@ class ModelHost:
     """Every model of one task found in a model store (or the names given), ready to serve."""
 
     def __init__(self, store: str | Path, runtime: TaskRuntime, serving: ServingConfig = ServingConfig(),
-                 *, names: Sequence[str] = (), default: str | None = None) -> None:
-        self.store, self.runtime, self.serving = Path(store), runtime, serving
+                 *, names: Sequence[str] = (), default: str | None = None,
+                 metrics: ServingMetrics | None = None) -> None:
+        self.store, self.runtime, self.serving, self.metrics = Path(store), runtime, serving, metrics
         self._names, self._default = list(names), default
         self._models: dict[str, LoadedModel] = {}
         self.device = pick_device(serving.device)
+        if metrics is not None:
+            metrics.watch_queues(self.queue_depths)
 
     @property
     def task(self) -> str:
@@ -128,7 +144,7 @@ class ModelHost:
         model, config = await asyncio.to_thread(checkpoints.load_model, folder, device=self.device)
         if config.task != self.task:
             raise UnknownModelError(f"model `{name}` is a {config.task} model, not {self.task}")
-        loaded = LoadedModel(model, config, self.device, self.runtime, self.serving)
+        loaded = LoadedModel(model, config, self.device, self.runtime, self.serving, metrics=self.metrics)
         await loaded.batcher.start()
         warm = self.runtime.warmup_item(config, self.device)
         await loaded.submit(warm)
@@ -137,8 +153,23 @@ class ModelHost:
         self._models[name] = loaded
         log.info("model loaded", extra={"model": name, "version": config.version, "device": str(self.device)})
         if old is not None:
-            await old.batcher.stop(drain=True)
+            old.successor = loaded
+            await old.batcher.stop(drain=True)  # what it had queued finishes on the old version
         return loaded
+
+    async def unload(self, name: str) -> str:
+        """Stop serving ``name`` (its queued requests finish first); returns the task's default
+        model afterwards ("" when none is left)."""
+        loaded = self.get(name)  # UnknownModelError lists what is served
+        del self._models[loaded.config.name]
+        if self._default == loaded.config.name:
+            self._default = next(iter(self._models), None)
+        await loaded.batcher.stop(drain=True)
+        log.info("model unloaded", extra={"model": loaded.config.name})
+        return self._default or ""
+
+    def set_default(self, name: str) -> None:
+        self._default = self.get(name).config.name
 
     def get(self, name: str = "") -> LoadedModel:
         """The model called ``name`` ("" -> the default); UnknownModelError lists what is served."""
@@ -148,7 +179,12 @@ class ModelHost:
             if not self._models:
                 raise UnavailableError(f"no {self.task} model is loaded yet; retry shortly")
             raise UnknownModelError(f"Unknown model `{key}`. This server serves: {sorted(self._models)}")
+        note_model(key)  # the RPC's metrics are labelled with this model
         return loaded
+
+    def queue_depths(self) -> dict[str, int]:
+        """Model name -> requests waiting in its batcher queue (safe to call from another thread)."""
+        return {name: loaded.batcher.queue_depth for name, loaded in list(self._models.items())}
 
     def list_models(self) -> list[LoadedModelInfo]:
         return [m.info(is_default=name == self._default) for name, m in self._models.items()]

@@ -11,7 +11,15 @@ from typing import Any
 
 from services.app import build_app, run_app
 from services.host import ServingConfig
+from services.security import SecurityConfig
 from services.server import ServerConfig
+
+
+class ServerAddress(str):
+    """ "HOST:PORT" of a running server (a plain str for every caller), plus ``metrics_url``:
+    its Prometheus endpoint, or None when it serves no metrics."""
+
+    metrics_url: str | None = None
 
 
 @contextlib.contextmanager
@@ -24,10 +32,13 @@ def running_server(
     port: int = 0,
     ready_timeout_s: float = 300.0,
     grace_s: float = 5.0,
+    metrics_port: int | None = None,
+    security: SecurityConfig = SecurityConfig(),
     **serving: Any,
-) -> Iterator[str]:
+) -> Iterator[ServerAddress]:
     """Serve ``task`` (or several) from ``model_store`` until the block ends; yields "HOST:PORT" once SERVING.
-    On exit, in-flight calls get ``grace_s`` seconds before they are cancelled."""
+    On exit, in-flight calls get ``grace_s`` seconds before they are cancelled. With ``metrics_port``
+    (0 = any free port) the Prometheus endpoint runs too; its URL is the address's ``metrics_url``."""
     app = build_app([task] if isinstance(task, str) else list(task), model_store, ServingConfig(**serving), models=models)
     ready, stopped = threading.Event(), threading.Event()
     state: dict[str, Any] = {}
@@ -40,8 +51,9 @@ def running_server(
         async def go() -> None:
             state["stop"] = asyncio.Event()
             state["loop"] = asyncio.get_running_loop()
-            await run_app(app, ServerConfig(host=host, port=port, grace_s=grace_s), on_ready=on_ready,
-                          stop_event=state["stop"])
+            await run_app(app, ServerConfig(host=host, port=port, grace_s=grace_s, security=security), on_ready=on_ready,
+                          stop_event=state["stop"], metrics_port=metrics_port,
+                          on_metrics=lambda url: state.update(metrics_url=url))
 
         try:
             asyncio.run(go())
@@ -57,7 +69,9 @@ def running_server(
     if "error" in state or "port" not in state:
         raise RuntimeError(f"server did not start: {state.get('error', 'timed out')}") from state.get("error")
     try:
-        yield f"{host}:{state['port']}"
+        address = ServerAddress(f"{host}:{state['port']}")
+        address.metrics_url = state.get("metrics_url")
+        yield address
     finally:
         state["loop"].call_soon_threadsafe(state["stop"].set)
         stopped.wait(60)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 
-from models.errors import UnknownModelError
+from models import checkpoints
+from models.errors import InvalidInputError, UnknownModelError
 from services.pb import models_pb2, models_pb2_grpc
 
 
@@ -30,9 +32,18 @@ class LoadedModelInfo:
 
 
 class ModelSource(Protocol):
-    """Anything that can list the models it serves (a ModelHost)."""
+    """What ModelService needs of a task's models (a ModelHost): list, (re)load, unload."""
+
+    task: str
+    store: Path
 
     def list_models(self) -> list[LoadedModelInfo]: ...
+
+    async def load(self, name: str) -> Any: ...
+
+    async def unload(self, name: str) -> str: ...
+
+    def set_default(self, name: str) -> None: ...
 
 
 def _to_proto(info: LoadedModelInfo) -> models_pb2.ModelInfo:
@@ -67,3 +78,30 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             if info.name == request.name or (not request.name and info.is_default):
                 return _to_proto(info)
         raise UnknownModelError(f"Unknown model `{request.name}`. This server serves: {sorted(i.name for i in infos)}")
+
+    def _source_for(self, task: str) -> ModelSource:
+        for source in self.sources:
+            if source.task == task:
+                return source
+        raise InvalidInputError(f"this server does not serve {task} models; it serves "
+                                f"{sorted(s.task for s in self.sources)}")
+
+    async def LoadModel(self, request: models_pb2.LoadModelRequest, context: grpc.aio.ServicerContext):
+        if not request.name or not self.sources:
+            raise InvalidInputError("name the model-store folder to load")
+        config = checkpoints.load_config(checkpoints.resolve(self.sources[0].store, request.name))
+        source = self._source_for(config.task)
+        await source.load(request.name)
+        if request.make_default:
+            source.set_default(request.name)
+        return next(_to_proto(i) for i in source.list_models() if i.name == request.name)
+
+    async def UnloadModel(self, request: models_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext):
+        if not request.name:
+            raise InvalidInputError("name the model to unload")
+        for source in self.sources:
+            if any(i.name == request.name for i in source.list_models()):
+                default = await source.unload(request.name)
+                return models_pb2.UnloadModelResponse(name=request.name, default_model=default)
+        raise UnknownModelError(f"Unknown model `{request.name}`. This server serves: "
+                                f"{sorted(i.name for i in self._all())}")

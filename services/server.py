@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -21,6 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.errors import status_for
+from services.security import AuthInterceptor, SecurityConfig
+from services.metrics import RpcRecord, ServingMetrics, begin_rpc
 
 log = logging.getLogger("cvtasks.server")
 
@@ -35,6 +37,7 @@ class ServerConfig:
     port: int = 50051
     max_message_bytes: int = 64 * MiB
     grace_s: float = 10.0
+    security: SecurityConfig = field(default_factory=SecurityConfig)  # TLS and tokens (none by default)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -76,16 +79,21 @@ def _status_name(context: grpc.aio.ServicerContext, failure: BaseException | Non
     return getattr(code, "name", "OK") if code is not None else "OK"
 
 
-def _log_rpc(method: str, context: grpc.aio.ServicerContext, started: float, failure: BaseException | None) -> None:
+def _log_rpc(method: str, context: grpc.aio.ServicerContext, started: float, failure: BaseException | None,
+             record: RpcRecord | None) -> None:
     name = _status_name(context, failure)
     level = logging.INFO if name == "OK" else logging.WARNING
-    log.log(level, "rpc", extra={"method": method, "status": name, "peer": context.peer(),
-                                 "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
+    extra = {"method": method, "status": name, "peer": context.peer(),
+             "duration_ms": round((time.perf_counter() - started) * 1000, 2)}
+    if record is not None:
+        extra["model"] = record.model
+        record.metrics.observe_rpc(model=record.model, method=method, status=name)
+    log.log(level, "rpc", extra=extra)
 
 
-def _wrap_unary_response(method: str, inner: Callable) -> Callable:
+def _wrap_unary_response(method: str, inner: Callable, metrics: ServingMetrics | None) -> Callable:
     async def behavior(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        started, failure = time.perf_counter(), None
+        started, failure, record = time.perf_counter(), None, begin_rpc(metrics)
         try:
             return await inner(request_or_iterator, context)
         except grpc.aio.AbortError:
@@ -97,17 +105,17 @@ def _wrap_unary_response(method: str, inner: Callable) -> Callable:
             failure = exc
             await _abort(context, exc)
         finally:
-            _log_rpc(method, context, started, failure)
+            _log_rpc(method, context, started, failure, record)
 
     return behavior
 
 
-def _wrap_stream_response(method: str, inner: Callable) -> Callable:
+def _wrap_stream_response(method: str, inner: Callable, metrics: ServingMetrics | None) -> Callable:
     if not inspect.isasyncgenfunction(inner):  # a context.write()-style handler (e.g. health Watch)
-        return _wrap_unary_response(method, inner)
+        return _wrap_unary_response(method, inner, metrics)
 
     async def behavior(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        started, failure = time.perf_counter(), None
+        started, failure, record = time.perf_counter(), None, begin_rpc(metrics)
         try:
             async for response in inner(request_or_iterator, context):
                 yield response
@@ -120,13 +128,17 @@ def _wrap_stream_response(method: str, inner: Callable) -> Callable:
             failure = exc
             await _abort(context, exc)
         finally:
-            _log_rpc(method, context, started, failure)
+            _log_rpc(method, context, started, failure, record)
 
     return behavior
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain errors (services.errors.status_for) to statuses and logs one line per RPC."""
+    """Maps domain errors (services.errors.status_for) to statuses and logs one line per RPC;
+    with ``metrics``, also counts each RPC by model, method and status (services.metrics)."""
+
+    def __init__(self, metrics: ServingMetrics | None = None) -> None:
+        self.metrics = metrics
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -135,13 +147,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         codec = {"request_deserializer": handler.request_deserializer,
                  "response_serializer": handler.response_serializer}
+        m = self.metrics
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary_response(method, handler.unary_unary), **codec)
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary_response(method, handler.unary_unary, m), **codec)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream_response(method, handler.unary_stream), **codec)
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream_response(method, handler.unary_stream, m), **codec)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary_response(method, handler.stream_unary), **codec)
-        return grpc.stream_stream_rpc_method_handler(_wrap_stream_response(method, handler.stream_stream), **codec)
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary_response(method, handler.stream_unary, m), **codec)
+        return grpc.stream_stream_rpc_method_handler(_wrap_stream_response(method, handler.stream_stream, m), **codec)
 
 
 # --------------------------------------------------------------------------- server
@@ -163,14 +176,19 @@ async def create_server(
     servicers: Sequence[Servicer],
     *,
     health_servicer: health.aio.HealthServicer | None = None,
+    metrics: ServingMetrics | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """A bound (not started) server with ``servicers``, health (NOT_SERVING until told) and reflection."""
+    """A bound (not started) server with ``servicers``, health (NOT_SERVING until told) and reflection;
+    RPCs are counted in ``metrics`` when given."""
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(metrics)]
+    if config.security.auth_enabled:  # inside the error interceptor, so refused calls are logged and counted
+        interceptors.append(AuthInterceptor(config.security))
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     names = [s.service_name for s in servicers]
     for servicer in servicers:
         servicer.add_to_server(server)
@@ -179,7 +197,9 @@ async def create_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    credentials = config.security.credentials()
+    address = f"{config.host}:{config.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}; is the port in use?")
     return server, port
@@ -193,11 +213,12 @@ async def serve(
     shutdown: Callable[[], Awaitable[None]] | None = None,
     on_ready: Callable[[int], None] | None = None,
     stop_event: asyncio.Event | None = None,
+    metrics: ServingMetrics | None = None,
 ) -> None:
     """Listen, run ``startup`` (load + warm up models), report SERVING, and run until SIGTERM/SIGINT
     (or ``stop_event``); then NOT_SERVING, finish in-flight requests within grace_s, ``shutdown``."""
     health_servicer = new_health()
-    server, port = await create_server(config, servicers, health_servicer=health_servicer)
+    server, port = await create_server(config, servicers, health_servicer=health_servicer, metrics=metrics)
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -22,6 +22,7 @@ from models.batch.store import IMAGE_PATTERNS
 from models.preprocessing import DEFAULT_MAX_PIXELS
 
 IMAGE_TASKS = ("detection", "segmentation", "captioning")
+MAX_COUNT = 1_000_000  # generate: 1e6 latents of nz 100 hold 400 MB
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -98,8 +99,9 @@ _OPTION_NAMES = {
 def run(args: argparse.Namespace) -> int:
     task_name = "generation" if args.task in ("generate", "generation") else args.task
     options = {name: getattr(args, name) for name in _OPTION_NAMES[task_name]}
-    if task_name == "generation" and args.count < 1:
-        raise ValueError(f"--count must be >= 1, got {args.count}")
+    if task_name == "generation" and not 1 <= args.count <= MAX_COUNT:
+        raise ValueError(f"--count must be in 1..{MAX_COUNT}, got {args.count} (the seed's latents are held "
+                         f"in memory; use several seeds for more)")
     if args.server:
         summary = _run_remote(args, task_name, options)
     else:
@@ -170,7 +172,7 @@ def _run_remote(args: argparse.Namespace, task_name: str, options: dict[str, Any
     if getattr(args, "engine", "local") != "local":
         raise ValueError("--server and --engine ray exclude each other: the server already does the inference")
     reconnect = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 2000)]
-    with CvtasksClient(args.server, timeout=60.0, channel_options=reconnect) as client:
+    with CvtasksClient.from_env(args.server, timeout=60.0, channel_options=reconnect) as client:
         config = remote_config(client, task_name, args.model)
         max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
         task = build_task(task_name, config, args.out, max_pixels=max_pixels, **options)

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise FileNotFoundError(f"no such image file(s): {', '.join(missing)}")
     rows, failed = [], 0
-    with CvtasksClient(args.server) as client:
+    with CvtasksClient.from_env(args.server) as client:
         responses = client.caption_stream(
             (Path(p).read_bytes() for p in paths), timeout=args.timeout, model=args.model,
             beam_size=args.beam_size, max_length=args.max_length, num_captions=args.num_captions,

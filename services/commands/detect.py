@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise FileNotFoundError(f"no such image file(s): {', '.join(missing)}")
     results, failed = [], 0
-    with CvtasksClient(args.server, timeout=args.timeout) as client:
+    with CvtasksClient.from_env(args.server, timeout=args.timeout) as client:
         responses = client.detect_stream(
             (Path(p).read_bytes() for p in paths), model=args.model, score_threshold=args.score_threshold,
             max_detections=args.max_detections, classes=args.classes,

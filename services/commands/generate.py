@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with CvtasksClient(args.server, timeout=args.timeout) as client:
+    with CvtasksClient.from_env(args.server, timeout=args.timeout) as client:
         if args.interpolate:
             start, end = args.interpolate
             response = client.interpolate(start, end, steps=args.steps, path="linear" if args.linear else "spherical",

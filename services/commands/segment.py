@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, failed = [], 0
-    with CvtasksClient(args.server, timeout=args.timeout) as client:
+    with CvtasksClient.from_env(args.server, timeout=args.timeout) as client:
         responses = client.segment_stream(
             (Path(p).read_bytes() for p in paths), model=args.model, overlay=not args.no_overlay,
             contours=args.contours, large_image_mode=args.large_image_mode, max_side=args.max_side,

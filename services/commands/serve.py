@@ -7,7 +7,21 @@ import asyncio
 import os
 
 from services.host import ServingConfig
+from services.security import ADMIN_TOKENS_ENV, TOKENS_ENV, SecurityConfig, read_tokens
 from services.server import MiB, ServerConfig
+
+
+def _metrics_port(value: str) -> int | None:
+    """``--metrics-port``: "" or "off" -> no endpoint; 0 -> any free port; else 1..65535."""
+    if value.strip().lower() in ("", "off", "none"):
+        return None
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535 (0 = any free port) or 'off', got {value!r}")
+    return port
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--default-model", default=None, help="model used when a request names none")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=int(os.environ.get("CVTASKS_PORT", "50051")), help="0 = any free port")
+    p.add_argument("--metrics-port", type=_metrics_port, default=os.environ.get("CVTASKS_METRICS_PORT", "off"),
+                   help="serve Prometheus metrics over HTTP on this port at /metrics (0 = any free port; the URL "
+                        "is printed). Default: $CVTASKS_METRICS_PORT, else off")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--max-batch-size", type=int, default=s.max_batch_size)
     p.add_argument("--max-delay-ms", type=float, default=s.max_delay_ms, help="how long a batch waits to fill")
@@ -27,6 +44,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-message-mb", type=float, default=64, help="largest gRPC message, MiB")
     p.add_argument("--decode-workers", type=int, default=s.decode_workers)
     p.add_argument("--grace-s", type=float, default=10.0, help="time in-flight requests get on SIGTERM")
+    env = os.environ.get
+    p.add_argument("--tls-cert", default=env("CVTASKS_TLS_CERT"), help="server certificate (PEM): TLS on")
+    p.add_argument("--tls-key", default=env("CVTASKS_TLS_KEY"), help="its private key (PEM)")
+    p.add_argument("--tls-client-ca", default=env("CVTASKS_TLS_CLIENT_CA"),
+                   help="CA (PEM) that client certificates must chain to: mutual TLS on")
+    p.add_argument("--tokens-file", default=env("CVTASKS_TOKENS_FILE"),
+                   help="accepted bearer tokens, one per line (also $CVTASKS_TOKENS, comma-separated); "
+                        "tokens are never taken on the command line")
+    p.add_argument("--admin-tokens-file", default=env("CVTASKS_ADMIN_TOKENS_FILE"),
+                   help="tokens that may also load/unload models (also $CVTASKS_ADMIN_TOKENS)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--plain-logs", action="store_true", help="text logs instead of JSON lines")
     p.set_defaults(run=run)
@@ -41,12 +68,19 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue_size=args.max_queue,
         max_pixels=args.max_pixels, device=args.device, decode_workers=args.decode_workers,
     )
+    security = SecurityConfig(
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        tokens=read_tokens(args.tokens_file, env=TOKENS_ENV),
+        admin_tokens=read_tokens(args.admin_tokens_file, env=ADMIN_TOKENS_ENV))
     config = ServerConfig(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * MiB),
-                          grace_s=args.grace_s)
+                          grace_s=args.grace_s, security=security)
     app = build_app(args.task, args.model_store, serving, models=args.models, default_model=args.default_model)
 
     def ready(port: int) -> None:
         print(f"cvtasks: serving {', '.join(args.task)} on {args.host}:{port}", flush=True)
 
-    asyncio.run(run_app(app, config, on_ready=ready))
+    def metrics(url: str) -> None:
+        print(f"cvtasks: metrics on {url}", flush=True)
+
+    asyncio.run(run_app(app, config, on_ready=ready, metrics_port=args.metrics_port, on_metrics=metrics))
     return 0

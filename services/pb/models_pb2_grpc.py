@@ -27,7 +27,7 @@ if _version_not_supported:
 
 
 class ModelServiceStub:
-    """Lists and describes the models a server has loaded.
+    """Lists, describes, loads and unloads the models a server serves.
     """
 
     def __init__(self, channel):
@@ -46,10 +46,20 @@ class ModelServiceStub:
                 request_serializer=cvtasks_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=cvtasks_dot_v1_dot_models__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.LoadModel = channel.unary_unary(
+                '/cvtasks.v1.ModelService/LoadModel',
+                request_serializer=cvtasks_dot_v1_dot_models__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=cvtasks_dot_v1_dot_models__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/cvtasks.v1.ModelService/UnloadModel',
+                request_serializer=cvtasks_dot_v1_dot_models__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=cvtasks_dot_v1_dot_models__pb2.UnloadModelResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
-    """Lists and describes the models a server has loaded.
+    """Lists, describes, loads and unloads the models a server serves.
     """
 
     def ListModels(self, request, context):
@@ -61,6 +71,22 @@ class ModelServiceServicer:
 
     def GetModel(self, request, context):
         """One model by name. NOT_FOUND lists the served names.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadModel(self, request, context):
+        """(Re)load a model from the server's model store and warm it up. A model of that name already
+        loaded is swapped for the store's version once the new one is ready; requests already queued
+        finish on the old one, so none fails. Admin token needed when tokens are on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Stop serving a model; its queued requests finish first. Admin token needed when tokens are on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +105,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     request_deserializer=cvtasks_dot_v1_dot_models__pb2.GetModelRequest.FromString,
                     response_serializer=cvtasks_dot_v1_dot_models__pb2.ModelInfo.SerializeToString,
             ),
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=cvtasks_dot_v1_dot_models__pb2.LoadModelRequest.FromString,
+                    response_serializer=cvtasks_dot_v1_dot_models__pb2.ModelInfo.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=cvtasks_dot_v1_dot_models__pb2.UnloadModelRequest.FromString,
+                    response_serializer=cvtasks_dot_v1_dot_models__pb2.UnloadModelResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cvtasks.v1.ModelService', rpc_method_handlers)
@@ -88,7 +124,7 @@ def add_ModelServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelService:
-    """Lists and describes the models a server has loaded.
+    """Lists, describes, loads and unloads the models a server serves.
     """
 
     @staticmethod
@@ -135,6 +171,60 @@ class ModelService:
             '/cvtasks.v1.ModelService/GetModel',
             cvtasks_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
             cvtasks_dot_v1_dot_models__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvtasks.v1.ModelService/LoadModel',
+            cvtasks_dot_v1_dot_models__pb2.LoadModelRequest.SerializeToString,
+            cvtasks_dot_v1_dot_models__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvtasks.v1.ModelService/UnloadModel',
+            cvtasks_dot_v1_dot_models__pb2.UnloadModelRequest.SerializeToString,
+            cvtasks_dot_v1_dot_models__pb2.UnloadModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
