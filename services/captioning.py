@@ -90,7 +90,7 @@ class CaptioningServicer(captioning_pb2_grpc.CaptioningServiceServicer):
         captioning_pb2_grpc.add_CaptioningServiceServicer_to_server(self, server)
 
     async def Caption(self, request: captioning_pb2.CaptionRequest, context: grpc.aio.ServicerContext):
-        return await self._caption(request, deadline_of(context))
+        return await self._caption(request, deadline_of(context, self.host.serving))
 
     async def CaptionStream(self, request_iterator: AsyncIterator[captioning_pb2.CaptionRequest],
                             context: grpc.aio.ServicerContext) -> AsyncIterator[captioning_pb2.CaptionResponse]:

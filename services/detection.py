@@ -69,7 +69,7 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
         detection_pb2_grpc.add_DetectionServiceServicer_to_server(self, server)
 
     async def Detect(self, request: detection_pb2.DetectRequest, context: grpc.aio.ServicerContext):
-        return await self._detect(request, deadline_of(context))
+        return await self._detect(request, deadline_of(context, self.host.serving))
 
     async def DetectStream(
         self, request_iterator: AsyncIterator[detection_pb2.DetectRequest], context: grpc.aio.ServicerContext

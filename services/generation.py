@@ -125,7 +125,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         if request.format not in (generation_pb2.IMAGE_FORMAT_UNSPECIFIED, generation_pb2.IMAGE_FORMAT_PNG,
                                   generation_pb2.IMAGE_FORMAT_RAW):
             raise InvalidInputError(f"unknown format {request.format}; use PNG or RAW")
-        result = await loaded.submit(GenerateItem(z), deadline=deadline_of(context))
+        result = await loaded.submit(GenerateItem(z), deadline=deadline_of(context, self.host.serving))
         t2 = time.perf_counter()
         images = await self.decoder.run(images_proto, result.value, z, request.format)
         response = generation_pb2.GenerateResponse(

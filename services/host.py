@@ -40,12 +40,19 @@ class ServingConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     device: str | None = None  # None: CUDA when available, else CPU
     decode_workers: int = 2
+    # A unary call without a deadline gets the default; a longer one is cut to the maximum, so no
+    # request can hold a queue slot for ever. Streams keep the client's (batch jobs run for hours).
+    default_deadline_s: float = 60.0
+    max_deadline_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.decode_workers < 1:
             raise ValueError("max_batch_size, max_queue_size and decode_workers must be >= 1")
         if self.max_delay_ms < 0 or self.max_pixels < 1:
             raise ValueError("max_delay_ms must be >= 0 and max_pixels >= 1")
+        if not 0 < self.default_deadline_s <= self.max_deadline_s:
+            raise ValueError(f"need 0 < default_deadline_s <= max_deadline_s, got {self.default_deadline_s}, "
+                             f"{self.max_deadline_s}")
 
 
 class TaskRuntime(Protocol):

@@ -108,7 +108,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(self, server)
 
     async def Segment(self, request: segmentation_pb2.SegmentRequest, context: grpc.aio.ServicerContext):
-        return await self._segment(request, deadline_of(context))
+        return await self._segment(request, deadline_of(context, self.host.serving))
 
     async def SegmentStream(self, request_iterator: AsyncIterator[segmentation_pb2.SegmentRequest],
                             context: grpc.aio.ServicerContext) -> AsyncIterator[segmentation_pb2.SegmentResponse]:

@@ -17,9 +17,13 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-def deadline_of(context: Any) -> float | None:
-    """The RPC's deadline as a time.monotonic() value (None when the client set none)."""
+def deadline_of(context: Any, limits: Any = None) -> float | None:
+    """The RPC's deadline as a time.monotonic() value. Without ``limits`` (streams): the client's,
+    None when it set none. With ``limits`` (a ServingConfig; unary calls): the client's cut to
+    ``limits.max_deadline_s``, or ``limits.default_deadline_s`` when it set none."""
     remaining = context.time_remaining()
+    if limits is not None:
+        remaining = limits.default_deadline_s if remaining is None else min(remaining, limits.max_deadline_s)
     return None if remaining is None else time.monotonic() + remaining
 
 

@@ -41,6 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-delay-ms", type=float, default=s.max_delay_ms, help="how long a batch waits to fill")
     p.add_argument("--max-queue", type=int, default=s.max_queue_size, help="queued requests per model before RESOURCE_EXHAUSTED")
     p.add_argument("--max-pixels", type=int, default=s.max_pixels, help="largest accepted image, in pixels")
+    p.add_argument("--default-deadline-s", type=float, default=s.default_deadline_s,
+                   help="deadline of a unary call whose client set none")
+    p.add_argument("--max-deadline-s", type=float, default=s.max_deadline_s,
+                   help="longer unary deadlines are cut to this")
     p.add_argument("--max-message-mb", type=float, default=64, help="largest gRPC message, MiB")
     p.add_argument("--decode-workers", type=int, default=s.decode_workers)
     p.add_argument("--grace-s", type=float, default=10.0, help="time in-flight requests get on SIGTERM")
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, json_lines=not args.plain_logs)
     serving = ServingConfig(
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue_size=args.max_queue,
+        default_deadline_s=args.default_deadline_s, max_deadline_s=args.max_deadline_s,
         max_pixels=args.max_pixels, device=args.device, decode_workers=args.decode_workers,
     )
     security = SecurityConfig(
