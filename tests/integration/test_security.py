@@ -126,3 +126,22 @@ def test_tokens_come_from_files_and_environment_and_bad_settings_are_refused(tmp
     with pytest.raises(ValueError, match="admin tokens need user tokens"):
         SecurityConfig(admin_tokens=(ADMIN,))
     assert USER not in repr(SecurityConfig(tokens=(USER,)))  # secrets stay out of logs
+
+
+def test_the_container_health_check_passes_over_tls_without_a_token(secured, pki, monkeypatch):
+    from services.healthcheck import main
+
+    monkeypatch.setenv("CVTASKS_TLS_CERT", str(pki / "server.crt"))
+    monkeypatch.setenv("CVTASKS_TLS_CA", str(pki / "ca.crt"))  # the trust root for the check
+    assert main([secured]) == 0
+    monkeypatch.delenv("CVTASKS_TLS_CERT")
+    monkeypatch.delenv("CVTASKS_TLS_CA")
+    assert main([secured]) == 1  # plaintext against the TLS port: not healthy
+
+
+def test_the_container_health_check_on_a_plaintext_server(generator_store):
+    from services.healthcheck import main
+
+    with running_server(task="generation", model_store=generator_store) as address:
+        assert main([address]) == 0
+    assert main([address]) == 1  # nothing listens any more
