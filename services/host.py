@@ -39,6 +39,7 @@ class ServingConfig:
     max_queue_size: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
     device: str | None = None  # None: CUDA when available, else CPU
+    devices: tuple[str, ...] = ()  # one replica of each model per device, e.g. ("cuda:0", "cuda:1")
     decode_workers: int = 2
     # A unary call without a deadline gets the default; a longer one is cut to the maximum, so no
     # request can hold a queue slot for ever. Streams keep the client's (batch jobs run for hours).
@@ -50,6 +51,9 @@ class ServingConfig:
             raise ValueError("max_batch_size, max_queue_size and decode_workers must be >= 1")
         if self.max_delay_ms < 0 or self.max_pixels < 1:
             raise ValueError("max_delay_ms must be >= 0 and max_pixels >= 1")
+        if self.devices and self.device:
+            raise ValueError("give either device or devices, not both")
+        object.__setattr__(self, "devices", tuple(self.devices))
         if not 0 < self.default_deadline_s <= self.max_deadline_s:
             raise ValueError(f"need 0 < default_deadline_s <= max_deadline_s, got {self.default_deadline_s}, "
                              f"{self.max_deadline_s}")
@@ -76,44 +80,98 @@ class BatchResult:
     model: str = ""
 
 
-class LoadedModel:
-    """A model on its device with its batcher. ``submit`` returns a BatchResult."""
+class Replica:
+    """One copy of a model on one device, behind its own batcher."""
 
-    def __init__(self, model: nn.Module, config: checkpoints.ModelConfig, device: torch.device,
-                 runtime: TaskRuntime, serving: ServingConfig, *, metrics: ServingMetrics | None = None) -> None:
-        self.model, self.config, self.device, self.runtime = model, config, device, runtime
-        self.metrics = metrics
-        self.ready = False
-        self.successor: LoadedModel | None = None  # set when a reload swaps a newer version in
+    def __init__(self, owner: "LoadedModel", model: nn.Module, device: torch.device, serving: ServingConfig) -> None:
+        self.owner, self.model, self.device = owner, model, device
+        self.batches_run = 0
         self.batcher: DynamicBatcher[Any, BatchResult] = DynamicBatcher(
             self._run, max_batch_size=serving.max_batch_size, max_delay_s=serving.max_delay_ms / 1000,
-            max_queue_size=serving.max_queue_size, name=config.name, on_batch=self._batch_done,
+            max_queue_size=serving.max_queue_size, name=owner.config.name, on_batch=owner.batch_done,
         )
 
-    def _batch_done(self, size: int, seconds: float) -> None:
+    def _run(self, items: list[Any]) -> list[BatchResult]:
+        config = self.owner.config
+        started = time.perf_counter()
+        values = self.owner.runtime.run_batch(self.model, config, items)
+        finished = time.perf_counter()
+        self.batches_run += 1
+        return [BatchResult(v, started, finished, config.name) for v in values]
+
+
+class LoadedModel:
+    """A model on one or more devices (a Replica each, with its batcher). ``submit`` returns a
+    BatchResult from the replica with the shortest queue."""
+
+    def __init__(self, models: Sequence[tuple[nn.Module, torch.device]], config: checkpoints.ModelConfig,
+                 runtime: TaskRuntime, serving: ServingConfig, *, metrics: ServingMetrics | None = None) -> None:
+        if not models:
+            raise ValueError("a loaded model needs at least one device")
+        self.config, self.runtime, self.metrics = config, runtime, metrics
+        self.ready = False
+        self.successor: LoadedModel | None = None  # set when a reload swaps a newer version in
+        self.replicas = [Replica(self, model, device, serving) for model, device in models]
+        self.device = self.replicas[0].device
+        self._turn = 0
+
+    def batch_done(self, size: int, seconds: float) -> None:
         if self.metrics is not None and self.ready:  # the warm-up batch is not traffic
             self.metrics.observe_batch(self.config.name, size)
 
-    def _run(self, items: list[Any]) -> list[BatchResult]:
-        started = time.perf_counter()
-        values = self.runtime.run_batch(self.model, self.config, items)
-        finished = time.perf_counter()
-        return [BatchResult(v, started, finished, self.config.name) for v in values]
+    @property
+    def queue_depth(self) -> int:
+        return sum(r.batcher.queue_depth for r in self.replicas)
+
+    async def start(self) -> None:
+        """Start every replica's batcher and warm each up with the task's warm-up item."""
+        for replica in self.replicas:
+            await replica.batcher.start()
+            await replica.batcher.submit(self.runtime.warmup_item(self.config, replica.device))
+        self.ready = True
+
+    async def stop(self, *, drain: bool = True) -> None:
+        for replica in self.replicas:
+            await replica.batcher.stop(drain=drain)
+
+    def _pick(self) -> Replica:
+        """The replica with the fewest queued requests; ties go round-robin."""
+        self._turn += 1
+        count = len(self.replicas)
+        order = [self.replicas[(self._turn + i) % count] for i in range(count)]
+        return min(order, key=lambda r: r.batcher.queue_depth)
 
     async def submit(self, item: Any, *, deadline: float | None = None) -> BatchResult:
-        """Queue ``item`` on this model's batcher; once a newer version has replaced this one, on
+        """Queue ``item`` on a replica's batcher; once a newer version has replaced this one, on
         the newer one (a request that picked this model just before the swap does not fail)."""
         if self.successor is not None:
             return await self.successor.submit(item, deadline=deadline)
-        return await self.batcher.submit(item, deadline=deadline)
+        return await self._pick().batcher.submit(item, deadline=deadline)
 
     def info(self, *, is_default: bool = False) -> LoadedModelInfo:
         c = self.config
         return LoadedModelInfo(
             name=c.name, task=c.task, architecture=c.architecture, classes=list(c.classes), version=c.version,
-            device=str(self.device), ready=self.ready, input_size=c.input_size or 0, created=c.created,
-            metrics=dict(c.metrics), is_default=is_default,
+            device=",".join(str(r.device) for r in self.replicas), ready=self.ready, input_size=c.input_size or 0,
+            created=c.created, metrics=dict(c.metrics), is_default=is_default,
         )
+
+
+def serving_devices(serving: ServingConfig) -> list[torch.device]:
+    """``serving.devices`` (one replica each; a CUDA device this machine lacks falls back to the
+    CPU, once, with a warning), else the one ``serving.device`` (None: CUDA when available)."""
+    if not serving.devices:
+        return [pick_device(serving.device)]
+    found: list[torch.device] = []
+    for name in serving.devices:
+        device = torch.device(name)
+        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+            log.warning("device %s is not available here; falling back to the CPU", name)
+            device = torch.device("cpu")
+            if device in found:
+                continue
+        found.append(device)
+    return found
 
 
 class ModelHost:
@@ -125,7 +183,7 @@ class ModelHost:
         self.store, self.runtime, self.serving, self.metrics = Path(store), runtime, serving, metrics
         self._names, self._default = list(names), default
         self._models: dict[str, LoadedModel] = {}
-        self.device = pick_device(serving.device)
+        self.devices = serving_devices(serving)
         if metrics is not None:
             metrics.watch_queues(self.queue_depths)
 
@@ -148,20 +206,21 @@ class ModelHost:
     async def load(self, name: str) -> LoadedModel:
         """Load ``name`` from the store, warm it up, then swap it in (replacing an older version)."""
         folder = checkpoints.resolve(self.store, name)
-        model, config = await asyncio.to_thread(checkpoints.load_model, folder, device=self.device)
+        config = checkpoints.load_config(folder)
         if config.task != self.task:
             raise UnknownModelError(f"model `{name}` is a {config.task} model, not {self.task}")
-        loaded = LoadedModel(model, config, self.device, self.runtime, self.serving, metrics=self.metrics)
-        await loaded.batcher.start()
-        warm = self.runtime.warmup_item(config, self.device)
-        await loaded.submit(warm)
-        loaded.ready = True
+        models = [(await asyncio.to_thread(checkpoints.load_model, folder, device=device))[0]
+                  for device in self.devices]
+        loaded = LoadedModel(list(zip(models, self.devices)), config, self.runtime, self.serving,
+                             metrics=self.metrics)
+        await loaded.start()
         old = self._models.get(name)
         self._models[name] = loaded
-        log.info("model loaded", extra={"model": name, "version": config.version, "device": str(self.device)})
+        log.info("model loaded", extra={"model": name, "version": config.version,
+                                        "device": ",".join(str(d) for d in self.devices)})
         if old is not None:
             old.successor = loaded
-            await old.batcher.stop(drain=True)  # what it had queued finishes on the old version
+            await old.stop(drain=True)  # what it had queued finishes on the old version
         return loaded
 
     async def unload(self, name: str) -> str:
@@ -171,7 +230,7 @@ class ModelHost:
         del self._models[loaded.config.name]
         if self._default == loaded.config.name:
             self._default = next(iter(self._models), None)
-        await loaded.batcher.stop(drain=True)
+        await loaded.stop(drain=True)
         log.info("model unloaded", extra={"model": loaded.config.name})
         return self._default or ""
 
@@ -191,13 +250,13 @@ class ModelHost:
 
     def queue_depths(self) -> dict[str, int]:
         """Model name -> requests waiting in its batcher queue (safe to call from another thread)."""
-        return {name: loaded.batcher.queue_depth for name, loaded in list(self._models.items())}
+        return {name: loaded.queue_depth for name, loaded in list(self._models.items())}
 
     def list_models(self) -> list[LoadedModelInfo]:
         return [m.info(is_default=name == self._default) for name, m in self._models.items()]
 
     async def close(self) -> None:
         for loaded in self._models.values():
-            await loaded.batcher.stop(drain=True)
+            await loaded.stop(drain=True)
         self._models.clear()
 

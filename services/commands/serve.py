@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="serve Prometheus metrics over HTTP on this port at /metrics (0 = any free port; the URL "
                         "is printed). Default: $CVTASKS_METRICS_PORT, else off")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
+    p.add_argument("--devices", type=lambda v: tuple(d.strip() for d in v.split(",") if d.strip()), default=(),
+                   help="one replica of each model per device, e.g. cuda:0,cuda:1 (requests go to the shortest "
+                        "queue; a GPU this machine lacks falls back to the CPU)")
     p.add_argument("--max-batch-size", type=int, default=s.max_batch_size)
     p.add_argument("--max-delay-ms", type=float, default=s.max_delay_ms, help="how long a batch waits to fill")
     p.add_argument("--max-queue", type=int, default=s.max_queue_size, help="queued requests per model before RESOURCE_EXHAUSTED")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     serving = ServingConfig(
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue_size=args.max_queue,
         default_deadline_s=args.default_deadline_s, max_deadline_s=args.max_deadline_s,
-        max_pixels=args.max_pixels, device=args.device, decode_workers=args.decode_workers,
+        max_pixels=args.max_pixels, device=args.device, devices=args.devices, decode_workers=args.decode_workers,
     )
     security = SecurityConfig(
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,

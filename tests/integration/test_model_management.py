@@ -116,3 +116,43 @@ def test_a_request_that_picked_the_old_version_just_before_the_swap_runs_on_the_
             await host.close()
 
     assert asyncio.run(scenario()) == ((64, 64), "7")
+
+
+def test_replicas_on_several_devices_share_the_load(store, shapes_dir):
+    import asyncio
+
+    from models.preprocessing import decode_image, to_tensor
+    from models.segmentation import SegmentOptions
+    from services.host import ModelHost, ServingConfig
+    from services.segmentation import SegmentationRuntime, SegmentItem
+
+    image = (shapes_dir / "images" / "test" / "000001.png").read_bytes()
+
+    async def scenario():
+        host = ModelHost(store, SegmentationRuntime(), ServingConfig(devices=("cpu", "cpu"), max_delay_ms=20),
+                         names=["tiny-segmenter"])
+        await host.load_all()
+        try:
+            item = SegmentItem(to_tensor(decode_image(image)), SegmentOptions())
+            loaded = host.get("tiny-segmenter")
+            results = await asyncio.gather(*(loaded.submit(item) for _ in range(24)))
+            return [r.batches_run for r in loaded.replicas], loaded.info().device, len(results)
+        finally:
+            await host.close()
+
+    batches, device, answered = asyncio.run(scenario())
+    assert answered == 24 and device == "cpu,cpu"
+    assert all(b >= 2 for b in batches)  # warm-up + traffic on each replica
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the fallback of a CPU-only machine")
+def test_gpus_this_machine_lacks_fall_back_to_the_cpu(store):
+    from services.host import ServingConfig, serving_devices
+
+    assert [str(d) for d in serving_devices(ServingConfig(devices=("cuda:0", "cuda:1")))] == ["cpu"]
+    with running_server(task="segmentation", model_store=store, models=["tiny-segmenter"],
+                        devices=("cuda:0", "cuda:1")) as address:
+        with CvtasksClient(address, timeout=60) as client:
+            assert client.get_model("tiny-segmenter").device == "cpu"
+    with pytest.raises(ValueError, match="either device or devices"):
+        ServingConfig(device="cpu", devices=("cpu",))
