@@ -48,6 +48,13 @@ def _generation() -> TaskService:
     return TaskService(GenerationRuntime, GenerationServicer)
 
 
+def _kserve(hosts: Sequence[ModelHost], decoder: Decoder) -> Servicer:
+    """KServe v2 / Open Inference Protocol (``inference.GRPCInferenceService``) over every host."""
+    from services.kserve import KServeServicer
+
+    return KServeServicer(hosts, decoder)
+
+
 TASKS: Registry[Callable[[], TaskService]] = Registry("served task")
 TASKS.register("detection")(_detection)
 TASKS.register("segmentation")(_segmentation)
@@ -92,6 +99,7 @@ def build_app(
         hosts.append(host)
         servicers.append(spec.servicer(host, decoder))
     servicers.append(ModelServicer(hosts))
+    servicers.append(_kserve(hosts, decoder))
     return App(servicers, hosts, decoder, metrics)
 
 

@@ -1,0 +1,105 @@
+"""The typed `Detect` RPC vs the KServe v2 `ModelInfer` path, same server, model and images, one run.
+
+    python benchmarks/kserve_vs_typed.py [--model-store DIR --model NAME] [--images N] [--concurrency 1 4 16]
+
+One server serves the detector; for each concurrency it measures (a) `cvtasks.v1.DetectionService/Detect`
+with the project's client and (b) `inference.GRPCInferenceService/ModelInfer` with the stock
+tritonclient (one encoded PNG per request as an IMAGE BYTES [1] tensor, all outputs), both with
+the default options (score threshold 0.5). Prints images/s, p50/p99 latency and the ratio
+KServe / typed, then writes benchmarks/results/kserve_vs_typed.json. Without --model-store it
+stores a randomly initialised tiny detector (see detection_serving.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_common import RESULTS_DIR, device_name, service_throughput, synth_png_images  # noqa: E402
+from detection_serving import _random_store  # noqa: E402
+
+from models.train.common import pick_device  # noqa: E402
+
+
+def typed_detect(client, data: bytes):
+    return client.detect(data)
+
+
+def kserve_detect(name: str):
+    import tritonclient.grpc as grpcclient
+
+    def call(client, data: bytes):
+        tensor = grpcclient.InferInput("IMAGE", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([data], dtype=object))
+        return client.infer(name, [tensor], client_timeout=120)
+
+    return call
+
+
+def measure(store: Path, name: str, images: list[bytes], *, device: str, batch: int,
+            concurrencies: list[int]) -> dict[int, dict[str, dict[str, float]]]:
+    import tritonclient.grpc as grpcclient
+
+    from services.client import CvtasksClient
+    from services.launch import running_server
+
+    rows: dict[int, dict[str, dict[str, float]]] = {}
+    with running_server(task="detection", model_store=store, models=[name], device=device,
+                        max_batch_size=batch) as address:
+        for c in concurrencies:
+            typed = service_throughput(lambda: CvtasksClient(address, timeout=120), typed_detect, images, c)
+            kserve = service_throughput(lambda: grpcclient.InferenceServerClient(address), kserve_detect(name),
+                                        images, c)
+            rows[c] = {"typed_detect": typed, "kserve_model_infer": kserve,
+                       "ratio_kserve_to_typed": kserve["images_per_s"] / typed["images_per_s"]}
+    return rows
+
+
+def report(rows: dict[int, dict], header: str, out: Path, extra: dict) -> None:
+    print(header)
+    print(f"{'conc':>4}  {'typed Detect img/s':>18} {'p50':>7} {'p99':>7}   {'KServe ModelInfer img/s':>23} "
+          f"{'p50':>7} {'p99':>7}   ratio")
+    for c, row in rows.items():
+        t, k = row["typed_detect"], row["kserve_model_infer"]
+        print(f"{c:4d}  {t['images_per_s']:18.1f} {t['p50_ms']:6.1f}ms {t['p99_ms']:6.1f}ms   "
+              f"{k['images_per_s']:23.1f} {k['p50_ms']:6.1f}ms {k['p99_ms']:6.1f}ms   "
+              f"{row['ratio_kserve_to_typed']:.2f}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**extra, "by_concurrency": {str(c): r for c, r in rows.items()},
+                               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+    print(f"results written to {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-store", default=None)
+    parser.add_argument("--model", default="quickstart-detector")
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8, help="the server's max batch size")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default=str(RESULTS_DIR / "kserve_vs_typed.json"))
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    images = synth_png_images(args.images, args.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        store, name = (Path(args.model_store), args.model) if args.model_store else _random_store(Path(tmp))
+        rows = measure(store, name, images, device=str(device), batch=args.batch, concurrencies=args.concurrency)
+    header = (f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px, one per "
+              f"request; server max batch {args.batch}")
+    report(rows, header, Path(args.out), {"device": device_name(device), "model": name, "images": len(images),
+                                          "image_size": args.size, "batch": args.batch})
+
+
+if __name__ == "__main__":
+    main()
