@@ -21,9 +21,10 @@ class SegmenterCase:
     multiple = 32
 
     @pytest.fixture(scope="class")
-    def model(self):
+    @classmethod
+    def model(cls):
         torch.manual_seed(0)
-        return segmentation.build_segmenter(self.arch, num_classes=4, encoder=self.encoder).eval()
+        return segmentation.build_segmenter(cls.arch, num_classes=4, encoder=cls.encoder).eval()
 
     def test_size_multiple(self, model):
         assert segmentation.size_multiple(model) == self.multiple
