@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from models.errors import UnknownModelError
+from models.files import atomic_write_with
 from models.registry import Registry
 
 WEIGHTS_FILE = "model.safetensors"
@@ -88,17 +88,6 @@ def build_model(config: ModelConfig) -> nn.Module:
     return MODEL_BUILDERS.get(config.task)(config)
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(model: nn.Module, config: ModelConfig, directory: str | os.PathLike) -> Path:
     """Write weights then config (config last marks the folder complete). Returns the folder."""
     out = Path(directory)
@@ -106,9 +95,9 @@ def save_model(model: nn.Module, config: ModelConfig, directory: str | os.PathLi
     if not config.created:
         config = replace(config, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out / WEIGHTS_FILE, lambda p: safetensors.torch.save_file(state, p, metadata={"task": config.task}))
+    atomic_write_with(out / WEIGHTS_FILE, lambda p: safetensors.torch.save_file(state, p, metadata={"task": config.task}))
     text = json.dumps(config.to_json(), indent=2, sort_keys=True)
-    _atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(text + "\n"))
+    atomic_write_with(out / CONFIG_FILE, lambda p: Path(p).write_text(text + "\n"))
     return out
 
 
