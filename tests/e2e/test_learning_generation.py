@@ -19,6 +19,7 @@ from models.train.generation import quickstart_config, quickstart_data, train_ge
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # ~6 min alone on 2 cores; a loaded machine takes 2-3x
 def test_quickstart_generator_beats_the_untrained_baseline_on_held_out_shapes(tmp_path, capsys):
     data = quickstart_data(tmp_path / "data")
     started = time.perf_counter()
