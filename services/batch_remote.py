@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from models.batch.engine import Sink, Summary, Work, failure_reason, finish, plan, progress_bar
+from models.batch.engine import Sink, Summary, failure_reason, finish, plan, progress_bar
 from models.batch.image_tasks import segmentation_from_png
 from models.batch.store import InputFile, Manifest
 from models.batch.tasks import BatchTask
@@ -94,9 +94,7 @@ def run_remote(task: BatchTask, client: CvtasksClient, inputs: Sequence[InputFil
     if task.task not in REMOTES:
         raise ValueError(f"remote mode covers {sorted(REMOTES)}; for generation use run_remote_generate")
     started, summary = time.perf_counter(), Summary(manifest.out)
-    by_key = {f.key: f for f in inputs}
-    todo = plan([Work(f.key, lambda: (None, None)) for f in inputs], manifest, summary)
-    pending = deque(by_key[w.key] for w in todo)
+    pending = deque(plan(inputs, manifest, summary))
     with progress_bar(len(pending), enabled=progress, desc=f"{task.task} @ {client.target}") as bar:
         sink = Sink(task, manifest, summary, bar)
         try:
@@ -192,8 +190,7 @@ def run_remote_generate(task: BatchTask, client: CvtasksClient, count: int, mani
     as the service's for that seed) and sent explicitly, 64 per Generate call."""
     started, summary = time.perf_counter(), Summary(manifest.out)
     z = task.latents(count)
-    todo = plan([Work(task.key(i), lambda: (None, None)) for i in range(count)], manifest, summary)
-    indices = deque(int(w.key.split("/")[1]) for w in todo)
+    indices = deque(plan(range(count), manifest, summary, key=task.key))
     with progress_bar(len(indices), enabled=progress, desc=f"generate @ {client.target}") as bar:
         sink = Sink(task, manifest, summary, bar)
 

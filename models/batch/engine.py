@@ -10,6 +10,7 @@ release the GIL, so decoding, inference and PNG/JPEG encoding run in parallel.
 
 from __future__ import annotations
 
+import operator
 import queue
 import threading
 import time
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from torch import nn
@@ -27,6 +28,7 @@ from models.batch.store import ERRORS_FILE, InputFile, Manifest, write_jsonl
 from models.batch.tasks import BatchTask
 from models.errors import CvtasksError
 
+T = TypeVar("T")
 Loaded = tuple["np.ndarray | None", Any]  # (decoded pixels or None, the model's input)
 Ready = tuple["np.ndarray | None", Any, "tuple[int, int] | None"]  # (pixels kept, model input, (h, w))
 
@@ -139,10 +141,12 @@ def finish(task: BatchTask, manifest: Manifest, summary: Summary, started: float
     return summary
 
 
-def plan(work: Sequence[Work], manifest: Manifest, summary: Summary) -> list[Work]:
-    """The inputs not finished by an earlier run (failed ones are tried again)."""
-    todo = [w for w in work if not manifest.finished(w.key)]
-    summary.total, summary.skipped = len(work), len(work) - len(todo)
+def plan(items: Sequence[T], manifest: Manifest, summary: Summary, *,
+         key: Callable[[T], str] = operator.attrgetter("key")) -> list[T]:
+    """The items (Work, InputFile, or anything ``key`` names) not finished by an earlier run
+    (failed ones are tried again); counts the total and the skipped in ``summary``."""
+    todo = [item for item in items if not manifest.finished(key(item))]
+    summary.total, summary.skipped = len(items), len(items) - len(todo)
     return todo
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from models.batch.engine import Summary, failure_reason, file_work, finish, plan, progress_bar
+from models.batch.engine import Summary, failure_reason, finish, plan, progress_bar
 from models.batch.store import InputFile, Manifest
 from models.batch.tasks import BatchTask, task_from_spec
 
@@ -53,8 +53,7 @@ def run_ray(task: BatchTask, model_dir: Path, inputs: Sequence[InputFile], manif
     ray = _import_ray()
     started = time.perf_counter()
     summary = Summary(manifest.out)
-    by_key = {f.key: f for f in inputs}
-    todo = [by_key[w.key] for w in plan(file_work(task, inputs), manifest, summary)]
+    todo = plan(inputs, manifest, summary)
     with progress_bar(len(todo), enabled=progress, desc=task.task) as bar:
         readable = [f for f in todo if f.path.is_file() and os.access(f.path, os.R_OK)]
         returned: set[str] = set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from models.preprocessing import DEFAULT_MAX_PIXELS, decode_image, encode_image,
 from models.registry import Registry
 
 
-class BatchTask:
+class BatchTask(ABC):
     """Base of every task's batch pieces. ``options`` are the task's settings (see each subclass);
     ``out`` is the job's output folder."""
 
@@ -42,8 +43,10 @@ class BatchTask:
         self.config, self.out, self.max_pixels = config, Path(out), max_pixels
         self.options = self.parse_options(**options)
 
+    @abstractmethod
     def parse_options(self, **options: Any) -> Any:
-        raise NotImplementedError
+        """The task's options dataclass from keyword arguments (None = its default); raises
+        ValueError / InvalidInputError for bad values."""
 
     def job(self) -> dict[str, Any]:
         """What makes two runs the same job (recorded in job.json)."""
@@ -61,15 +64,15 @@ class BatchTask:
         array = decode_image(data, max_pixels=self.max_pixels)
         return array, to_tensor(array)
 
+    @abstractmethod
     def infer(self, model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[Any]:
         """A batch of model inputs (CPU) -> one plain output per input, run on the model's device."""
-        raise NotImplementedError
 
+    @abstractmethod
     def record(self, key: str, output: Any, size: tuple[int, int], array: np.ndarray | None = None
                ) -> dict[str, Any]:
         """One input's JSON row; writes its per-image files (atomically) first. ``size`` is the
         input's (height, width); ``array`` its decoded pixels when the task draws on them."""
-        raise NotImplementedError
 
     def finish(self, rows: list[dict[str, Any]]) -> list[Path]:
         """The results files from every successful input's row (sorted by input); returns their paths."""
