@@ -25,8 +25,7 @@ from models.batch.store import InputFile, Manifest
 from models.batch.tasks import BatchTask
 from models.checkpoints import ModelConfig
 from models.preprocessing import decode_image
-from services.client import CvtasksClient
-from services.commands.detect import detections_from_proto
+from services.client import CvtasksClient, detections_from_proto, processing_name
 
 log = logging.getLogger("cvtasks.batch")
 
@@ -58,15 +57,8 @@ def remote_config(client: CvtasksClient, task: str, model: str) -> ModelConfig:
                        version=info.version, input_size=info.input_size or None, model_args=model_args)
 
 
-def _detection(response: Any) -> Any:
-    return detections_from_proto(response)
-
-
 def _segmentation(response: Any) -> Any:
-    from services.segmentation import _PROCESSING
-
-    names = {v: k for k, v in _PROCESSING.items()}
-    return segmentation_from_png(response.label_map_png, names.get(response.processing, "whole"))
+    return segmentation_from_png(response.label_map_png, processing_name(response.processing))
 
 
 def _captioning(response: Any) -> Any:
@@ -82,7 +74,7 @@ class Remote:
 
 
 REMOTES = {
-    "detection": Remote(lambda c: c.detect_stream, _detection),
+    "detection": Remote(lambda c: c.detect_stream, detections_from_proto),
     "segmentation": Remote(lambda c: c.segment_stream, _segmentation),
     "captioning": Remote(lambda c: c.caption_stream, _captioning),
 }

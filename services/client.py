@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from models.detection import Detection
 from services.pb import (
     captioning_pb2,
     captioning_pb2_grpc,
@@ -101,6 +102,20 @@ _PATHS = {"linear": generation_pb2.INTERPOLATION_LINEAR, "spherical": generation
 
 def _latent(values: Sequence[float]) -> generation_pb2.Latent:
     return generation_pb2.Latent(values=[float(v) for v in values])
+
+
+def detections_from_proto(response: detection_pb2.DetectResponse) -> list[Detection]:
+    """A DetectResponse's detections as models.detection.Detection (boxes x1, y1, x2, y2 in pixels)."""
+    return [Detection(box=(d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max), score=d.score, label=d.label,
+                      class_name=d.class_name) for d in response.detections]
+
+
+def processing_name(value: int) -> str:
+    """A SegmentResponse's ``processing`` as "whole" / "resized" / "tiled" ("unspecified", "?")."""
+    try:
+        return segmentation_pb2.Processing.Name(value).removeprefix("PROCESSING_").lower()
+    except ValueError:
+        return "?"
 
 
 def _read(path: str | None) -> bytes | None:

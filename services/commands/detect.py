@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models.detection import Detection
+from services.client import detections_from_proto
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,14 +23,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, help="write the JSON results to this file too")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     p.set_defaults(run=run)
-
-
-def detections_from_proto(response: Any) -> list[Detection]:
-    return [
-        Detection(box=(d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max), score=d.score, label=d.label,
-                  class_name=d.class_name)
-        for d in response.detections
-    ]
 
 
 def response_to_json(path: str, response: Any) -> dict[str, Any]:

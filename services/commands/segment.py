@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-_PROCESSING = {0: "unspecified", 1: "whole", 2: "resized", 3: "tiled"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,12 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def response_to_json(path: str, response: Any, mask: Path | None, overlay: Path | None) -> dict[str, Any]:
+    from services.client import processing_name
+
     if response.HasField("error"):
         return {"image": path, "error": {"code": response.error.code, "message": response.error.message}}
     row: dict[str, Any] = {
         "image": path, "model": {"name": response.model.name, "version": response.model.version},
         "width": response.image_width, "height": response.image_height,
-        "processing": _PROCESSING.get(response.processing, "?"), "processing_detail": response.processing_detail,
+        "processing": processing_name(response.processing), "processing_detail": response.processing_detail,
         "areas": {a.class_name: {"pixels": a.pixel_count, "fraction": round(a.area_fraction, 5)}
                   for a in response.areas},
         "mask": str(mask) if mask else None, "overlay": str(overlay) if overlay else None,
