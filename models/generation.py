@@ -124,8 +124,15 @@ def interpolate(start: torch.Tensor, end: torch.Tensor, steps: int, *, mode: str
         cos = torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12)
         omega = torch.arccos(cos.clamp(-1.0, 1.0))
         if float(torch.sin(omega).abs()) > 1e-6:
-            return ((torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)).to(start.dtype)
-    return ((1 - t) * a + t * b).to(start.dtype)
+            return _with_ends((torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega), start, end)
+    return _with_ends((1 - t) * a + t * b, start, end)
+
+
+def _with_ends(path: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """The path in ``start``'s dtype with its ends exactly ``start`` and ``end`` (not rounded copies)."""
+    path = path.to(start.dtype)
+    path[0], path[-1] = start, end
+    return path
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

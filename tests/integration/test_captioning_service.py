@@ -13,6 +13,7 @@ from models.preprocessing import decode_image, encode_image, read_image
 from models.text import Vocabulary
 from services.client import CvtasksClient
 from services.launch import running_server
+from tests.devices import SCORE_ATOL, SERVING_DEVICE
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +47,16 @@ def test_caption_with_options_and_model_info(client, image_bytes):
 
 
 def test_service_captions_equal_a_direct_model_call(client, captioner_store, shapes_dir):
-    model, config = checkpoints.load_model(captioner_store / "tiny-captioner")
+    model, config = checkpoints.load_model(captioner_store / "tiny-captioner", device=SERVING_DEVICE)
     vocab = Vocabulary.from_json(config.extra["vocab"])
     for path in sorted((shapes_dir / "images" / "test").glob("*.png"))[:3]:
         data = path.read_bytes()
-        image = image_input(decode_image(data), size=config.input_size)[None]
+        image = image_input(decode_image(data), size=config.input_size)[None].to(SERVING_DEVICE)
         for beam in (1, 3):
             (direct,) = beam_search(model, image, beam_size=beam, max_length=config.extra["max_length"])
             served = client.caption(data, beam_size=beam).captions[0]
             assert served.text == vocab.decode(direct[0].tokens)
-            assert served.log_prob == pytest.approx(direct[0].log_prob, abs=1e-4)
+            assert served.log_prob == pytest.approx(direct[0].log_prob, abs=SCORE_ATOL)
 
 
 def test_jpeg_and_raw_pixels_are_accepted(client, shapes_dir):

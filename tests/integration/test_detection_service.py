@@ -12,6 +12,7 @@ from models.detection import DetectOptions, predict
 from models.preprocessing import decode_image, encode_image, read_image, to_tensor
 from services.client import CvtasksClient
 from services.launch import running_server
+from tests.devices import BOX_ATOL, SCORE_ATOL, SERVING_DEVICE
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_health_is_serving_and_models_are_listed(client):
     assert client.health("cvtasks.v1.DetectionService") == "SERVING"
     (info,) = client.list_models()
     assert info.name == "tiny-detector" and info.task == "detection" and info.ready and info.is_default
-    assert list(info.classes) == ["circle", "square", "triangle"] and info.device == "cpu"
+    assert list(info.classes) == ["circle", "square", "triangle"] and info.device == str(SERVING_DEVICE)
     assert client.get_model("tiny-detector").architecture == "fasterrcnn_tiny"
 
 
@@ -65,15 +66,16 @@ def test_detect_returns_boxes_for_encoded_images(client, test_images, fmt):
 
 
 def test_service_boxes_equal_a_direct_model_call(client, detector_store, test_images):
-    model, config = checkpoints.load_model(detector_store / "tiny-detector")
+    model, config = checkpoints.load_model(detector_store / "tiny-detector", device=SERVING_DEVICE)
     for path in test_images[:4]:
         data = path.read_bytes()
-        direct = predict(model, [to_tensor(decode_image(data))], class_names=config.classes,
+        direct = predict(model, [to_tensor(decode_image(data)).to(SERVING_DEVICE)], class_names=config.classes,
                          options=DetectOptions(score_threshold=0.2))[0]
         response = client.detect(data, score_threshold=0.2)
         assert [d.class_name for d in response.detections] == [d.class_name for d in direct]
-        np.testing.assert_allclose(_boxes(response), np.array([d.box for d in direct]).reshape(-1, 4), atol=1e-3)
-        np.testing.assert_allclose([d.score for d in response.detections], [d.score for d in direct], atol=1e-3)
+        np.testing.assert_allclose(_boxes(response), np.array([d.box for d in direct]).reshape(-1, 4),
+                                   atol=BOX_ATOL)
+        np.testing.assert_allclose([d.score for d in response.detections], [d.score for d in direct], atol=SCORE_ATOL)
 
 
 def test_raw_pixels_give_the_same_answer_as_encoded_png(client, test_images):

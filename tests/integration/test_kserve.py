@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from models.preprocessing import encode_image, read_image
 from services.client import CvtasksClient
 from services.launch import running_server
+from tests.devices import BOX_ATOL, SCORE_ATOL
 
 DETECTOR, SEGMENTER, CAPTIONER, GENERATOR = "tiny-detector", "tiny-segmenter", "tiny-captioner", "tiny-generator"
 
@@ -136,8 +137,8 @@ def test_detection_bytes_and_pixels_equal_typed_detect(triton, typed, pngs):
             n = int(count[b])
             assert n == len(expected) > 0
             np.testing.assert_allclose(boxes[b, :n], [[d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max]
-                                                      for d in expected], atol=1e-3)
-            np.testing.assert_allclose(scores[b, :n], [d.score for d in expected], atol=1e-4)
+                                                      for d in expected], atol=BOX_ATOL)
+            np.testing.assert_allclose(scores[b, :n], [d.score for d in expected], atol=SCORE_ATOL)
             assert result.as_numpy("LABELS")[b, :n].tolist() == [d.label for d in expected]
             assert [c.decode() for c in result.as_numpy("CLASS_NAMES")[b, :n]] == [d.class_name for d in expected]
             assert not boxes[b, n:].any() and not result.as_numpy("LABELS")[b, n:].any()  # padding

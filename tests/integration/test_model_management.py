@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import threading
+import time
 
 import grpc
 import pytest
@@ -53,6 +54,9 @@ def test_a_new_version_swaps_in_under_steady_load_and_no_request_fails(store, sh
                 _bump_version(store, "tiny-segmenter", version)
                 info = admin.load_model("tiny-segmenter")
                 assert info.version == version and info.ready
+            deadline = time.monotonic() + 30  # let the load reach the last version before stopping it
+            while "3" not in versions and not failures and time.monotonic() < deadline:
+                time.sleep(0.01)
             stop.set()
             for thread in clients:
                 thread.join(60)

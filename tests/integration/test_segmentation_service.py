@@ -15,6 +15,7 @@ from models.segmentation import segment_image
 from services.client import CvtasksClient
 from services.launch import running_server
 from services.pb import segmentation_pb2
+from tests.devices import SERVING_DEVICE, assert_labels_agree
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +53,13 @@ def test_label_map_areas_and_model_info(client, image_bytes):
 
 
 def test_service_label_map_equals_a_direct_model_call(client, segmenter_store, shapes_dir):
-    model, config = checkpoints.load_model(segmenter_store / "tiny-segmenter")
+    model, config = checkpoints.load_model(segmenter_store / "tiny-segmenter", device=SERVING_DEVICE)
     for path in sorted((shapes_dir / "images" / "test").glob("*.png"))[:3]:
         data = path.read_bytes()
         with torch.inference_mode():
-            direct = segment_image(model, to_tensor(decode_image(data)), mean=config.normalization["mean"],
+            direct = segment_image(model, to_tensor(decode_image(data)).to(SERVING_DEVICE), mean=config.normalization["mean"],
                                    std=config.normalization["std"])
-        assert np.array_equal(_labels(client.segment(data)), direct.labels)
+        assert_labels_agree(_labels(client.segment(data)), np.asarray(direct.labels))
 
 
 def test_contours_and_overlay_on_request(client, image_bytes):
