@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from models.errors import UnknownModelError
+from models.errors import InvalidInputError, UnknownModelError
 from models.files import atomic_write_with
 from models.registry import Registry
 
@@ -134,9 +134,15 @@ def list_store(store: str | os.PathLike) -> list[ModelConfig]:
 
 
 def resolve(store: str | os.PathLike, name: str) -> Path:
-    """The folder of model ``name`` in ``store``; UnknownModelError lists what the store holds."""
+    """The folder of model ``name`` in ``store``; UnknownModelError lists what the store holds.
+    A folder whose config.json names another model (a hand-copied folder) is refused: models are
+    served and listed by the name in their config."""
     folder = Path(store) / name
     if name and "/" not in name and (folder / CONFIG_FILE).is_file():
+        if (named := load_config(folder).name) != name:
+            raise InvalidInputError(f"model folder {folder} holds a model named `{named}` in its {CONFIG_FILE}: "
+                                    f"a model's folder must carry its name (rename the folder, or the name in "
+                                    f"{CONFIG_FILE})")
         return folder
     names = [c.name for c in list_store(store)]
     raise UnknownModelError(f"Unknown model `{name}` in model store {store}. Available models: {names}")

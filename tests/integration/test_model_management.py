@@ -22,6 +22,7 @@ def store(segmenter_store, generator_store, tmp_path):
     model, config = checkpoints.load_model(segmenter_store / "tiny-segmenter")
     checkpoints.save_model(model, dataclasses.replace(config, name="other-segmenter"), tmp_path / "other-segmenter")
     shutil.copytree(generator_store / "tiny-generator", tmp_path / "tiny-generator")
+    shutil.copytree(segmenter_store / "tiny-segmenter", tmp_path / "copied-segmenter")  # config says tiny-segmenter
     return tmp_path
 
 
@@ -85,6 +86,8 @@ def test_bad_load_and_unload_requests_are_refused(store):
         (lambda c: c.load_model("tiny-generator"), grpc.StatusCode.INVALID_ARGUMENT,
          "does not serve generation models"),
         (lambda c: c.load_model(""), grpc.StatusCode.INVALID_ARGUMENT, "name the model"),
+        (lambda c: c.load_model("copied-segmenter"), grpc.StatusCode.INVALID_ARGUMENT,
+         "holds a model named `tiny-segmenter`"),
         (lambda c: c.unload_model("nope"), grpc.StatusCode.NOT_FOUND, "tiny-segmenter"),
     ]
     with running_server(task="segmentation", model_store=store, models=["tiny-segmenter"]) as address:
