@@ -170,6 +170,9 @@ def words_loss(word_logits: torch.Tensor, captions: torch.Tensor, *, first_word_
 @MODEL_BUILDERS.register("captioning")
 def build_from_config(config: ModelConfig) -> nn.Module:
     """A stored captioner: the vocabulary size comes from ``extra["vocab"]``."""
+    if config.architecture != "show_and_tell":
+        raise InvalidInputError(f"model `{config.name}`: unknown captioning architecture `{config.architecture}` "
+                                f"(this version builds `show_and_tell`)")
     return Captioner(vocab_size=len(config.extra["vocab"]["words"]), **config.model_args)
 
 

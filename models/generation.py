@@ -96,6 +96,9 @@ class Discriminator(nn.Module):
 @MODEL_BUILDERS.register("generation")
 def build_from_config(config: ModelConfig) -> nn.Module:
     """A stored generator (the discriminator lives only in the training run's resume state)."""
+    if config.architecture != "dcgan":
+        raise InvalidInputError(f"model `{config.name}`: unknown generation architecture `{config.architecture}` "
+                                f"(this version builds `dcgan`)")
     return Generator(**config.model_args)
 
 

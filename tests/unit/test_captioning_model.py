@@ -128,3 +128,12 @@ def test_encoder_stages_and_pooling_give_the_embedding_size(stages, pooling):
 
     encoder = ImageEncoder(backbone="resnet18", embed_size=24, stages=stages, pooling=pooling, grid=2).eval()
     assert encoder(torch.rand(2, 3, 64, 64)).shape == (2, 24)
+
+
+def test_a_stored_config_of_another_architecture_is_refused():
+    from models import checkpoints
+
+    config = checkpoints.ModelConfig(name="c", task="captioning", architecture="transformer", classes=(),
+                                     model_args={"backbone": "resnet18"}, extra={"vocab": {"words": ["a"]}})
+    with pytest.raises(InvalidInputError, match="unknown captioning architecture `transformer`"):
+        checkpoints.build_model(config)

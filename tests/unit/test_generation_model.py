@@ -61,6 +61,9 @@ def test_stored_generator_rebuilds_from_its_config(tmp_path):
     z = latents(1, 2, 8)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(z), g(z))
+    other = checkpoints.ModelConfig(**{**config.__dict__, "architecture": "stylegan"})
+    with pytest.raises(InvalidInputError, match="unknown generation architecture `stylegan`"):
+        checkpoints.build_model(other)
 
 
 def test_interpolation_ends_and_norms():
