@@ -51,40 +51,20 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import captioning_serving  # noqa: E402
-import detection_serving  # noqa: E402
 from bench_common import RESULTS_DIR, device_name  # noqa: E402
+from bench_models import RANDOM_STORES  # noqa: E402
 
 from models import checkpoints  # noqa: E402
 from models.batch.engine import file_work, run_local  # noqa: E402
 from models.batch.store import InputFile, Manifest, list_inputs  # noqa: E402
 from models.batch.tasks import BatchTask, build_task  # noqa: E402
 from models.preprocessing import decode_image, encode_image  # noqa: E402
-from models.segmentation import build_segmenter  # noqa: E402
 from models.synth import generate_shapes  # noqa: E402
 from models.train.common import pick_device  # noqa: E402
 
 MODES = {"model_only": "model only (pre-decoded, batched)", "engine": "local engine end to end",
          "naive": "naive loop (read, decode, infer 1, write)"}
 
-
-def _random_segmenter(root: Path) -> tuple[Path, str]:
-    torch.manual_seed(0)
-    args = {"encoder": "tu-mobilenetv3_small_100", "decoder_channels": [32, 16, 16, 8, 8]}
-    model = build_segmenter("unet", num_classes=4, **args)
-    config = checkpoints.ModelConfig(name="bench-tiny-unet", task="segmentation", architecture="unet",
-                                     classes=("background", "circle", "square", "triangle"), model_args=args,
-                                     input_size=128)
-    checkpoints.save_model(model, config, root / config.name)
-    return root, config.name
-
-
-# task -> writes a random model into a store folder, returns (store, name)
-RANDOM_STORES: dict[str, Callable[[Path], tuple[Path, str]]] = {
-    "segmentation": _random_segmenter,
-    "detection": detection_serving._random_store,
-    "captioning": captioning_serving._random_store,
-}
 
 
 def synth_jpeg_folder(folder: Path, n: int, size: int, seed: int = 7) -> Path:

@@ -22,29 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from bench_models import captioner_store  # noqa: E402
 from bench_common import RESULTS_DIR, device_name, measure_service, report, synth_png_images  # noqa: E402
 
 from models import checkpoints  # noqa: E402
-from models.captioning import Captioner, beam_search, image_input  # noqa: E402
-from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, decode_image  # noqa: E402
-from models.synth import CLASSES, COLORS  # noqa: E402
-from models.text import Vocabulary  # noqa: E402
-from models.train.captioning import QUICKSTART_RECIPE, model_args, quickstart_config  # noqa: E402
+from models.captioning import beam_search, image_input  # noqa: E402
+from models.preprocessing import decode_image  # noqa: E402
 from models.train.common import pick_device  # noqa: E402
-
-
-def _random_store(root: Path) -> tuple[Path, str]:
-    torch.manual_seed(0)
-    vocab = Vocabulary.build([f"a {c} {k} to the left of and right" for c in COLORS for k in CLASSES])
-    args = model_args(quickstart_config(".", "."))
-    model = Captioner(vocab_size=len(vocab), **args)
-    config = checkpoints.ModelConfig(
-        name="bench-captioner", task="captioning", architecture="show_and_tell", classes=(), model_args=args,
-        input_size=QUICKSTART_RECIPE["image_size"], normalization={"mean": list(IMAGENET_MEAN),
-                                                                  "std": list(IMAGENET_STD)},
-        extra={"vocab": vocab.to_json(), "max_length": 20})
-    checkpoints.save_model(model, config, root / config.name)
-    return root, config.name
 
 
 def raw_images_per_s(store: Path, name: str, images: list[bytes], batch: int, beam: int,
@@ -74,7 +58,7 @@ def main() -> None:
     device = pick_device(args.device)
     images = synth_png_images(args.images, args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        store, name = (Path(args.model_store), args.model) if args.model_store else _random_store(Path(tmp))
+        store, name = (Path(args.model_store), args.model) if args.model_store else captioner_store(Path(tmp))
         raw = raw_images_per_s(store, name, images, args.batch, args.beam, device)
         rows = measure_service("captioning", store, name, images, lambda cl, d: cl.caption(d, beam_size=args.beam),
                                device=device, batch=args.batch)

@@ -21,21 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from bench_models import detector_store  # noqa: E402
 from bench_common import RESULTS_DIR, device_name, measure_service, report, synth_png_images  # noqa: E402
 
 from models import checkpoints  # noqa: E402
-from models.detection import DetectOptions, build_detector, predict  # noqa: E402
+from models.detection import DetectOptions, predict  # noqa: E402
 from models.preprocessing import decode_image, to_tensor  # noqa: E402
 from models.train.common import pick_device  # noqa: E402
-
-
-def _random_store(root: Path) -> tuple[Path, str]:
-    torch.manual_seed(0)
-    model = build_detector("fasterrcnn_tiny", num_classes=4)
-    config = checkpoints.ModelConfig(name="bench-detector", task="detection", architecture="fasterrcnn_tiny",
-                                     classes=("circle", "square", "triangle"), input_size=128)
-    checkpoints.save_model(model, config, root / config.name)
-    return root, config.name
 
 
 def raw_images_per_s(store: Path, name: str, images: list[bytes], batch: int, device: torch.device) -> float:
@@ -64,7 +56,7 @@ def main() -> None:
     device = pick_device(args.device)
     images = synth_png_images(args.images, args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        store, name = (Path(args.model_store), args.model) if args.model_store else _random_store(Path(tmp))
+        store, name = (Path(args.model_store), args.model) if args.model_store else detector_store(Path(tmp))
         raw = raw_images_per_s(store, name, images, args.batch, device)
         rows = measure_service("detection", store, name, images, lambda cl, d: cl.detect(d), device=device,
                                batch=args.batch)

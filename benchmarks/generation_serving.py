@@ -23,20 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from bench_models import generator_store  # noqa: E402
 from bench_common import RESULTS_DIR, device_name, measure_service, report  # noqa: E402
 
 from models import checkpoints  # noqa: E402
-from models.generation import Generator, latents, to_uint8  # noqa: E402
+from models.generation import latents, to_uint8  # noqa: E402
 from models.train.common import pick_device  # noqa: E402
-
-
-def _random_store(root: Path, size: int) -> tuple[Path, str]:
-    torch.manual_seed(0)
-    args = {"image_size": size, "channels": 3, "nz": 100, "ngf": 64}
-    config = checkpoints.ModelConfig(name="bench-generator", task="generation", architecture="dcgan", classes=(),
-                                     model_args=args, input_size=size)
-    checkpoints.save_model(Generator(**args), config, root / config.name)
-    return root, config.name
 
 
 def raw_images_per_s(store: Path, name: str, images: int, batch: int, device: torch.device) -> float:
@@ -67,7 +59,7 @@ def main() -> None:
     seeds = itertools.count()
     calls = [b""] * max(1, args.images // args.count)  # one entry per Generate call
     with tempfile.TemporaryDirectory() as tmp:
-        store, name = (Path(args.model_store), args.model) if args.model_store else _random_store(Path(tmp), args.size)
+        store, name = (Path(args.model_store), args.model) if args.model_store else generator_store(Path(tmp), args.size)
         raw = raw_images_per_s(store, name, len(calls) * args.count, args.batch, device)
         rows = measure_service("generation", store, name, calls,
                                lambda cl, _: cl.generate(count=args.count, seed=next(seeds)), device=device,

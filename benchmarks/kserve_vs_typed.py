@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_common import RESULTS_DIR, device_name, service_throughput, synth_png_images  # noqa: E402
-from detection_serving import _random_store  # noqa: E402
+from bench_models import detector_store  # noqa: E402
 
 from models.train.common import pick_device  # noqa: E402
 
@@ -93,7 +93,7 @@ def main() -> None:
     device = pick_device(args.device)
     images = synth_png_images(args.images, args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        store, name = (Path(args.model_store), args.model) if args.model_store else _random_store(Path(tmp))
+        store, name = (Path(args.model_store), args.model) if args.model_store else detector_store(Path(tmp))
         rows = measure(store, name, images, device=str(device), batch=args.batch, concurrencies=args.concurrency)
     header = (f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px, one per "
               f"request; server max batch {args.batch}")
