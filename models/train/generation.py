@@ -78,6 +78,10 @@ class GenerationTrainConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     label_smoothing: float = 0.0  # one-sided: real targets are 1 - this; fake targets stay 0
+    # 0: constant learning rate. E: epochs E..`epochs` lower both rates linearly, reaching lr / (epochs - E + 1)
+    # in the last one (as pix2pix and CycleGAN do), which stills the GAN's wandering at the end of training.
+    # An E past `epochs` (a recipe cut short) never decays.
+    lr_decay_from: int = 0
     sample_seed: int = 0  # the fixed noise of the per-epoch sample grid
     sample_count: int = 64
     device: str | None = None
@@ -102,10 +106,19 @@ def _sample_grid(generator: Generator, noise: torch.Tensor, path: Path) -> Path:
     return path
 
 
+def learning_rate(cfg: GenerationTrainConfig, epoch: int) -> float:
+    """Both networks' learning rate in ``epoch`` (1-based): ``lr``, then the linear decay of ``lr_decay_from``."""
+    if not cfg.lr_decay_from or epoch < cfg.lr_decay_from:
+        return cfg.lr
+    return cfg.lr * (cfg.epochs + 1 - epoch) / (cfg.epochs + 1 - cfg.lr_decay_from)
+
+
 def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
     """Train G and D; after every epoch write a sample grid and keep the generator in the store."""
     if not 0.0 <= cfg.label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
+    if cfg.lr_decay_from < 0:
+        raise ValueError(f"lr_decay_from must be 0 (no decay) or an epoch >= 1, got {cfg.lr_decay_from}")
     started = time.perf_counter()
     common.seed_everything(cfg.seed)
     device = common.pick_device(cfg.device)
@@ -127,6 +140,9 @@ def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
     real_target = 1.0 - cfg.label_smoothing
     grid = None
     for epoch in range(start_epoch, cfg.epochs + 1):
+        for optimizer in (opt_g, opt_d):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, epoch)
         sums: dict[str, float] = defaultdict(float)
         for real in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if cfg.progress else True):
             real = real.to(device)
@@ -171,7 +187,7 @@ QUICKSTART_DATA: dict[str, Any] = {"splits": {"train": 3000, "test": 300}, "imag
                                    "solid_backgrounds": True}
 QUICKSTART_RECIPE: dict[str, Any] = {
     "image_size": 32, "channels": 3, "nz": 64, "ngf": 32, "ndf": 32, "epochs": 48, "batch_size": 16,
-    "label_smoothing": 0.1,
+    "label_smoothing": 0.1, "lr_decay_from": 25,
 }
 
 

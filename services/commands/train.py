@@ -258,8 +258,8 @@ def _add_generation(task_sub: argparse._SubParsersAction) -> None:
     p = task_sub.add_parser("generation", help="train a DCGAN on a folder of images")
     p.add_argument("--images", required=True, help="folder of images (any size: centre-cropped and resized)")
     p.add_argument("--quickstart", action="store_true",
-                   help="use the quickstart recipe (the demo's: 32 px, nz 64, ngf/ndf 32, batch 16, label smoothing "
-                        "0.1); flags you give override it")
+                   help="use the quickstart recipe (the demo's: 32 px, nz 64, ngf/ndf 32, batch 16, 48 epochs, label "
+                        "smoothing 0.1, learning rate decay from epoch 25); flags you give override it")
     p.add_argument("--image-size", type=int, choices=IMAGE_SIZES, default=C.image_size)
     p.add_argument("--channels", type=int, choices=CHANNELS, default=C.channels, help="1 = grayscale")
     p.add_argument("--nz", type=int, default=C.nz, help="latent size")
@@ -274,6 +274,9 @@ def _add_generation(task_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beta1", type=float, default=C.beta1)
     p.add_argument("--label-smoothing", type=float, default=C.label_smoothing,
                    help="one-sided: real targets are 1 - this (e.g. 0.1)")
+    p.add_argument("--lr-decay-from", type=int, default=C.lr_decay_from, metavar="EPOCH",
+                   help="from this epoch on, lower both learning rates linearly towards 0 at the last epoch "
+                        "(0 = constant)")
     p.add_argument("--sample-seed", type=int, default=C.sample_seed, help="fixed noise of the per-epoch sample grid")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=C.seed)
@@ -288,8 +291,8 @@ def run_generation(args: argparse.Namespace) -> int:
         images=args.images, run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store,
         name=args.name, image_size=args.image_size, channels=args.channels, nz=args.nz, ngf=args.ngf,
         ndf=args.ndf, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
-        label_smoothing=args.label_smoothing, sample_seed=args.sample_seed, device=args.device, seed=args.seed,
-        resume=args.resume,
+        label_smoothing=args.label_smoothing, lr_decay_from=args.lr_decay_from, sample_seed=args.sample_seed,
+        device=args.device, seed=args.seed, resume=args.resume,
     )
     if args.quickstart:
         settings = under_recipe(settings, GenerationTrainConfig, QUICKSTART_RECIPE)

@@ -2,7 +2,7 @@
 images (Fréchet distance in a shapes classifier's feature space) as an untrained generator's, and
 a share of them is recognised as shapes with confidence, of more than one class. Slow (~7 min).
 
-Issue 5 asks for >= 60% recognised; the quickstart recipe reaches about 37-47% within this CPU
+Issue 5 asks for >= 60% recognised; the quickstart recipe reaches about 43% within this CPU
 budget (README, "What the quickstart generator reaches"), so the bar here is what it reaches
 reliably, not the issue's."""
 

@@ -13,7 +13,8 @@ from models import checkpoints
 from models.errors import DatasetError
 from models.generation import latents
 from models.preprocessing import center_crop_resize
-from models.train.generation import GenerationTrainConfig, gan_input, train_generation
+from models.train import common
+from models.train.generation import GenerationTrainConfig, gan_input, learning_rate, train_generation
 
 
 def _config(shapes_dir, tmp_path, **kw) -> GenerationTrainConfig:
@@ -37,6 +38,19 @@ def test_train_store_samples_and_resume(shapes_dir, tmp_path):
     assert len(resumed["history"]["g_loss"]) == 2
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())["d_loss"]) == 2
     assert (tmp_path / "run" / "samples" / "epoch_002.png").is_file()
+
+
+def test_learning_rate_decays_linearly_from_its_epoch_and_resume_keeps_the_schedule(shapes_dir, tmp_path):
+    cfg = _config(shapes_dir, tmp_path, epochs=4, lr=1e-3, lr_decay_from=3)
+    assert [learning_rate(cfg, e) for e in range(1, 5)] == pytest.approx([1e-3, 1e-3, 1e-3 * 2 / 2, 1e-3 / 2])
+    assert learning_rate(GenerationTrainConfig(images="x", epochs=4), 4) == 2e-4  # no decay by default
+    train_generation(_config(shapes_dir, tmp_path, epochs=3, lr=1e-3, lr_decay_from=3))
+    train_generation(_config(shapes_dir, tmp_path, epochs=4, lr=1e-3, lr_decay_from=3, resume=True))
+    state = common.load_resume_state(tmp_path / "run")
+    assert [state[k]["param_groups"][0]["lr"] for k in ("opt_g", "opt_d")] == pytest.approx([5e-4, 5e-4])
+    with pytest.raises(ValueError, match="lr_decay_from"):
+        train_generation(_config(shapes_dir, tmp_path, epochs=4, lr_decay_from=-1))
+    assert learning_rate(_config(shapes_dir, tmp_path, epochs=4, lr_decay_from=5), 4) == 2e-4  # cut short: constant
 
 
 def test_gray_inputs_are_centre_cropped_and_scaled_to_minus_one_one():
