@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from models.files import atomic_write_with
 
 RESUME_FILE = "last.pt"
 HISTORY_FILE = "history.json"
@@ -129,9 +130,7 @@ def save_parts(run_dir: Path, parts: Mapping[str, Any], *, epoch: int, history: 
         "version": version,
         "rng": torch.get_rng_state(),
     }
-    tmp = run_dir / (RESUME_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, run_dir / RESUME_FILE)
+    atomic_write_with(run_dir / RESUME_FILE, lambda tmp: torch.save(state, tmp))
     (run_dir / HISTORY_FILE).write_text(json.dumps(state["history"], indent=1))
 
 
