@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from models.detection import Detection
 from services.pb import (
     captioning_pb2,
     captioning_pb2_grpc,
@@ -30,6 +29,9 @@ from services.pb import (
     segmentation_pb2,
     segmentation_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from models.detection import Detection
 
 MiB = 1024 * 1024
 ImageLike = bytes | bytearray | memoryview | np.ndarray
@@ -106,6 +108,8 @@ def _latent(values: Sequence[float]) -> generation_pb2.Latent:
 
 def detections_from_proto(response: detection_pb2.DetectResponse) -> list[Detection]:
     """A DetectResponse's detections as models.detection.Detection (boxes x1, y1, x2, y2 in pixels)."""
+    from models.detection import Detection  # torchvision: not loaded by clients that never call this
+
     return [Detection(box=(d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max), score=d.score, label=d.label,
                       class_name=d.class_name) for d in response.detections]
 

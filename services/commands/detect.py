@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.client import detections_from_proto
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("detect", help="detect objects in images with a running detection server")
@@ -26,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def response_to_json(path: str, response: Any) -> dict[str, Any]:
+    from services.client import detections_from_proto
+
     if response.HasField("error"):
         return {"image": path, "error": {"code": response.error.code, "message": response.error.message}}
     return {
@@ -48,6 +48,7 @@ def annotate(path: str, response: Any, out_dir: Path, *, min_score: float = 0.0)
 
     from models.preprocessing import read_image
     from models.visualize import draw_detections
+    from services.client import detections_from_proto
 
     shown = [d for d in detections_from_proto(response) if d.score >= min_score]
     drawn = draw_detections(read_image(path), shown)

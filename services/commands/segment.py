@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment images with a running segmentation server")
     p.add_argument("images", nargs="+")
