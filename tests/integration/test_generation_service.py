@@ -72,7 +72,9 @@ def test_interpolation_ends_are_the_seeds_images(client):
     assert_images_agree(_pixels(path.images[-1]), _pixels(client.generate(count=1, seed=4).images[0]))
     linear = client.interpolate(3, 4, steps=5, path="linear")
     assert_images_agree(_pixels(linear.images[0]), _pixels(path.images[0]))
-    assert linear.images[2].png != path.images[2].png
+    # The paths part in the middle (compared by latent: a small random generator can draw two
+    # nearby latents as the same PNG, as it did on CUDA).
+    assert list(linear.images[2].latent.values) != list(path.images[2].latent.values)
     start = list(path.images[0].latent.values)
     assert_images_agree(_pixels(client.interpolate(start, 4, steps=2).images[0]), _pixels(path.images[0]))
 
