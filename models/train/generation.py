@@ -1,9 +1,11 @@
 """DCGAN training on a folder of images: Adam (lr 2e-4, beta1 0.5) for both networks, optional
-one-sided label smoothing, a fixed-noise sample grid PNG each epoch, checkpoint + resume, and a
-plot of the G and D losses."""
+one-sided label smoothing, linear learning-rate decay, DiffAugment and a weight-averaged
+generator, a fixed-noise sample grid PNG each epoch, checkpoint + resume, and a plot of the G
+and D losses."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -82,6 +84,12 @@ class GenerationTrainConfig:
     # in the last one (as pix2pix and CycleGAN do), which stills the GAN's wandering at the end of training.
     # An E past `epochs` (a recipe cut short) never decays.
     lr_decay_from: int = 0
+    # > 0: serve (and draw the sample grids from) an exponential moving average of the generator's
+    # weights with this decay per step (Yazici et al. 2019), not the last step's weights.
+    ema_decay: float = 0.0
+    # Differentiable augmentation of every image D sees, real and generated alike (Zhao et al. 2020,
+    # "DiffAugment"): a comma list of "translation" and "color". Empty: none.
+    augment: str = ""
     sample_seed: int = 0  # the fixed noise of the per-epoch sample grid
     sample_count: int = 64
     device: str | None = None
@@ -113,12 +121,62 @@ def learning_rate(cfg: GenerationTrainConfig, epoch: int) -> float:
     return cfg.lr * (cfg.epochs + 1 - epoch) / (cfg.epochs + 1 - cfg.lr_decay_from)
 
 
+AUGMENTATIONS = ("translation", "color")
+
+
+def augmentations(policy: str) -> list[str]:
+    """The names in a comma list such as "translation,color" ("" -> none); unknown names raise."""
+    names = [name.strip() for name in policy.split(",") if name.strip()]
+    for name in names:
+        if name not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {name!r}: choose from {', '.join(AUGMENTATIONS)}")
+    return names
+
+
+def diff_augment(images: torch.Tensor, policy: str) -> torch.Tensor:
+    """DiffAugment: random per-image shifts of up to 1/8 of the side (the gap filled with 0, mid
+    grey in [-1, 1]) and/or random brightness, saturation and contrast, all differentiable, so
+    that D's gradient reaches G through them."""
+    n, _, h, w = images.shape
+    device = images.device
+    for name in augmentations(policy):
+        if name == "color":
+            images = images + (torch.rand(n, 1, 1, 1, device=device) - 0.5)  # brightness
+            mean = images.mean(dim=1, keepdim=True)
+            images = (images - mean) * (torch.rand(n, 1, 1, 1, device=device) * 2) + mean  # saturation
+            mean = images.mean(dim=(1, 2, 3), keepdim=True)
+            images = (images - mean) * (torch.rand(n, 1, 1, 1, device=device) + 0.5) + mean  # contrast
+        else:  # translation
+            pad_h, pad_w = max(1, h // 8), max(1, w // 8)
+            dy = torch.randint(-pad_h, pad_h + 1, (n, 1), device=device)
+            dx = torch.randint(-pad_w, pad_w + 1, (n, 1), device=device)
+            rows = torch.arange(h, device=device)[None] + dy + pad_h  # (n, h) rows of the padded image
+            cols = torch.arange(w, device=device)[None] + dx + pad_w
+            padded = F.pad(images, (pad_w, pad_w, pad_h, pad_h))
+            batch = torch.arange(n, device=device)[:, None, None]
+            images = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return images
+
+
+@torch.no_grad()
+def ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``average``'s parameters move ``1 - decay`` of the way to ``model``'s; buffers (batch-norm
+    statistics) are copied."""
+    for avg, live in zip(average.parameters(), model.parameters(), strict=True):
+        avg.lerp_(live, 1.0 - decay)
+    for avg, live in zip(average.buffers(), model.buffers(), strict=True):
+        avg.copy_(live)
+
+
 def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
     """Train G and D; after every epoch write a sample grid and keep the generator in the store."""
     if not 0.0 <= cfg.label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
     if cfg.lr_decay_from < 0:
         raise ValueError(f"lr_decay_from must be 0 (no decay) or an epoch >= 1, got {cfg.lr_decay_from}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) (0: no average), got {cfg.ema_decay}")
+    augmentations(cfg.augment)  # an unknown name fails now, not after loading the data
     started = time.perf_counter()
     common.seed_everything(cfg.seed)
     device = common.pick_device(cfg.device)
@@ -132,6 +190,10 @@ def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=betas)
     parts = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d}
+    average = None
+    if cfg.ema_decay:
+        average = parts["generator_ema"] = copy.deepcopy(generator).eval().requires_grad_(False)
+    served = average if average is not None else generator
     noise = latents(cfg.sample_seed, cfg.sample_count, cfg.nz).to(device)
     history: dict[str, list[float]] = defaultdict(list)
     start_epoch, version = 1, checkpoints.next_version(cfg.model_store, cfg.name)
@@ -144,28 +206,32 @@ def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, epoch)
         sums: dict[str, float] = defaultdict(float)
-        for real in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if cfg.progress else True):
+        batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if cfg.progress else True)
+        for step, real in enumerate(batches, start=(epoch - 1) * len(loader)):
             real = real.to(device)
             z = torch.randn(real.shape[0], cfg.nz, device=device)
             fake = generator(z)
-            d_real, d_fake = discriminator(real), discriminator(fake.detach())
+            d_real = discriminator(diff_augment(real, cfg.augment))
+            d_fake = discriminator(diff_augment(fake.detach(), cfg.augment))
             loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, real_target))
                       + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
-            d_on_fake = discriminator(fake)
+            d_on_fake = discriminator(diff_augment(fake, cfg.augment))
             loss_g = F.binary_cross_entropy_with_logits(d_on_fake, torch.ones_like(d_on_fake))
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
+            if average is not None:  # a short memory at first, so the average forgets the random start
+                ema_update(average, generator, min(cfg.ema_decay, (1 + step) / (10 + step)))
             sums["d_loss"] += loss_d.item()
             sums["g_loss"] += loss_g.item()
             sums["D(x)"] += torch.sigmoid(d_real).mean().item()
             sums["D(G(z))"] += torch.sigmoid(d_fake).mean().item()
         for key, total in sums.items():
             history[key].append(total / max(1, len(loader)))
-        grid = _sample_grid(generator, noise, run_dir / "samples" / f"epoch_{epoch:03d}.png")
+        grid = _sample_grid(served, noise, run_dir / "samples" / f"epoch_{epoch:03d}.png")
         if cfg.progress:
             print(f"epoch {epoch}/{cfg.epochs}: D loss {history['d_loss'][-1]:.3f}  G loss {history['g_loss'][-1]:.3f}  "
                   f"D(x) {history['D(x)'][-1]:.2f}  D(G(z)) {history['D(G(z))'][-1]:.2f}  samples {grid}", flush=True)
@@ -173,7 +239,7 @@ def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
             name=cfg.name, task="generation", architecture="dcgan", classes=(), model_args=model_args(cfg),
             input_size=cfg.image_size, normalization={"mean": [0.5] * cfg.channels, "std": [0.5] * cfg.channels},
             version=version, extra={"train_config": asdict(cfg), "epochs_trained": epoch})
-        checkpoints.save_model(generator, config, Path(cfg.model_store) / cfg.name)
+        checkpoints.save_model(served, config, Path(cfg.model_store) / cfg.name)
         common.save_parts(run_dir, parts, epoch=epoch, history=history, best=0.0, version=version)
         common.plot_history(history, run_dir / "losses.png", title=f"{cfg.name} (DCGAN {cfg.image_size} px)")
     return {"model_dir": Path(cfg.model_store) / cfg.name, "history": dict(history), "samples": grid,
@@ -187,7 +253,7 @@ QUICKSTART_DATA: dict[str, Any] = {"splits": {"train": 3000, "test": 300}, "imag
                                    "solid_backgrounds": True}
 QUICKSTART_RECIPE: dict[str, Any] = {
     "image_size": 32, "channels": 3, "nz": 64, "ngf": 32, "ndf": 32, "epochs": 48, "batch_size": 16,
-    "label_smoothing": 0.1, "lr_decay_from": 25,
+    "label_smoothing": 0.1, "lr_decay_from": 25, "augment": "translation,color",
 }
 
 

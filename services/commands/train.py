@@ -277,6 +277,12 @@ def _add_generation(task_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-decay-from", type=int, default=C.lr_decay_from, metavar="EPOCH",
                    help="from this epoch on, lower both learning rates linearly towards 0 at the last epoch "
                         "(0 = constant)")
+    p.add_argument("--ema-decay", type=float, default=C.ema_decay, metavar="DECAY",
+                   help="store and draw samples from a moving average of G's weights with this decay per "
+                        "step, e.g. 0.999 (0 = the last step's weights)")
+    p.add_argument("--augment", default=C.augment, metavar="LIST",
+                   help="differentiable augmentation of every image D sees (DiffAugment): a comma list of "
+                        "translation, color (empty = none)")
     p.add_argument("--sample-seed", type=int, default=C.sample_seed, help="fixed noise of the per-epoch sample grid")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=C.seed)
@@ -291,7 +297,8 @@ def run_generation(args: argparse.Namespace) -> int:
         images=args.images, run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store,
         name=args.name, image_size=args.image_size, channels=args.channels, nz=args.nz, ngf=args.ngf,
         ndf=args.ndf, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
-        label_smoothing=args.label_smoothing, lr_decay_from=args.lr_decay_from, sample_seed=args.sample_seed,
+        label_smoothing=args.label_smoothing, lr_decay_from=args.lr_decay_from, ema_decay=args.ema_decay,
+        augment=args.augment, sample_seed=args.sample_seed,
         device=args.device, seed=args.seed, resume=args.resume,
     )
     if args.quickstart:

@@ -14,7 +14,8 @@ from models.errors import DatasetError
 from models.generation import latents
 from models.preprocessing import center_crop_resize
 from models.train import common
-from models.train.generation import GenerationTrainConfig, gan_input, learning_rate, train_generation
+from models.train.generation import (GenerationTrainConfig, diff_augment, ema_update, gan_input, learning_rate,
+                                     train_generation)
 
 
 def _config(shapes_dir, tmp_path, **kw) -> GenerationTrainConfig:
@@ -51,6 +52,50 @@ def test_learning_rate_decays_linearly_from_its_epoch_and_resume_keeps_the_sched
     with pytest.raises(ValueError, match="lr_decay_from"):
         train_generation(_config(shapes_dir, tmp_path, epochs=4, lr_decay_from=-1))
     assert learning_rate(_config(shapes_dir, tmp_path, epochs=4, lr_decay_from=5), 4) == 2e-4  # cut short: constant
+
+
+def test_the_average_generator_is_stored_and_kept_for_resume(shapes_dir, tmp_path):
+    train_generation(_config(shapes_dir, tmp_path, epochs=1, ema_decay=0.9, augment="translation,color"))
+    state = common.load_resume_state(tmp_path / "run")
+    stored, _ = checkpoints.load_model(tmp_path / "store" / "gan")
+    for name, tensor in stored.state_dict().items():
+        assert torch.equal(tensor, state["generator_ema"][name]), name
+    assert any(not torch.equal(state["generator"][k], state["generator_ema"][k]) for k in state["generator"])
+    resumed = train_generation(_config(shapes_dir, tmp_path, epochs=2, ema_decay=0.9, augment="translation,color",
+                                       resume=True))
+    assert len(resumed["history"]["g_loss"]) == 2
+    with pytest.raises(ValueError, match="ema_decay"):
+        train_generation(_config(shapes_dir, tmp_path, ema_decay=1.0))
+    with pytest.raises(ValueError, match="unknown augmentation 'flip': choose from translation, color"):
+        train_generation(_config(shapes_dir, tmp_path, augment="translation,flip"))
+
+
+def test_ema_update_moves_parameters_and_copies_buffers():
+    average, live = torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2)
+    with torch.no_grad():
+        live.weight.fill_(3.0)
+        live.running_mean.fill_(5.0)
+    ema_update(average, live, 0.75)
+    assert torch.allclose(average.weight, torch.full((2,), 1.5))  # 1 + (3 - 1) / 4
+    assert torch.equal(average.running_mean, live.running_mean)
+
+
+def test_diff_augment_shifts_within_an_eighth_recolours_per_image_and_passes_gradients():
+    torch.manual_seed(0)
+    images = -torch.ones(64, 3, 32, 32)
+    images[:, :, 12:20, 12:20] = 1.0  # a white 8 px square in the middle of black
+    shifted = diff_augment(images, "translation")
+    assert shifted.shape == images.shape
+    corners = [(s[0] > 0).nonzero().min(0).values.tolist() for s in shifted]
+    assert {c for corner in corners for c in corner} == set(range(8, 17))  # moved by -4..4 px, all seen
+    assert (shifted[:, 0] > 0).sum(dim=(1, 2)).eq(64).all()  # the square is whole
+    assert set(shifted.unique().tolist()) <= {-1.0, 0.0, 1.0}  # the gap is filled with 0
+    recoloured = diff_augment(images, "color")
+    assert len({round(float(m), 4) for m in recoloured.mean(dim=(1, 2, 3))}) > 32  # each image its own draw
+    source = images.clone().requires_grad_(True)
+    diff_augment(source, "translation,color").sum().backward()
+    assert source.grad is not None and source.grad.abs().sum() > 0
+    assert torch.equal(diff_augment(images, ""), images)
 
 
 def test_gray_inputs_are_centre_cropped_and_scaled_to_minus_one_one():
