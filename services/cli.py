@@ -4,6 +4,7 @@ arguments into the config dataclasses of models/ and services/."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -13,25 +14,43 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import grpc  # noqa: E402
 
-from services.commands import (  # noqa: E402
-    batch, caption, data, demo, detect, evaluate, generate, manage, segment, serve, train, weights,
-)
+# Command -> (module in services/commands/, one-line help). Only the module of the command being
+# run is imported: several of them import torch (seconds), which a client command or `--help`
+# should not wait for.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("serve", "serve models of one or more tasks over gRPC"),
+    "detect": ("detect", "detect objects in images with a running detection server"),
+    "segment": ("segment", "segment images with a running segmentation server"),
+    "caption": ("caption", "caption images with a running captioning server"),
+    "generate": ("generate", "draw images from a running generation server"),
+    "batch": ("batch", "run a model over a folder of images (or generate many), results on disk"),
+    "models": ("manage", "list, load or unload the models of a running server"),
+    "data": ("data", "make or convert datasets"),
+    "train": ("train", "train a model and put it in the model store"),
+    "eval": ("evaluate", "evaluate a stored model on a dataset"),
+    "weights": ("weights", "list architectures; pull pretrained weights (needs internet)"),
+    "demo": ("demo", "train, serve and query the quickstart models (CPU, about 25 minutes)"),
+}
 
-COMMANDS = (serve, detect, segment, caption, generate, batch, manage, data, train, evaluate, weights, demo)
 
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: every command is listed, but only the one ``argv`` names (every
+    one when ``argv`` is None) gets its arguments, so only its module is imported."""
     parser = argparse.ArgumentParser(
         prog="cvtasks", description="Computer-vision tasks: serve, train, evaluate and run models."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
-        module.add_parser(sub)
+    named = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    for command, (module, help_) in COMMANDS.items():
+        command_parser = sub.add_parser(command, help=help_)
+        if named is None or named == command:
+            importlib.import_module(f"services.commands.{module}").add_arguments(command_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

@@ -1,1 +1,2 @@
-"""Sub-commands of ``cvtasks``: each module has ``add_parser(subparsers)`` and sets ``run``."""
+"""Sub-commands of ``cvtasks``: each module has ``add_arguments(parser)``, which sets ``run``;
+services/cli.py names the commands."""

@@ -25,8 +25,7 @@ IMAGE_TASKS = ("detection", "segmentation", "captioning")
 MAX_COUNT = 1_000_000  # generate: 1e6 latents of nz 100 hold 400 MB
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("batch", help="run a model over a folder of images (or generate many), results on disk")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
     for task in IMAGE_TASKS:
         t = tasks.add_parser(task, help=f"{task} over a folder of images")

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("caption", help="caption images with a running captioning server")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, BMP, TIFF)")
     p.add_argument("--server", default="localhost:50051", help="HOST:PORT of `cvtasks serve --task captioning`")
     p.add_argument("--model", default="", help="model name (default: the server's default captioning model)")

@@ -6,8 +6,7 @@ import argparse
 import json
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("data", help="make or convert datasets")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     data_sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     synth = data_sub.add_parser("synth", help="write the seeded synthetic 'shapes' dataset")

@@ -17,8 +17,7 @@ from typing import Any
 SHOW_SCORE = 0.5  # boxes drawn on the annotated images; AP is computed from everything >= 0.05
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train, serve and query the quickstart models (CPU, about 25 minutes)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_output", help="folder for data, model store, results and images")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run)

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("detect", help="detect objects in images with a running detection server")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, BMP, TIFF)")
     p.add_argument("--server", default="localhost:50051", help="HOST:PORT of `cvtasks serve --task detection`")
     p.add_argument("--model", default="", help="model name (default: the server's default model)")

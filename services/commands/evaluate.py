@@ -9,8 +9,7 @@ from pathlib import Path
 from services.commands.train import ANNOTATIONS, CAPTIONS, MASKS, add_data_args, data_paths
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("eval", help="evaluate a stored model on a dataset")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     task_sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     p = task_sub.add_parser("detection", help="COCO AP, AP50, AP75 (pycocotools) of a stored detector")
     p.add_argument("--model", required=True, help="model name in the store")

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="draw images from a running generation server")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", default="localhost:50051", help="HOST:PORT of `cvtasks serve --task generation`")
     p.add_argument("--model", default="", help="model name (default: the server's default generator)")
     p.add_argument("--count", type=int, default=16, help="images to draw (1..64)")

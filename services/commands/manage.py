@@ -10,8 +10,7 @@ import json
 from google.protobuf.json_format import MessageToDict
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list, load or unload the models of a running server")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = actions.add_parser("list", help="the loaded models")
     ls.add_argument("--task", default="", help="only this task's models")

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("segment", help="segment images with a running segmentation server")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+")
     p.add_argument("--server", default="localhost:50051")
     p.add_argument("--model", default="")

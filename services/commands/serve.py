@@ -24,9 +24,8 @@ def _metrics_port(value: str) -> int | None:
     return port
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     s = ServingConfig()
-    p = sub.add_parser("serve", help="serve models of one or more tasks over gRPC")
     p.add_argument("--task", action="append", required=True, help="task to serve (repeat for several): detection, segmentation, captioning, generation")
     p.add_argument("--model-store", default=os.environ.get("CVTASKS_MODEL_STORE", "model_store"))
     p.add_argument("--models", nargs="*", default=(), help="model names to load (default: all of the task)")

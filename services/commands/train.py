@@ -44,8 +44,7 @@ def data_paths(args: argparse.Namespace, labels: Labels, split: str) -> tuple[st
     return images, second
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("train", help="train a model and put it in the model store")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     task_sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     _add_detection(task_sub)
     _add_segmentation(task_sub)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("weights", help="list architectures; pull pretrained weights (needs internet)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     w_sub = parser.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     ls = w_sub.add_parser("list", help="architectures and whether their COCO weights are on disk")
     ls.set_defaults(run=run_list)

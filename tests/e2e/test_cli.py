@@ -90,3 +90,15 @@ def test_fine_tune_a_stored_model_on_a_new_class_set(shapes_dir, detector_store,
     assert out.returncode == 0, out.stderr
     config = json.loads((tmp_path / "store" / "two-class" / "config.json").read_text())
     assert config["classes"] == ["round", "angular"] and config["architecture"] == "fasterrcnn_tiny"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["detect", "--help"], ["generate", "--help"], ["models", "list", "--help"]])
+def test_help_and_client_commands_do_not_import_torch(argv):
+    """Only the named command's module is imported: `cvtasks --help` and the client commands start
+    in well under a second, not after the seconds torch takes to load."""
+    probe = ("import sys; from services import cli\n"
+             "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "print('TORCH', 'torch' in sys.modules)")
+    out = subprocess.run([CLI[0], "-c", probe, *argv], capture_output=True, text=True, timeout=120, env=ENV)
+    assert out.stdout.strip().endswith("TORCH False"), out.stdout + out.stderr
+    assert "usage: cvtasks" in out.stdout

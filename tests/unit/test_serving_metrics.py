@@ -152,7 +152,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     from services.commands import serve
 
     parser = argparse.ArgumentParser()
-    serve.add_parser(parser.add_subparsers())
+    serve.add_arguments(parser.add_subparsers().add_parser("serve"))
     return parser
 
 
