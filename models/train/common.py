@@ -92,7 +92,15 @@ def restore_resume_state(state: Mapping[str, Any], *, model: nn.Module, optimize
 def restore_parts(state: Mapping[str, Any], parts: Mapping[str, Any], *,
                   history: dict[str, list[float]]) -> tuple[int, float, str]:
     """restore_resume_state for any named objects with ``load_state_dict`` (e.g. a GAN's two
-    networks and two optimisers); returns (next epoch, best metric, version)."""
+    networks and two optimisers); returns (next epoch, best metric, version).
+
+    A checkpoint without one of ``parts`` (the run was started with other options, e.g. without
+    a weight average) raises ValueError naming what is missing, before anything is restored."""
+    missing = [key for key in parts if key not in state]
+    if missing:
+        raise ValueError(f"the checkpoint to resume has no {', '.join(missing)}: it was written by a run with "
+                         "other options; resume with the options it was started with, or start a new run "
+                         "(another run directory, or without --resume)")
     for key, part in parts.items():
         part.load_state_dict(state[key])
     torch.set_rng_state(state["rng"])

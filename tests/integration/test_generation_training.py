@@ -64,6 +64,9 @@ def test_the_average_generator_is_stored_and_kept_for_resume(shapes_dir, tmp_pat
     resumed = train_generation(_config(shapes_dir, tmp_path, epochs=2, ema_decay=0.9, augment="translation,color",
                                        resume=True))
     assert len(resumed["history"]["g_loss"]) == 2
+    common.save_parts(tmp_path / "run", {"generator": torch.nn.Linear(1, 1)}, epoch=1, history={}, best=0.0)
+    with pytest.raises(ValueError, match="resume has no discriminator, opt_g, opt_d, generator_ema: it was written"):
+        train_generation(_config(shapes_dir, tmp_path, epochs=2, ema_decay=0.9, resume=True))
     with pytest.raises(ValueError, match="ema_decay"):
         train_generation(_config(shapes_dir, tmp_path, ema_decay=1.0))
     with pytest.raises(ValueError, match="unknown augmentation 'flip': choose from translation, color"):
