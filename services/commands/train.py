@@ -213,6 +213,11 @@ def _add_captioning(task_sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_captioning)
 
 
+def as_flags(recipe: dict[str, Any]) -> str:
+    """A recipe as the flags that give it: {"batch_size": 16} -> "--batch-size 16"."""
+    return ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in recipe.items())
+
+
 def under_recipe(settings: dict[str, Any], config_class: type, recipe: dict[str, Any]) -> dict[str, Any]:
     """``--quickstart``: the recipe's value for every setting whose flag the user left at the
     config's default; flags the user changed win."""
@@ -252,13 +257,14 @@ def run_captioning(args: argparse.Namespace) -> int:
 
 def _add_generation(task_sub: argparse._SubParsersAction) -> None:
     from models.generation import CHANNELS, IMAGE_SIZES
+    from models.train.generation import QUICKSTART_RECIPE
     from models.train.generation import GenerationTrainConfig as C
 
     p = task_sub.add_parser("generation", help="train a DCGAN on a folder of images")
     p.add_argument("--images", required=True, help="folder of images (any size: centre-cropped and resized)")
     p.add_argument("--quickstart", action="store_true",
-                   help="use the quickstart recipe (the demo's: 32 px, nz 64, ngf/ndf 32, batch 16, 48 epochs, label "
-                        "smoothing 0.1, learning rate decay from epoch 25); flags you give override it")
+                   help=f"use the quickstart recipe (the demo's: {as_flags(QUICKSTART_RECIPE)}); flags you give "
+                        "override it")
     p.add_argument("--image-size", type=int, choices=IMAGE_SIZES, default=C.image_size)
     p.add_argument("--channels", type=int, choices=CHANNELS, default=C.channels, help="1 = grayscale")
     p.add_argument("--nz", type=int, default=C.nz, help="latent size")
