@@ -27,19 +27,18 @@ from bench_models import generator_store  # noqa: E402
 from bench_common import RESULTS_DIR, device_name, measure_service, report  # noqa: E402
 
 from models import checkpoints  # noqa: E402
-from models.generation import latents, to_uint8  # noqa: E402
+from models.generation import to_uint8  # noqa: E402
 from models.train.common import pick_device  # noqa: E402
 
 
 def raw_images_per_s(store: Path, name: str, images: int, batch: int, device: torch.device) -> float:
-    model, config = checkpoints.load_model(store / name, device=device)
+    model, _ = checkpoints.load_model(store / name, device=device)
     model.eval()
-    nz = int(config.model_args.get("nz", 100))
     with torch.inference_mode():
-        to_uint8(model(latents(0, batch, nz).to(device)))  # warm-up
+        to_uint8(model(model.prior.sample(0, batch).to(device)))  # warm-up
         start = time.perf_counter()
-        for seed in range(0, images, batch):
-            to_uint8(model(latents(seed, min(batch, images - seed), nz).to(device)))
+        for seed in range(0, images, batch):  # the latents drawn as the service draws them
+            to_uint8(model(model.prior.sample(seed, min(batch, images - seed)).to(device)))
     return images / (time.perf_counter() - start)
 
 

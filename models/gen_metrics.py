@@ -139,13 +139,12 @@ def labelled_images(images_dir: str | Path, annotations: str | Path, *, size: in
 
 
 @torch.no_grad()
-def samples(generator: nn.Module, count: int, *, seed: int, nz: int, batch_size: int = 64) -> torch.Tensor:
-    """``count`` generated images (N, C, S, S) in [-1, 1] from seeded latents, on the CPU."""
-    from models.generation import latents
-
+def samples(generator: nn.Module, count: int, *, seed: int, batch_size: int = 64) -> torch.Tensor:
+    """``count`` generated images (N, C, S, S) in [-1, 1] from latents seeded from ``seed`` and
+    drawn from the generator's own prior, on the CPU."""
     generator.eval()
     device = next(generator.parameters()).device
-    z = latents(seed, count, nz)
+    z = generator.prior.sample(seed, count)
     return torch.cat([generator(z[i:i + batch_size].to(device)).cpu() for i in range(0, count, batch_size)])
 
 
@@ -168,7 +167,6 @@ def evaluate_generator(generator: nn.Module | None, model_args: dict[str, Any], 
     if generator is None and generated is None:
         raise ValueError("give the generator or its samples (generated=)")
     size, channels = int(model_args["image_size"]), int(model_args["channels"])
-    nz = int(model_args.get("nz", 100))
     root = Path(data)
     train_x, train_y, names = labelled_images(root / "images" / train_split, root / "annotations" / f"{train_split}.json",
                                               size=size, channels=channels)
@@ -176,10 +174,10 @@ def evaluate_generator(generator: nn.Module | None, model_args: dict[str, Any], 
                                         size=size, channels=channels)
     classifier = train_classifier(train_x, train_y, num_classes=len(names), epochs=classifier_epochs, seed=seed)
     if generated is None:
-        generated = samples(generator, count, seed=seed, nz=nz)
+        generated = samples(generator, count, seed=seed)
     torch.manual_seed(seed)
     baseline = Generator(**model_args)  # the same architecture, DCGAN-initialised, never trained
-    drawn = {"model": generated, "untrained baseline": samples(baseline, len(generated), seed=seed, nz=nz)}
+    drawn = {"model": generated, "untrained baseline": samples(baseline, len(generated), seed=seed)}
     scores = {k: score_samples(classifier, test_x, v, confidence=confidence, class_names=names)
               for k, v in drawn.items()}
     report = {"samples": len(generated),

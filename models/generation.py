@@ -4,11 +4,20 @@ As in the paper: strided convolutions in D and transposed convolutions in G (no 
 fully connected layers), batch norm everywhere except G's output layer and D's input layer,
 ReLU in G with a tanh output, LeakyReLU(0.2) in D, weights drawn from N(0, 0.02). D returns
 logits (train with BCE-with-logits). Images are (N, C, S, S) in [-1, 1], S in 32/64/128.
+
+The latents are standard normal, or (``latent_components`` K > 0) a fixed mixture of K unit
+Gaussians, as in the static GM-GAN of Ben-Yosef and Weinshall (2018): data made of distinct
+kinds (a circle or a square, never something between) is easier for G to draw from separate
+clusters of latents than from one blob, where the latents between two kinds give hybrids.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +29,7 @@ from models.errors import InvalidInputError
 IMAGE_SIZES = (32, 64, 128)
 CHANNELS = (1, 3)
 INTERPOLATIONS = ("linear", "spherical")
+MIXTURE_SEED = 1234  # the mixture means are the same for every model with the same (K, nz, spread)
 
 
 def _check(image_size: int, channels: int, nz: int, width: int) -> None:
@@ -49,10 +59,12 @@ class Generator(nn.Module):
     feature width of the last hidden layer (64 in the paper).
     """
 
-    def __init__(self, *, image_size: int = 64, channels: int = 3, nz: int = 100, ngf: int = 64) -> None:
+    def __init__(self, *, image_size: int = 64, channels: int = 3, nz: int = 100, ngf: int = 64,
+                 latent_components: int = 0, latent_spread: float = 1.0) -> None:
         super().__init__()
         _check(image_size, channels, nz, ngf)
         self.image_size, self.channels, self.nz = image_size, channels, nz
+        self.prior = LatentPrior(nz, latent_components, latent_spread)  # what its latents are drawn from
         mult = image_size // 8  # 64 px: 8 (ngf*8 at 4x4), as in the paper
         layers: list[nn.Module] = [nn.ConvTranspose2d(nz, ngf * mult, 4, 1, 0, bias=False),
                                    nn.BatchNorm2d(ngf * mult), nn.ReLU(True)]
@@ -106,8 +118,61 @@ def latents(seed: int, count: int, nz: int) -> torch.Tensor:
     """``count`` standard-normal latent vectors (count, nz) from ``seed``, drawn on the CPU so the
     same seed gives the same vectors on every device, one vector after another so that the first
     k of them do not depend on ``count``."""
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    return torch.stack([torch.randn(nz, generator=generator) for _ in range(count)]) if count else torch.zeros(0, nz)
+    return LatentPrior(nz).sample(seed, count)
+
+
+@functools.cache
+def _mixture_means(components: int, nz: int, spread: float) -> torch.Tensor:
+    generator = torch.Generator(device="cpu").manual_seed(MIXTURE_SEED)
+    return torch.randn(components, nz, generator=generator) * spread
+
+
+@dataclass(frozen=True)
+class LatentPrior:
+    """The distribution a generator's latents come from: N(0, I) (``components`` 0, as in the
+    paper) or an equal mixture of ``components`` unit Gaussians whose means were drawn once from
+    N(0, spread^2 I) (fixed by MIXTURE_SEED, so they need not be stored with the weights)."""
+
+    nz: int = 100
+    components: int = 0
+    spread: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.components < 0:
+            raise ValueError(f"latent_components must be 0 (one standard normal) or a count of mixture components, "
+                             f"got {self.components}")
+        if not self.spread > 0:
+            raise ValueError(f"latent_spread must be > 0, got {self.spread}")
+
+    @classmethod
+    def of(cls, model_args: Mapping[str, Any]) -> LatentPrior:
+        """The prior of a stored generator's ``model_args`` (older ones name only nz)."""
+        return cls(int(model_args.get("nz", 100)), int(model_args.get("latent_components", 0)),
+                   float(model_args.get("latent_spread", 1.0)))
+
+    @property
+    def means(self) -> torch.Tensor | None:
+        return _mixture_means(self.components, self.nz, self.spread) if self.components else None
+
+    def sample(self, seed: int, count: int) -> torch.Tensor:
+        """``count`` latents (count, nz) from ``seed``, drawn on the CPU one after another (a
+        vector, then its component), so the same seed gives the same vectors on every device and
+        the first k do not depend on ``count``."""
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        means, vectors = self.means, []
+        for _ in range(count):
+            z = torch.randn(self.nz, generator=generator)
+            if means is not None:
+                z = z + means[int(torch.randint(self.components, (1,), generator=generator))]
+            vectors.append(z)
+        return torch.stack(vectors) if vectors else torch.zeros(0, self.nz)
+
+    def draw(self, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``count`` latents from the global random state (training)."""
+        z = torch.randn(count, self.nz, device=device)
+        if self.means is None:
+            return z
+        return z + self.means.to(device)[torch.randint(self.components, (count,), device=device)]
 
 
 def interpolate(start: torch.Tensor, end: torch.Tensor, steps: int, *, mode: str = "spherical") -> torch.Tensor:

@@ -50,9 +50,11 @@ def remote_config(client: CvtasksClient, task: str, model: str) -> ModelConfig:
     if info.task != task:
         raise ValueError(f"model `{info.name}` on {client.target} is a {info.task} model, not {task}")
     model_args: dict[str, Any] = {}
-    if task == "generation":  # the latent size and channels, so latents are drawn here as there
+    if task == "generation":  # the latent prior and channels, so latents are drawn here as there
         probe = client.generate(count=1, fmt="raw", model=info.name)
         model_args = {"nz": probe.latent_size, "channels": probe.images[0].raw.channels}
+        if probe.latent_components:
+            model_args.update(latent_components=probe.latent_components, latent_spread=probe.latent_spread)
     return ModelConfig(name=info.name, task=info.task, architecture=info.architecture, classes=tuple(info.classes),
                        version=info.version, input_size=info.input_size or None, model_args=model_args)
 

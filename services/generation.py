@@ -13,7 +13,7 @@ from torch import nn
 
 from models import checkpoints
 from models.errors import InvalidInputError
-from models.generation import interpolate, latents, to_uint8
+from models.generation import LatentPrior, interpolate, to_uint8
 from models.preprocessing import encode_image
 from services.host import LoadedModel, ModelHost
 from services.imaging import Decoder
@@ -37,7 +37,7 @@ class GenerationRuntime:
     task = "generation"
 
     def warmup_item(self, config: checkpoints.ModelConfig, device: torch.device) -> GenerateItem:
-        return GenerateItem(latents(0, 1, int(config.model_args.get("nz", 100))))
+        return GenerateItem(LatentPrior.of(config.model_args).sample(0, 1))
 
     def run_batch(self, model: nn.Module, config: checkpoints.ModelConfig,
                   items: Sequence[GenerateItem]) -> list[np.ndarray]:
@@ -45,8 +45,8 @@ class GenerationRuntime:
         return [to_uint8(model(item.latents.to(device))) for item in items]
 
 
-def _nz(loaded: LoadedModel) -> int:
-    return int(loaded.config.model_args.get("nz", 100))
+def _prior(loaded: LoadedModel) -> LatentPrior:
+    return LatentPrior.of(loaded.config.model_args)
 
 
 def _vector(latent: generation_pb2.Latent, nz: int, what: str) -> torch.Tensor:
@@ -58,7 +58,10 @@ def _vector(latent: generation_pb2.Latent, nz: int, what: str) -> torch.Tensor:
     return values
 
 
-def generate_latents(request: generation_pb2.GenerateRequest, nz: int) -> torch.Tensor:
+def generate_latents(request: generation_pb2.GenerateRequest, prior: LatentPrior) -> torch.Tensor:
+    """The request's explicit latents (each checked against the model's latent size), or ``count``
+    drawn from the model's prior with ``seed``."""
+    nz = prior.nz
     if request.latents:
         if request.count:
             raise InvalidInputError("give either count (with seed) or latents, not both")
@@ -68,17 +71,17 @@ def generate_latents(request: generation_pb2.GenerateRequest, nz: int) -> torch.
     count = request.count or 1
     if count > MAX_IMAGES:
         raise InvalidInputError(f"count must be in 1..{MAX_IMAGES}, got {count}; make several calls for more")
-    return latents(request.seed, count, nz)
+    return prior.sample(request.seed, count)
 
 
-def interpolate_latents(request: generation_pb2.InterpolateRequest, nz: int) -> torch.Tensor:
+def interpolate_latents(request: generation_pb2.InterpolateRequest, prior: LatentPrior) -> torch.Tensor:
     ends = []
     for side in ("start", "end"):
         which = request.WhichOneof(side)
         if which is None:
             raise InvalidInputError(f"give the path's {side} as {side}_seed or {side}_latent")
-        ends.append(latents(getattr(request, which), 1, nz)[0] if which.endswith("seed")
-                    else _vector(getattr(request, which), nz, which))
+        ends.append(prior.sample(getattr(request, which), 1)[0] if which.endswith("seed")
+                    else _vector(getattr(request, which), prior.nz, which))
     if not 2 <= request.steps <= MAX_IMAGES:
         raise InvalidInputError(f"steps must be in 2..{MAX_IMAGES} (both ends included), got {request.steps}")
     if request.interpolation not in _MODES:
@@ -114,11 +117,11 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     async def Generate(self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
         loaded = self.host.get(request.model.name)
-        return await self._run(request, loaded, generate_latents(request, _nz(loaded)), context)
+        return await self._run(request, loaded, generate_latents(request, _prior(loaded)), context)
 
     async def Interpolate(self, request: generation_pb2.InterpolateRequest, context: grpc.aio.ServicerContext):
         loaded = self.host.get(request.model.name)
-        return await self._run(request, loaded, interpolate_latents(request, _nz(loaded)), context)
+        return await self._run(request, loaded, interpolate_latents(request, _prior(loaded)), context)
 
     async def _run(self, request, loaded: LoadedModel, z: torch.Tensor, context) -> generation_pb2.GenerateResponse:
         t0 = time.perf_counter()
@@ -128,9 +131,10 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         result = await loaded.submit(GenerateItem(z), deadline=deadline_of(context, self.host.serving))
         t2 = time.perf_counter()
         images = await self.decoder.run(images_proto, result.value, z, request.format)
+        prior = _prior(loaded)
         response = generation_pb2.GenerateResponse(
-            request_id=request.request_id, images=images, latent_size=_nz(loaded),
-            image_size=int(loaded.config.model_args.get("image_size", 64)),
+            request_id=request.request_id, images=images, image_size=int(loaded.config.model_args.get("image_size", 64)),
+            latent_size=prior.nz, latent_components=prior.components, latent_spread=prior.spread,
             model=common_pb2.ModelRef(name=loaded.config.name, version=loaded.config.version))
         response.timings.CopyFrom(timings_proto(t0, t0, result, t2))
         return response

@@ -27,6 +27,7 @@ from models.captioning import Caption, CaptionSettings, image_input
 from models.checkpoints import ModelConfig
 from models.detection import Detection, DetectOptions
 from models.errors import InvalidInputError
+from models.generation import LatentPrior
 from models.preprocessing import to_tensor
 from models.registry import Registry
 from models.segmentation import LargeImageMode, Segmentation, SegmentOptions
@@ -343,7 +344,7 @@ class GenerationAdapter(Adapter):
             if count is not None and not 1 <= count <= MAX_IMAGES:
                 raise InvalidInputError(f"count must be in 1..{MAX_IMAGES}, got {count}; make several calls for more")
             request = generation_pb2.GenerateRequest(seed=seed, count=count or 1)
-        z = generate_latents(request, int(config.model_args.get("nz", 100)))  # the typed RPC's checks
+        z = generate_latents(request, LatentPrior.of(config.model_args))  # the typed RPC's checks
         return Job([GenerateItem(z)], z)
 
     def collect(self, config: ModelConfig, job: Job, values: list[Any]) -> dict[str, np.ndarray]:

@@ -92,13 +92,25 @@ def captioner_store(tmp_path_factory, shapes_dir):
 def generator_store(tmp_path_factory):
     """A model store with `tiny-generator`: a 32 px RGB DCGAN generator, random weights (DCGAN
     init) — for transport, determinism and error tests; learning is checked by the slow test."""
+    return _generator_store(tmp_path_factory, "tiny-generator", {"image_size": 32, "channels": 3, "nz": 16, "ngf": 8})
+
+
+@pytest.fixture(scope="session")
+def mixture_generator_store(tmp_path_factory):
+    """A model store with `tiny-mixture-generator`: as `tiny-generator`, but its latents come from
+    a mixture of 4 Gaussians (spread 0.7, which float32 would round: the prior travels as a double)."""
+    return _generator_store(tmp_path_factory, "tiny-mixture-generator",
+                            {"image_size": 32, "channels": 3, "nz": 16, "ngf": 8, "latent_components": 4,
+                             "latent_spread": 0.7})
+
+
+def _generator_store(tmp_path_factory, name, args):
     from models import checkpoints
     from models.generation import Generator
 
     torch.manual_seed(0)
-    args = {"image_size": 32, "channels": 3, "nz": 16, "ngf": 8}
     store = tmp_path_factory.mktemp("gen-store")
-    config = checkpoints.ModelConfig(name="tiny-generator", task="generation", architecture="dcgan", classes=(),
+    config = checkpoints.ModelConfig(name=name, task="generation", architecture="dcgan", classes=(),
                                      model_args=args, input_size=32,
                                      normalization={"mean": [0.5] * 3, "std": [0.5] * 3})
     checkpoints.save_model(Generator(**args).eval(), config, store / config.name)

@@ -17,7 +17,7 @@ from torch import nn
 
 from models.batch.store import atomic_write
 from models.batch.tasks import BATCH_TASKS, BatchTask, device_of, options_from, png
-from models.generation import image_grid, latents, to_uint8
+from models.generation import LatentPrior, image_grid, to_uint8
 from models.preprocessing import decode_image
 
 GRID_IMAGES = 64
@@ -39,15 +39,15 @@ class GenerationBatch(BatchTask):
         return options_from(GenerateJobOptions, options)
 
     @property
-    def nz(self) -> int:
-        return int(self.config.model_args.get("nz", 100))
+    def prior(self) -> LatentPrior:
+        return LatentPrior.of(self.config.model_args)
 
     def key(self, index: int) -> str:
         return f"{self.options.seed}/{index:06d}"
 
     def latents(self, count: int) -> torch.Tensor:
         """(count, nz): the seed's first ``count`` latent vectors (the same on every device)."""
-        return latents(self.options.seed, count, self.nz)
+        return self.prior.sample(self.options.seed, count)
 
     def infer(self, model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
         with torch.inference_mode():

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from models import checkpoints
 from models.datasets import IMAGE_SUFFIXES
 from models.errors import DatasetError
-from models.generation import Discriminator, Generator, image_grid, latents, to_uint8
+from models.generation import Discriminator, Generator, LatentPrior, image_grid, to_uint8
 from models.preprocessing import center_crop_resize, encode_image, read_image
 from models.train import common
 
@@ -75,6 +75,11 @@ class GenerationTrainConfig:
     nz: int = 100
     ngf: int = 64
     ndf: int = 64
+    # 0: latents from N(0, I), as in the paper. K: from a fixed mixture of K unit Gaussians whose
+    # means are spread N(0, latent_spread^2) (models.generation.LatentPrior), which lets G keep
+    # distinct kinds of image apart instead of drawing hybrids between them.
+    latent_components: int = 0
+    latent_spread: float = 1.0
     epochs: int = 25
     batch_size: int = 64
     lr: float = 2e-4
@@ -99,7 +104,10 @@ class GenerationTrainConfig:
 
 
 def model_args(cfg: GenerationTrainConfig) -> dict[str, Any]:
-    return {"image_size": cfg.image_size, "channels": cfg.channels, "nz": cfg.nz, "ngf": cfg.ngf}
+    args = {"image_size": cfg.image_size, "channels": cfg.channels, "nz": cfg.nz, "ngf": cfg.ngf}
+    if cfg.latent_components:  # a standard-normal generator's model_args stay as they always were
+        args.update(latent_components=cfg.latent_components, latent_spread=cfg.latent_spread)
+    return args
 
 
 def _sample_grid(generator: Generator, noise: torch.Tensor, path: Path) -> Path:
@@ -177,6 +185,7 @@ def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1) (0: no average), got {cfg.ema_decay}")
     augmentations(cfg.augment)  # an unknown name fails now, not after loading the data
+    prior = LatentPrior.of(model_args(cfg))  # so do bad latent options
     started = time.perf_counter()
     common.seed_everything(cfg.seed)
     device = common.pick_device(cfg.device)
@@ -194,7 +203,7 @@ def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
     if cfg.ema_decay:
         average = parts["generator_ema"] = copy.deepcopy(generator).eval().requires_grad_(False)
     served = average if average is not None else generator
-    noise = latents(cfg.sample_seed, cfg.sample_count, cfg.nz).to(device)
+    noise = prior.sample(cfg.sample_seed, cfg.sample_count).to(device)
     history: dict[str, list[float]] = defaultdict(list)
     start_epoch, version = 1, checkpoints.next_version(cfg.model_store, cfg.name)
     if cfg.resume and (state := common.load_resume_state(run_dir)) is not None:
@@ -209,7 +218,7 @@ def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
         batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if cfg.progress else True)
         for step, real in enumerate(batches, start=(epoch - 1) * len(loader)):
             real = real.to(device)
-            z = torch.randn(real.shape[0], cfg.nz, device=device)
+            z = prior.draw(real.shape[0], device)
             fake = generator(z)
             d_real = discriminator(diff_augment(real, cfg.augment))
             d_fake = discriminator(diff_augment(fake.detach(), cfg.augment))

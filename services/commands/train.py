@@ -270,6 +270,11 @@ def _add_generation(task_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nz", type=int, default=C.nz, help="latent size")
     p.add_argument("--ngf", type=int, default=C.ngf, help="generator feature width")
     p.add_argument("--ndf", type=int, default=C.ndf, help="discriminator feature width")
+    p.add_argument("--latent-components", type=int, default=C.latent_components, metavar="K",
+                   help="draw latents from a fixed mixture of K unit Gaussians (GM-GAN) instead of N(0, I); "
+                        "helps when the images are of distinct kinds (0 = N(0, I))")
+    p.add_argument("--latent-spread", type=float, default=C.latent_spread,
+                   help="the mixture's means are drawn from N(0, spread^2)")
     p.add_argument("--name", default=C.name)
     p.add_argument("--model-store", default=C.model_store)
     p.add_argument("--run-dir", default=None, help="checkpoints, sample grids and the loss plot (default runs/<name>)")
@@ -301,7 +306,7 @@ def run_generation(args: argparse.Namespace) -> int:
     settings = dict(
         images=args.images, run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store,
         name=args.name, image_size=args.image_size, channels=args.channels, nz=args.nz, ngf=args.ngf,
-        ndf=args.ndf, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
+        ndf=args.ndf, latent_components=args.latent_components, latent_spread=args.latent_spread, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
         label_smoothing=args.label_smoothing, lr_decay_from=args.lr_decay_from, ema_decay=args.ema_decay,
         augment=args.augment, sample_seed=args.sample_seed,
         device=args.device, seed=args.seed, resume=args.resume,

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as cvtasks_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63vtasks/v1/generation.proto\x12\ncvtasks.v1\x1a\x17\x63vtasks/v1/common.proto\"\x18\n\x06Latent\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xb5\x01\n\x0fGenerateRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.cvtasks.v1.ModelRef\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12#\n\x07latents\x18\x04 \x03(\x0b\x32\x12.cvtasks.v1.Latent\x12\'\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x17.cvtasks.v1.ImageFormat\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xc7\x02\n\x12InterpolateRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.cvtasks.v1.ModelRef\x12\x14\n\nstart_seed\x18\x02 \x01(\x04H\x00\x12*\n\x0cstart_latent\x18\x03 \x01(\x0b\x32\x12.cvtasks.v1.LatentH\x00\x12\x12\n\x08\x65nd_seed\x18\x04 \x01(\x04H\x01\x12(\n\nend_latent\x18\x05 \x01(\x0b\x32\x12.cvtasks.v1.LatentH\x01\x12\r\n\x05steps\x18\x06 \x01(\r\x12\x30\n\rinterpolation\x18\x07 \x01(\x0e\x32\x19.cvtasks.v1.Interpolation\x12\'\n\x06\x66ormat\x18\x08 \x01(\x0e\x32\x17.cvtasks.v1.ImageFormat\x12\x12\n\nrequest_id\x18\t \x01(\tB\x07\n\x05startB\x05\n\x03\x65nd\"d\n\x0eGeneratedImage\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12!\n\x03raw\x18\x02 \x01(\x0b\x32\x14.cvtasks.v1.RawImage\x12\"\n\x06latent\x18\x03 \x01(\x0b\x32\x12.cvtasks.v1.Latent\"\xc6\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.cvtasks.v1.ModelRef\x12*\n\x06images\x18\x03 \x03(\x0b\x32\x1a.cvtasks.v1.GeneratedImage\x12\x13\n\x0blatent_size\x18\x04 \x01(\r\x12\x12\n\nimage_size\x18\x05 \x01(\r\x12$\n\x07timings\x18\x06 \x01(\x0b\x32\x13.cvtasks.v1.Timings*W\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x14\n\x10IMAGE_FORMAT_RAW\x10\x02*e\n\rInterpolation\x12\x1d\n\x19INTERPOLATION_UNSPECIFIED\x10\x00\x12\x18\n\x14INTERPOLATION_LINEAR\x10\x01\x12\x1b\n\x17INTERPOLATION_SPHERICAL\x10\x02\x32\xa7\x01\n\x11GenerationService\x12\x45\n\x08Generate\x12\x1b.cvtasks.v1.GenerateRequest\x1a\x1c.cvtasks.v1.GenerateResponse\x12K\n\x0bInterpolate\x12\x1e.cvtasks.v1.InterpolateRequest\x1a\x1c.cvtasks.v1.GenerateResponseB7\n\x0e\x64\x65v.cvtasks.v1P\x01Z#cvtasks/gen/go/cvtasks/v1;cvtasksv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63vtasks/v1/generation.proto\x12\ncvtasks.v1\x1a\x17\x63vtasks/v1/common.proto\"\x18\n\x06Latent\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xb5\x01\n\x0fGenerateRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.cvtasks.v1.ModelRef\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12#\n\x07latents\x18\x04 \x03(\x0b\x32\x12.cvtasks.v1.Latent\x12\'\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x17.cvtasks.v1.ImageFormat\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xc7\x02\n\x12InterpolateRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.cvtasks.v1.ModelRef\x12\x14\n\nstart_seed\x18\x02 \x01(\x04H\x00\x12*\n\x0cstart_latent\x18\x03 \x01(\x0b\x32\x12.cvtasks.v1.LatentH\x00\x12\x12\n\x08\x65nd_seed\x18\x04 \x01(\x04H\x01\x12(\n\nend_latent\x18\x05 \x01(\x0b\x32\x12.cvtasks.v1.LatentH\x01\x12\r\n\x05steps\x18\x06 \x01(\r\x12\x30\n\rinterpolation\x18\x07 \x01(\x0e\x32\x19.cvtasks.v1.Interpolation\x12\'\n\x06\x66ormat\x18\x08 \x01(\x0e\x32\x17.cvtasks.v1.ImageFormat\x12\x12\n\nrequest_id\x18\t \x01(\tB\x07\n\x05startB\x05\n\x03\x65nd\"d\n\x0eGeneratedImage\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12!\n\x03raw\x18\x02 \x01(\x0b\x32\x14.cvtasks.v1.RawImage\x12\"\n\x06latent\x18\x03 \x01(\x0b\x32\x12.cvtasks.v1.Latent\"\xf8\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.cvtasks.v1.ModelRef\x12*\n\x06images\x18\x03 \x03(\x0b\x32\x1a.cvtasks.v1.GeneratedImage\x12\x13\n\x0blatent_size\x18\x04 \x01(\r\x12\x12\n\nimage_size\x18\x05 \x01(\r\x12$\n\x07timings\x18\x06 \x01(\x0b\x32\x13.cvtasks.v1.Timings\x12\x19\n\x11latent_components\x18\x07 \x01(\r\x12\x15\n\rlatent_spread\x18\x08 \x01(\x01*W\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x14\n\x10IMAGE_FORMAT_RAW\x10\x02*e\n\rInterpolation\x12\x1d\n\x19INTERPOLATION_UNSPECIFIED\x10\x00\x12\x18\n\x14INTERPOLATION_LINEAR\x10\x01\x12\x1b\n\x17INTERPOLATION_SPHERICAL\x10\x02\x32\xa7\x01\n\x11GenerationService\x12\x45\n\x08Generate\x12\x1b.cvtasks.v1.GenerateRequest\x1a\x1c.cvtasks.v1.GenerateResponse\x12K\n\x0bInterpolate\x12\x1e.cvtasks.v1.InterpolateRequest\x1a\x1c.cvtasks.v1.GenerateResponseB7\n\x0e\x64\x65v.cvtasks.v1P\x01Z#cvtasks/gen/go/cvtasks/v1;cvtasksv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cvtasks.v1.generation_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.cvtasks.v1P\001Z#cvtasks/gen/go/cvtasks/v1;cvtasksv1'
-  _globals['_IMAGEFORMAT']._serialized_start=911
-  _globals['_IMAGEFORMAT']._serialized_end=998
-  _globals['_INTERPOLATION']._serialized_start=1000
-  _globals['_INTERPOLATION']._serialized_end=1101
+  _globals['_IMAGEFORMAT']._serialized_start=961
+  _globals['_IMAGEFORMAT']._serialized_end=1048
+  _globals['_INTERPOLATION']._serialized_start=1050
+  _globals['_INTERPOLATION']._serialized_end=1151
   _globals['_LATENT']._serialized_start=68
   _globals['_LATENT']._serialized_end=92
   _globals['_GENERATEREQUEST']._serialized_start=95
@@ -47,7 +47,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEDIMAGE']._serialized_start=608
   _globals['_GENERATEDIMAGE']._serialized_end=708
   _globals['_GENERATERESPONSE']._serialized_start=711
-  _globals['_GENERATERESPONSE']._serialized_end=909
-  _globals['_GENERATIONSERVICE']._serialized_start=1104
-  _globals['_GENERATIONSERVICE']._serialized_end=1271
+  _globals['_GENERATERESPONSE']._serialized_end=959
+  _globals['_GENERATIONSERVICE']._serialized_start=1154
+  _globals['_GENERATIONSERVICE']._serialized_end=1321
 # @@protoc_insertion_point(module_scope)

@@ -82,17 +82,21 @@ class GeneratedImage(_message.Message):
     def __init__(self, png: _Optional[bytes] = ..., raw: _Optional[_Union[_common_pb2.RawImage, _Mapping]] = ..., latent: _Optional[_Union[Latent, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("request_id", "model", "images", "latent_size", "image_size", "timings")
+    __slots__ = ("request_id", "model", "images", "latent_size", "image_size", "timings", "latent_components", "latent_spread")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LATENT_SIZE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    LATENT_COMPONENTS_FIELD_NUMBER: _ClassVar[int]
+    LATENT_SPREAD_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: _common_pb2.ModelRef
     images: _containers.RepeatedCompositeFieldContainer[GeneratedImage]
     latent_size: int
     image_size: int
     timings: _common_pb2.Timings
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[GeneratedImage, _Mapping]]] = ..., latent_size: _Optional[int] = ..., image_size: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ...) -> None: ...
+    latent_components: int
+    latent_spread: float
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., images: _Optional[_Iterable[_Union[GeneratedImage, _Mapping]]] = ..., latent_size: _Optional[int] = ..., image_size: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., latent_components: _Optional[int] = ..., latent_spread: _Optional[float] = ...) -> None: ...

@@ -101,8 +101,11 @@ def test_an_unknown_model_or_a_model_of_another_task_is_refused(segmenter_store)
                 remote_config(client, "segmentation", "nope")
 
 
-def test_remote_generation_draws_the_same_images_as_local(generator_store, tmp_path):
-    model, config = checkpoints.load_model(generator_store / "tiny-generator")
+@pytest.mark.parametrize("store, name", [("generator_store", "tiny-generator"),
+                                         ("mixture_generator_store", "tiny-mixture-generator")])
+def test_remote_generation_draws_the_same_images_as_local(store, name, request, tmp_path):
+    generator_store = request.getfixturevalue(store)  # a standard-normal prior, and a mixture's
+    model, config = checkpoints.load_model(generator_store / name)
     local = build_task("generation", config, tmp_path / "local", seed=3)
     z = local.latents(70)
     run_local(local, model, [Work(local.key(i), lambda i=i: (None, z[i])) for i in range(70)],

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models import checkpoints
-from models.generation import latents, to_uint8
+from models.generation import LatentPrior, latents, to_uint8
 from models.preprocessing import decode_image
 from services.client import CvtasksClient
 from services.launch import running_server
@@ -61,6 +61,22 @@ def test_service_images_equal_a_direct_model_call_and_carry_their_latents(client
     assert np.allclose(vectors, latents(9, 2, 16).numpy())
     replay = client.generate(latents=vectors, fmt="raw")
     assert [i.raw.data for i in replay.images] == [i.raw.data for i in response.images]
+
+
+def test_a_mixture_generator_draws_a_seeds_latents_from_its_own_prior(mixture_generator_store):
+    model, config = checkpoints.load_model(mixture_generator_store / "tiny-mixture-generator")
+    prior = LatentPrior.of(config.model_args)
+    with running_server(task="generation", model_store=mixture_generator_store) as address:
+        with CvtasksClient(address, timeout=60) as client:
+            response = client.generate(count=3, seed=5)
+            path = client.interpolate(5, 6, steps=3)
+    assert (response.latent_components, response.latent_spread) == (4, 0.7)  # enough to draw them elsewhere
+    assert np.allclose([list(i.latent.values) for i in response.images], prior.sample(5, 3).numpy())
+    assert not np.allclose([list(i.latent.values) for i in response.images], latents(5, 3, 16).numpy())
+    with torch.no_grad():
+        direct = to_uint8(model.eval()(prior.sample(5, 3)))
+    assert all(np.array_equal(_pixels(image), expected) for image, expected in zip(response.images, direct))
+    assert np.allclose(list(path.images[-1].latent.values), prior.sample(6, 1)[0].numpy())
 
 
 def test_interpolation_ends_are_the_seeds_images(client):

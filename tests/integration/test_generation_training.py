@@ -11,7 +11,7 @@ import torch
 
 from models import checkpoints
 from models.errors import DatasetError
-from models.generation import latents
+from models.generation import LatentPrior, image_grid, latents, to_uint8
 from models.preprocessing import center_crop_resize
 from models.train import common
 from models.train.generation import (GenerationTrainConfig, diff_augment, ema_update, gan_input, learning_rate,
@@ -39,6 +39,19 @@ def test_train_store_samples_and_resume(shapes_dir, tmp_path):
     assert len(resumed["history"]["g_loss"]) == 2
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())["d_loss"]) == 2
     assert (tmp_path / "run" / "samples" / "epoch_002.png").is_file()
+
+
+def test_a_mixture_prior_is_stored_with_the_generator(shapes_dir, tmp_path):
+    train_generation(_config(shapes_dir, tmp_path, epochs=1, latent_components=3, latent_spread=0.5))
+    generator, config = checkpoints.load_model(tmp_path / "store" / "gan")
+    assert (config.model_args["latent_components"], config.model_args["latent_spread"]) == (3, 0.5)
+    assert generator.prior == LatentPrior(nz=16, components=3, spread=0.5)
+    # the per-epoch grid shows the stored generator's samples of its prior (sample seed 0)
+    with torch.no_grad():
+        expected = image_grid(to_uint8(generator.eval()(generator.prior.sample(0, 9))))
+    assert np.array_equal(cv2.imread(str(tmp_path / "run" / "samples" / "epoch_001.png"))[..., ::-1], expected)
+    with pytest.raises(ValueError, match="latent_components must be 0"):  # before any image is read
+        train_generation(GenerationTrainConfig(images=str(tmp_path / "missing"), latent_components=-2))
 
 
 def test_learning_rate_decays_linearly_from_its_epoch_and_resume_keeps_the_schedule(shapes_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""models/generation.py: DCGAN shapes and layers as in the paper, init, seeded latents, interpolation."""
+"""models/generation.py: DCGAN shapes and layers as in the paper, init, seeded latents (standard
+normal or a Gaussian mixture), interpolation."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from models import checkpoints
 from models.errors import InvalidInputError
-from models.generation import Discriminator, Generator, image_grid, interpolate, latents, to_uint8
+from models.generation import Discriminator, Generator, LatentPrior, image_grid, interpolate, latents, to_uint8
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])
@@ -49,6 +50,35 @@ def test_the_same_seed_gives_the_same_latents_and_images():
     g = Generator(image_size=32, nz=100, ngf=8).eval()
     with torch.no_grad():
         assert np.array_equal(to_uint8(g(latents(3, 2, 100))), to_uint8(g(latents(3, 2, 100))))
+
+
+def test_a_mixture_prior_draws_seeded_latents_around_its_fixed_means():
+    prior = LatentPrior(nz=64, components=5, spread=2.0)
+    z = prior.sample(7, 400)
+    assert torch.equal(z, prior.sample(7, 400)) and torch.equal(z[:3], prior.sample(7, 3))  # seeded; a prefix
+    assert not torch.equal(z, prior.sample(8, 400))
+    # the means are a function of (components, nz, spread) alone: another instance draws the same
+    assert torch.equal(prior.means, LatentPrior(nz=64, components=5, spread=2.0).means)
+    distances = torch.cdist(z, prior.means)  # (400, 5)
+    nearest, second = distances.topk(2, dim=1, largest=False).values.T
+    # each latent lies one unit Gaussian (norm ~ sqrt(64) = 8) from its own mean, far closer than to any other
+    assert float(nearest.mean()) == pytest.approx(8.0, rel=0.1) and bool((second > 1.5 * nearest).all())
+    counts = torch.bincount(distances.argmin(dim=1), minlength=5)
+    assert int(counts.min()) > 40  # every component is drawn, about equally
+    torch.manual_seed(0)
+    trained = prior.draw(400)  # training draws from the global random state, around the same means
+    assert bool((torch.cdist(trained, prior.means).min(dim=1).values < 11).all())
+
+
+def test_a_standard_normal_prior_draws_what_latents_always_drew():
+    assert LatentPrior(nz=100).means is None
+    assert torch.equal(LatentPrior(nz=100).sample(7, 4), latents(7, 4, 100))
+    assert LatentPrior.of({"nz": 16}) == LatentPrior(nz=16)  # a model stored before mixtures existed
+    assert Generator(nz=16, ngf=8, latent_components=3, latent_spread=0.5).prior == LatentPrior(16, 3, 0.5)
+    with pytest.raises(ValueError, match="latent_components must be 0"):
+        LatentPrior(nz=8, components=-1)
+    with pytest.raises(ValueError, match="latent_spread must be > 0"):
+        LatentPrior(nz=8, components=2, spread=float("nan"))
 
 
 def test_stored_generator_rebuilds_from_its_config(tmp_path):
