@@ -262,7 +262,7 @@ QUICKSTART_DATA: dict[str, Any] = {"splits": {"train": 3000, "test": 300}, "imag
                                    "solid_backgrounds": True}
 QUICKSTART_RECIPE: dict[str, Any] = {
     "image_size": 32, "channels": 3, "nz": 64, "ngf": 32, "ndf": 32, "epochs": 48, "batch_size": 16,
-    "label_smoothing": 0.1, "lr_decay_from": 25, "augment": "translation,color",
+    "label_smoothing": 0.1, "lr_decay_from": 25, "augment": "translation,color", "latent_components": 32,
 }
 
 

@@ -1,10 +1,11 @@
 """Learning is real: the quickstart DCGAN's samples are at most half as far from held-out real
 images (Fréchet distance in a shapes classifier's feature space) as an untrained generator's, and
-a share of them is recognised as shapes with confidence, of more than one class. Slow (~8 min).
+at least 60% of them are recognised as shapes with confidence, of more than one class (issue 5's
+targets). Slow (~7 min).
 
-Issue 5 asks for >= 60% recognised; the quickstart recipe reaches about 54% within this CPU
-budget (README, "What the quickstart generator reaches"), so the bar here is what it reaches
-reliably, not the issue's."""
+On this 2-core CPU the recipe gives ratio 0.081 and 0.744 recognised; runs of the same recipe
+with another thread count or data seed gave 0.71-0.85 (README, "What the quickstart generator
+reaches")."""
 
 from __future__ import annotations
 
@@ -36,6 +37,6 @@ def test_quickstart_generator_beats_the_untrained_baseline_on_held_out_shapes(tm
               f"{minutes:.1f} min training")
     assert report["feature_classifier"]["test_accuracy"] >= 0.95  # the yardstick itself knows the shapes
     assert report["frechet_ratio_to_baseline"] <= 0.5
-    assert model["recognised_share"] >= 0.25 and baseline["recognised_share"] <= 0.05
+    assert model["recognised_share"] >= 0.6 and baseline["recognised_share"] <= 0.05
     # Not one shape drawn every time (mode collapse): at least two classes among the recognised samples.
     assert sum(model[f"share_{c}"] >= 0.05 for c in CLASSES) >= 2
