@@ -306,7 +306,8 @@ def run_generation(args: argparse.Namespace) -> int:
     settings = dict(
         images=args.images, run_dir=args.run_dir or f"runs/{args.name}", model_store=args.model_store,
         name=args.name, image_size=args.image_size, channels=args.channels, nz=args.nz, ngf=args.ngf,
-        ndf=args.ndf, latent_components=args.latent_components, latent_spread=args.latent_spread, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
+        ndf=args.ndf, latent_components=args.latent_components, latent_spread=args.latent_spread,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
         label_smoothing=args.label_smoothing, lr_decay_from=args.lr_decay_from, ema_decay=args.ema_decay,
         augment=args.augment, sample_seed=args.sample_seed,
         device=args.device, seed=args.seed, resume=args.resume,
