@@ -117,13 +117,16 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
 
     async def Generate(self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
         loaded = self.host.get(request.model.name)
-        return await self._run(request, loaded, generate_latents(request, _prior(loaded)), context)
+        prior = _prior(loaded)
+        return await self._run(request, loaded, prior, generate_latents(request, prior), context)
 
     async def Interpolate(self, request: generation_pb2.InterpolateRequest, context: grpc.aio.ServicerContext):
         loaded = self.host.get(request.model.name)
-        return await self._run(request, loaded, interpolate_latents(request, _prior(loaded)), context)
+        prior = _prior(loaded)
+        return await self._run(request, loaded, prior, interpolate_latents(request, prior), context)
 
-    async def _run(self, request, loaded: LoadedModel, z: torch.Tensor, context) -> generation_pb2.GenerateResponse:
+    async def _run(self, request, loaded: LoadedModel, prior: LatentPrior, z: torch.Tensor,
+                   context) -> generation_pb2.GenerateResponse:
         t0 = time.perf_counter()
         if request.format not in (generation_pb2.IMAGE_FORMAT_UNSPECIFIED, generation_pb2.IMAGE_FORMAT_PNG,
                                   generation_pb2.IMAGE_FORMAT_RAW):
@@ -131,9 +134,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         result = await loaded.submit(GenerateItem(z), deadline=deadline_of(context, self.host.serving))
         t2 = time.perf_counter()
         images = await self.decoder.run(images_proto, result.value, z, request.format)
-        prior = _prior(loaded)
         response = generation_pb2.GenerateResponse(
-            request_id=request.request_id, images=images, image_size=int(loaded.config.model_args.get("image_size", 64)),
+            request_id=request.request_id, images=images,
+            image_size=int(loaded.config.model_args.get("image_size", 64)),
             latent_size=prior.nz, latent_components=prior.components, latent_spread=prior.spread,
             model=common_pb2.ModelRef(name=loaded.config.name, version=loaded.config.version))
         response.timings.CopyFrom(timings_proto(t0, t0, result, t2))
