@@ -20,6 +20,7 @@ from models.checkpoints import MODEL_BUILDERS, ModelConfig
 from models.errors import InvalidInputError
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, letterbox, normalize
 from models.registry import Registry
+from models.text import Vocabulary
 
 ENCODERS: Registry = Registry("captioning encoder")
 ENCODERS.register("resnet18")(lambda: tvm.resnet18(weights=None))
@@ -29,6 +30,7 @@ ENCODERS.register("resnet50")(lambda: tvm.resnet50(weights=None))
 MAX_CAPTION_LENGTH = 64  # words; requests beyond this are refused
 MAX_BEAM_SIZE = 16
 MAX_LENGTH_PENALTY = 2.0
+MAX_LSTM_LAYERS = 8  # more is no Show and Tell (and each layer is a module built even on the meta device)
 
 
 def image_input(image: np.ndarray, *, size: int) -> torch.Tensor:
@@ -116,6 +118,8 @@ class CaptionDecoder(nn.Module):
     def __init__(self, *, vocab_size: int, embed_size: int = 256, hidden_size: int = 512, num_layers: int = 1,
                  dropout: float = 0.0) -> None:
         super().__init__()
+        if not 1 <= num_layers <= MAX_LSTM_LAYERS:
+            raise ValueError(f"num_layers must be in 1..{MAX_LSTM_LAYERS}, got {num_layers}")
         self.embed = nn.Embedding(vocab_size, embed_size, padding_idx=0)
         self.lstm = nn.LSTM(embed_size, hidden_size, num_layers, batch_first=True,
                             dropout=dropout if num_layers > 1 else 0.0)
@@ -173,7 +177,11 @@ def build_from_config(config: ModelConfig) -> nn.Module:
     if config.architecture != "show_and_tell":
         raise InvalidInputError(f"model `{config.name}`: unknown captioning architecture `{config.architecture}` "
                                 f"(this version builds `show_and_tell`)")
-    return Captioner(vocab_size=len(config.extra["vocab"]["words"]), **config.model_args)
+    vocab = config.extra.get("vocab")
+    words = vocab.get("words") if isinstance(vocab, dict) else None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise ValueError('a captioner\'s config needs its vocabulary as extra.vocab = {"words": [...]}')
+    return Captioner(vocab_size=len(Vocabulary.from_json(vocab)), **config.model_args)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -19,13 +20,17 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from models.errors import InvalidInputError, UnknownModelError
+from models.errors import InvalidInputError, ModelStoreError, UnknownModelError
 from models.files import atomic_write_with
 from models.registry import Registry
+from models.store_checks import (FIX_CONFIG, MAX_CONFIG_BYTES, check_config_json, check_name, check_size,
+                                 check_weights, short)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
+
+log = logging.getLogger("cvtasks.store")
 
 # task name -> module that registers its loader in MODEL_BUILDERS (imported on first use).
 TASK_MODULES: dict[str, str] = {
@@ -63,29 +68,30 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"model name must be a plain folder name, got {self.name!r}")
+        check_name(self.name)
         if self.task not in TASK_MODULES:
-            raise ValueError(f"unknown task {self.task!r}; known tasks: {sorted(TASK_MODULES)}")
+            raise ValueError(f"unknown task {short(self.task)}; known tasks: {sorted(TASK_MODULES)}")
         object.__setattr__(self, "classes", tuple(self.classes))
 
     def to_json(self) -> dict[str, Any]:
         return {"format_version": FORMAT_VERSION, **asdict(self), "classes": list(self.classes)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ModelConfig":
-        data = dict(data)
-        version = data.pop("format_version", FORMAT_VERSION)
-        if version > FORMAT_VERSION:
-            raise ValueError(f"config format {version} is newer than this cvtasks understands ({FORMAT_VERSION})")
-        known = {f for f in cls.__dataclass_fields__}
+    def from_json(cls, data: Any) -> "ModelConfig":
+        """The config of parsed config.json ``data``; ValueError says which field is wrong."""
+        check_config_json(data, format_version=FORMAT_VERSION)
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _builder(config: ModelConfig) -> Callable[[ModelConfig], nn.Module]:
+    importlib.import_module(TASK_MODULES[config.task])  # outside any meta-device block: module state stays real
+    return MODEL_BUILDERS.get(config.task)
 
 
 def build_model(config: ModelConfig) -> nn.Module:
     """A randomly initialised model shaped as ``config`` says."""
-    importlib.import_module(TASK_MODULES[config.task])
-    return MODEL_BUILDERS.get(config.task)(config)
+    return _builder(config)(config)
 
 
 def save_model(model: nn.Module, config: ModelConfig, directory: str | os.PathLike) -> Path:
@@ -101,20 +107,111 @@ def save_model(model: nn.Module, config: ModelConfig, directory: str | os.PathLi
     return out
 
 
+def _where(folder: Path, file: str) -> str:
+    """``folder/file`` named relative to the store: messages never show absolute paths."""
+    return f"{folder.name}/{file}"
+
+
+def _has_config(folder: Path) -> bool:
+    try:
+        return (folder / CONFIG_FILE).is_file()
+    except OSError as exc:  # e.g. a folder this process may not enter
+        raise ModelStoreError(f"{_where(folder, CONFIG_FILE)} cannot be read ({exc.strerror}): check the "
+                              "folder's permissions") from None
+
+
+def _read_json(path: Path) -> Any:
+    with path.open("rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)  # never more, however large the file is (or grows)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ValueError(f"more than a config may be ({MAX_CONFIG_BYTES:,} bytes); {FIX_CONFIG}")
+    return json.loads(data.decode("utf-8"))
+
+
+def _config_fault(exc: BaseException) -> str:
+    """Why config.json could not be read, in words (an OSError's strerror: never its path)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc}); {FIX_CONFIG}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text; {FIX_CONFIG}"
+    if isinstance(exc, RecursionError):
+        return f"nests too deeply to be a config; {FIX_CONFIG}"
+    if isinstance(exc, OSError):
+        return f"cannot be read ({exc.strerror}): check the file's permissions"
+    return str(exc)
+
+
 def load_config(directory: str | os.PathLike) -> ModelConfig:
-    path = Path(directory) / CONFIG_FILE
+    """The config of the model folder ``directory``: UnknownModelError when it holds no config.json,
+    ModelStoreError naming ``<folder>/config.json`` and its fault when that file is unreadable,
+    not JSON, of a newer format, or has a field of the wrong type."""
+    folder = Path(directory)
+    if not _has_config(folder):
+        raise UnknownModelError(f"no model in folder `{folder.name}`: it has no {CONFIG_FILE}")
+    try:
+        return ModelConfig.from_json(_read_json(folder / CONFIG_FILE))
+    except (ValueError, RecursionError, OSError) as exc:
+        raise ModelStoreError(f"{_where(folder, CONFIG_FILE)}: {_config_fault(exc)}") from exc
+
+
+def _planned_shapes(config: ModelConfig, folder: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every weight ``config`` describes, from a build on torch's meta device
+    (nothing is allocated); ModelStoreError when it does not build or is over MAX_PARAMETERS."""
+    builder, where = _builder(config), _where(folder, CONFIG_FILE)
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in builder(config).state_dict().items()}
+    except Exception as exc:  # noqa: BLE001 — any builder's complaint about the config
+        raise ModelStoreError(f"{where}: its model_args do not build a {config.task} `{config.architecture}` model "
+                              f"({type(exc).__name__}: {str(exc)[:300]}); fix model_args or the architecture, "
+                              "or retrain the model") from exc
+    try:
+        check_size(shapes)
+    except ValueError as exc:
+        raise ModelStoreError(f"{where}: {exc}") from None
+    return shapes
+
+
+def _check_weights_file(folder: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    path, where = folder / WEIGHTS_FILE, _where(folder, WEIGHTS_FILE)
     if not path.is_file():
-        raise UnknownModelError(f"no model at {Path(directory)}: {CONFIG_FILE} is missing")
-    return ModelConfig.from_json(json.loads(path.read_text()))
+        raise ModelStoreError(f"{where}: no such file: the folder has a {CONFIG_FILE} but no weights; restore "
+                              "the file or retrain the model")
+    try:
+        check_weights(path, shapes)
+    except ValueError as exc:
+        raise ModelStoreError(f"{where}: {exc}") from None
+
+
+def _build_and_fill(config: ModelConfig, weights: Path) -> nn.Module:
+    model = build_model(config)
+    model.load_state_dict(safetensors.torch.load_file(str(weights), device="cpu"))
+    return model
+
+
+def _filled_model(config: ModelConfig, folder: Path) -> nn.Module:
+    """The model built for real and filled from its weights file. On failure the error is raised
+    outside the ``except`` block, so no traceback keeps the half-built model's memory alive."""
+    try:
+        return _build_and_fill(config, folder / WEIGHTS_FILE)
+    except Exception as exc:  # noqa: BLE001 — the checks passed, so this is a rarer fault of the folder
+        fault = f"{type(exc).__name__}: {str(exc)[:300]}"
+    raise ModelStoreError(f"{_where(folder, WEIGHTS_FILE)}: does not load into the model {CONFIG_FILE} "
+                          f"describes ({fault}); restore the folder or retrain the model")
 
 
 def load_model(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
-    """Rebuild a stored model in eval mode on ``device``; returns (model, config)."""
-    config = load_config(directory)
-    model = build_model(config)
-    state = safetensors.torch.load_file(str(Path(directory) / WEIGHTS_FILE), device="cpu")
-    model.load_state_dict(state)
-    return model.to(device).eval(), config
+    """Rebuild a stored model in eval mode on ``device``; returns (model, config).
+
+    Nothing is allocated until the folder proves sound: the model is first built on torch's meta
+    device, held to MAX_PARAMETERS, and its weight names and shapes are compared with the
+    safetensors header; only then is it built for real and filled. Weight paths in model_args
+    are refused, never followed (its own weights file holds every weight). Every fault is a
+    ModelStoreError naming the file (``folder/config.json`` or ``folder/model.safetensors``)."""
+    folder = Path(directory)
+    config = load_config(folder)
+    _check_weights_file(folder, _planned_shapes(config, folder))
+    return _filled_model(config, folder).to(device).eval(), config
 
 
 def next_version(store: str | os.PathLike, name: str) -> str:
@@ -125,24 +222,52 @@ def next_version(store: str | os.PathLike, name: str) -> str:
         return "1"
 
 
+_reported: set[tuple[str, str]] = set()  # (folder, fault) already logged by list_store
+
+
+def _report_broken(folder: Path, exc: ModelStoreError) -> None:
+    key = (str(folder.resolve()), str(exc))
+    if key not in _reported:
+        _reported.add(key)
+        log.warning("model store %s: skipping broken model folder `%s`: %s", folder.parent, folder.name, exc)
+
+
 def list_store(store: str | os.PathLike) -> list[ModelConfig]:
-    """Configs of every complete model folder in ``store`` (sorted by name)."""
+    """Configs of every model folder in ``store`` whose config.json is sound (sorted by name). A
+    broken one is logged (once per folder and fault) and skipped: it never hides the others."""
     root = Path(store)
     if not root.is_dir():
         return []
-    return [load_config(d) for d in sorted(root.iterdir()) if (d / CONFIG_FILE).is_file()]
+    configs = []
+    for folder in sorted(root.iterdir()):
+        try:
+            if _has_config(folder):
+                configs.append(load_config(folder))
+        except ModelStoreError as exc:
+            _report_broken(folder, exc)
+    return configs
+
+
+def find(store: str | os.PathLike, name: str) -> Path | None:
+    """The folder of model ``name`` in ``store``, or None when the store has none of that name.
+    InvalidInputError for a name that is not a plain folder name, and for a folder whose
+    config.json names another model (a hand-copied folder: models are served and listed by the
+    name in their config); ModelStoreError for a broken config.json."""
+    folder = Path(store) / check_name(name)
+    if not _has_config(folder):
+        return None
+    if (named := load_config(folder).name) != name:
+        raise InvalidInputError(f"model folder `{name}` holds a model named `{named}` in its {CONFIG_FILE}: a "
+                                f"model's folder must carry its name (rename the folder, or the name in "
+                                f"{CONFIG_FILE})")
+    return folder
 
 
 def resolve(store: str | os.PathLike, name: str) -> Path:
-    """The folder of model ``name`` in ``store``; UnknownModelError lists what the store holds.
-    A folder whose config.json names another model (a hand-copied folder) is refused: models are
-    served and listed by the name in their config."""
-    folder = Path(store) / name
-    if name and "/" not in name and (folder / CONFIG_FILE).is_file():
-        if (named := load_config(folder).name) != name:
-            raise InvalidInputError(f"model folder {folder} holds a model named `{named}` in its {CONFIG_FILE}: "
-                                    f"a model's folder must carry its name (rename the folder, or the name in "
-                                    f"{CONFIG_FILE})")
-        return folder
-    names = [c.name for c in list_store(store)]
-    raise UnknownModelError(f"Unknown model `{name}` in model store {store}. Available models: {names}")
+    """The folder of model ``name`` in ``store``; UnknownModelError lists what the store holds (for
+    the command line: a server's LoadModel names no store folders, see services.models)."""
+    folder = find(store, name)
+    if folder is None:
+        names = [c.name for c in list_store(store)]
+        raise UnknownModelError(f"Unknown model `{name}` in model store {store}. Available models: {names}")
+    return folder

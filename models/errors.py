@@ -33,5 +33,12 @@ class UnknownModelError(CvtasksError, KeyError):
         return str(self.args[0]) if self.args else "unknown model"
 
 
+class ModelStoreError(CvtasksError, ValueError):
+    """A stored model folder is broken (unreadable or inconsistent config.json, weights that do not
+    fit it, a model that fails its warm-up run). Maps to FAILED_PRECONDITION: the request was fine,
+    the store must be fixed. The message names the file relative to the store (``folder/config.json``),
+    never an absolute path, and says what to fix."""
+
+
 class DatasetError(CvtasksError, ValueError):
     """A dataset file is malformed (e.g. a degenerate box); the message names the record."""

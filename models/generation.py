@@ -29,6 +29,7 @@ from models.errors import InvalidInputError
 IMAGE_SIZES = (32, 64, 128)
 CHANNELS = (1, 3)
 INTERPOLATIONS = ("linear", "spherical")
+MAX_LATENT_COMPONENTS = 1024  # the mixture's means are drawn at load: (K, nz) numbers
 MIXTURE_SEED = 1234  # the mixture means are the same for every model with the same (K, nz, spread)
 
 
@@ -138,9 +139,9 @@ class LatentPrior:
     spread: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.components < 0:
-            raise ValueError(f"latent_components must be 0 (one standard normal) or a count of mixture components, "
-                             f"got {self.components}")
+        if not 0 <= self.components <= MAX_LATENT_COMPONENTS:
+            raise ValueError(f"latent_components must be 0 (one standard normal) or a count of mixture components "
+                             f"up to {MAX_LATENT_COMPONENTS}, got {self.components}")
         if not self.spread > 0:
             raise ValueError(f"latent_spread must be > 0, got {self.spread}")
 

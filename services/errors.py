@@ -14,6 +14,7 @@ from models.errors import (
     DecodeError,
     ImageTooLargeError,
     InvalidInputError,
+    ModelStoreError,
     UnknownModelError,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "DeadlineExceededError",
     "ImageTooLargeError",
     "InvalidInputError",
+    "ModelStoreError",
     "QueueFullError",
     "UnavailableError",
     "UnknownModelError",
@@ -46,6 +48,7 @@ class UnavailableError(CvtasksError):
 _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (DatasetError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelStoreError, grpc.StatusCode.FAILED_PRECONDITION),
     (UnknownModelError, grpc.StatusCode.NOT_FOUND),
     (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),

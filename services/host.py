@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from models import checkpoints
-from models.errors import UnknownModelError
+from models.errors import ModelStoreError, UnknownModelError
 from models.preprocessing import DEFAULT_MAX_PIXELS
+from models.store_checks import shown_name
 from models.train.common import pick_device
 from services.batching import DynamicBatcher
 from services.errors import UnavailableError
@@ -157,6 +158,20 @@ class LoadedModel:
         )
 
 
+async def _warm_up(loaded: LoadedModel, folder: Path) -> None:
+    """Start ``loaded`` (its warm-up batch runs); a model that fails it is stopped again and the
+    failure is a ModelStoreError: the folder loaded, but what it holds cannot serve."""
+    try:
+        await loaded.start()
+    except Exception as exc:  # noqa: BLE001 — whatever the model raised on the warm-up input
+        fault = f"{type(exc).__name__}: {str(exc)[:300]}"
+    else:
+        return
+    await loaded.stop(drain=False)
+    raise ModelStoreError(f"{folder.name}/{checkpoints.CONFIG_FILE}: the model loads but fails its warm-up run "
+                          f"({fault}); fix the file or retrain the model")
+
+
 def serving_devices(serving: ServingConfig) -> list[torch.device]:
     """``serving.devices`` (one replica each; a CUDA device this machine lacks falls back to the
     CPU, once, with a warning), else the one ``serving.device`` (None: CUDA when available)."""
@@ -192,15 +207,24 @@ class ModelHost:
         return self.runtime.task
 
     async def load_all(self) -> None:
-        """Load and warm up every requested model (all of this task in the store when none named)."""
+        """Load and warm up every requested model, or else every model of this task in the store:
+        a broken folder among those is logged and skipped (a named one fails the start)."""
         names = self._names or [c.name for c in checkpoints.list_store(self.store) if c.task == self.task]
         if not names:
             raise UnknownModelError(f"no {self.task} models in model store {self.store}; train one first "
                                     f"(cvtasks train {self.task} ...)")
         for name in names:
-            await self.load(name)
+            try:
+                await self.load(name)
+            except ModelStoreError as exc:
+                if self._names:
+                    raise
+                log.warning("skipping broken model folder `%s` of model store %s: %s", name, self.store, exc)
+        if not self._models:
+            raise UnknownModelError(f"no {self.task} model in model store {self.store} could be loaded (the log "
+                                    "says why); fix or retrain them")
         if self._default is None:
-            self._default = names[0]
+            self._default = next(iter(self._models))
         self.get(self._default)  # a wrong --default-model fails here, listing what is loaded
 
     async def load(self, name: str) -> LoadedModel:
@@ -213,7 +237,7 @@ class ModelHost:
                   for device in self.devices]
         loaded = LoadedModel(list(zip(models, self.devices)), config, self.runtime, self.serving,
                              metrics=self.metrics)
-        await loaded.start()
+        await _warm_up(loaded, folder)
         old = self._models.get(name)
         self._models[name] = loaded
         log.info("model loaded", extra={"model": name, "version": config.version,
@@ -244,7 +268,7 @@ class ModelHost:
         if loaded is None:
             if not self._models:
                 raise UnavailableError(f"no {self.task} model is loaded yet; retry shortly")
-            raise UnknownModelError(f"Unknown model `{key}`. This server serves: {sorted(self._models)}")
+            raise UnknownModelError(f"Unknown model {shown_name(key)}. This server serves: {sorted(self._models)}")
         note_model(key)  # the RPC's metrics are labelled with this model
         return loaded
 

@@ -11,6 +11,7 @@ import grpc
 
 from models import checkpoints
 from models.errors import InvalidInputError, UnknownModelError
+from models.store_checks import shown_name
 from services.pb import models_pb2, models_pb2_grpc
 
 
@@ -77,7 +78,8 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         for info in infos:
             if info.name == request.name or (not request.name and info.is_default):
                 return _to_proto(info)
-        raise UnknownModelError(f"Unknown model `{request.name}`. This server serves: {sorted(i.name for i in infos)}")
+        raise UnknownModelError(f"Unknown model {shown_name(request.name)}. This server serves: "
+                                f"{sorted(i.name for i in infos)}")
 
     def _source_for(self, task: str) -> ModelSource:
         for source in self.sources:
@@ -89,7 +91,11 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     async def LoadModel(self, request: models_pb2.LoadModelRequest, context: grpc.aio.ServicerContext):
         if not request.name or not self.sources:
             raise InvalidInputError("name the model-store folder to load")
-        config = checkpoints.load_config(checkpoints.resolve(self.sources[0].store, request.name))
+        folder = checkpoints.find(self.sources[0].store, request.name)
+        if folder is None:  # the client learns the name, not the file system: no paths, no store folders
+            raise UnknownModelError(f"Unknown model {shown_name(request.name)}: the model store has no model of that "
+                                    f"name. Available models (loaded here): {sorted(i.name for i in self._all())}")
+        config = checkpoints.load_config(folder)
         source = self._source_for(config.task)
         await source.load(request.name)
         if request.make_default:
@@ -103,5 +109,5 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             if any(i.name == request.name for i in source.list_models()):
                 default = await source.unload(request.name)
                 return models_pb2.UnloadModelResponse(name=request.name, default_model=default)
-        raise UnknownModelError(f"Unknown model `{request.name}`. This server serves: "
+        raise UnknownModelError(f"Unknown model {shown_name(request.name)}. This server serves: "
                                 f"{sorted(i.name for i in self._all())}")
