@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-delay-ms", type=float, default=s.max_delay_ms, help="how long a batch waits to fill")
     p.add_argument("--max-queue", type=int, default=s.max_queue_size, help="queued requests per model before RESOURCE_EXHAUSTED")
     p.add_argument("--max-pixels", type=int, default=s.max_pixels, help="largest accepted image, in pixels")
+    p.add_argument("--max-inflight-pixels", type=int, default=s.max_inflight_pixels,
+                   help="decoded pixels a model may hold at once over the requests it has taken on (about 30 "
+                        "bytes each: the memory ceiling of its images); beyond it requests are refused before "
+                        "decoding with RESOURCE_EXHAUSTED")
     p.add_argument("--default-deadline-s", type=float, default=s.default_deadline_s,
                    help="deadline of a unary call whose client set none")
     p.add_argument("--max-deadline-s", type=float, default=s.max_deadline_s,
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     serving = ServingConfig(
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue_size=args.max_queue,
         default_deadline_s=args.default_deadline_s, max_deadline_s=args.max_deadline_s,
-        max_pixels=args.max_pixels, device=args.device, devices=args.devices, decode_workers=args.decode_workers,
+        max_pixels=args.max_pixels, max_inflight_pixels=args.max_inflight_pixels, device=args.device,
+        devices=args.devices, decode_workers=args.decode_workers,
     )
     security = SecurityConfig(
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
