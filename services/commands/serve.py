@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="longer unary deadlines are cut to this")
     p.add_argument("--max-message-mb", type=float, default=64, help="largest gRPC message, MiB")
     p.add_argument("--decode-workers", type=int, default=s.decode_workers)
+    p.add_argument("--max-concurrent-rpcs", type=int, default=None,
+                   help="RPCs in flight at once over every model (a stream counts once); beyond it new calls get "
+                        "RESOURCE_EXHAUSTED before their message is read (default: no bound)")
     p.add_argument("--grace-s", type=float, default=10.0, help="time in-flight requests get on SIGTERM")
     env = os.environ.get
     p.add_argument("--tls-cert", default=env("CVTASKS_TLS_CERT"), help="server certificate (PEM): TLS on")
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         tokens=read_tokens(args.tokens_file, env=TOKENS_ENV),
         admin_tokens=read_tokens(args.admin_tokens_file, env=ADMIN_TOKENS_ENV))
     config = ServerConfig(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * MiB),
-                          grace_s=args.grace_s, security=security)
+                          grace_s=args.grace_s, security=security,
+                          max_concurrent_rpcs=args.max_concurrent_rpcs)
     app = build_app(args.task, args.model_store, serving, models=args.models, default_model=args.default_model)
 
     def ready(port: int) -> None:
