@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import detection as tvd
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -247,6 +248,38 @@ def postprocess(
     return found
 
 
+# The short side, in pixels, that an image keeps after the model's own resize at the least: an
+# image of extreme aspect ratio (1 x 4000) would otherwise be squashed to a zero-pixel side.
+MIN_RESIZED_SIDE = 32
+
+
+def fit_for_model(image: torch.Tensor, *, max_size: int, min_side: int = MIN_RESIZED_SIDE
+                  ) -> tuple[torch.Tensor, float]:
+    """(image, scale) that the detector's resize (long side to at most ``max_size``) can take: an
+    image whose short side would end up under ``min_side`` px is shrunk here to a long side of
+    ``max_size`` and zero-padded at the bottom/right to a short side of ``min_side``; a point (x, y)
+    of the input lands at (x * scale, y * scale). Any other image comes back as it is (scale 1)."""
+    height, width = image.shape[-2:]
+    scale = max_size / max(height, width)
+    if min(height, width) * scale >= min_side:
+        return image, 1.0
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    small = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    pad_h, pad_w = max(0, min_side - size[0]), max(0, min_side - size[1])
+    return F.pad(small, (0, pad_w, 0, pad_h)), scale
+
+
+def _restore(output: dict[str, torch.Tensor], scale: float, height: int, width: int) -> dict[str, torch.Tensor]:
+    """Boxes of a fitted image back in the input's pixels, clipped to it; boxes only on the padding go."""
+    if scale == 1.0:
+        return output
+    boxes = output["boxes"] / scale
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return {"boxes": boxes[keep], "scores": output["scores"][keep], "labels": output["labels"][keep]}
+
+
 def predict(
     model: nn.Module,
     images: Sequence[torch.Tensor],
@@ -256,9 +289,13 @@ def predict(
 ) -> list[list[Detection]]:
     """Run ``model`` (in eval mode) on float images (3, H, W) in [0, 1] already on its device.
 
-    Returns one list of Detections per image, boxes in that image's pixels.
+    Any size the decoder admits works (see fit_for_model). Returns one list of Detections per
+    image, boxes in that image's pixels.
     """
     per_image = [options] * len(images) if isinstance(options, DetectOptions) else list(options)
+    max_size = int(model.transform.max_size)
+    fitted = [fit_for_model(image, max_size=max_size) for image in images]
     with torch.inference_mode():
-        outputs = model(list(images))
+        outputs = model([image for image, _ in fitted])
+    outputs = [_restore(o, scale, *image.shape[-2:]) for o, (_, scale), image in zip(outputs, fitted, images)]
     return [postprocess(o, class_names=class_names, options=opt) for o, opt in zip(outputs, per_image)]

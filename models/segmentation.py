@@ -121,6 +121,9 @@ def predict_labels(model: nn.Module, image: torch.Tensor, *, mean: Sequence[floa
 # --------------------------------------------------------------------------- whole images, large images
 
 
+MAX_TILES = 4096  # per image in the tile mode; beyond it the request is refused (it would run for hours)
+
+
 class LargeImageMode(str, Enum):
     RESIZE = "resize"
     TILE = "tile"
@@ -190,9 +193,12 @@ def segment_image(
         full = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
         return Segmentation(full, "resized", f"{width}x{height} resized to {size[1]}x{size[0]} and back")
     tile, overlap = options.max_side, options.overlap
+    ys, xs = _tile_starts(height, tile, overlap), _tile_starts(width, tile, overlap)
+    if len(ys) * len(xs) > MAX_TILES:
+        raise InvalidInputError(f"tiling this {width}x{height} image at max_side {tile} takes {len(ys) * len(xs)} "
+                                f"tiles, more than {MAX_TILES}; raise max_side or use the resize mode")
     total: torch.Tensor | None = None
     count = torch.zeros(height, width, device=image.device)
-    ys, xs = _tile_starts(height, tile, overlap), _tile_starts(width, tile, overlap)
     for y in ys:
         for x in xs:
             probs = _probabilities(model, image[:, y:y + tile, x:x + tile], mean, std)

@@ -3,8 +3,9 @@
 One asyncio future per request. A collector task takes the first queued item, waits up to
 ``max_delay_s`` for more (at most ``max_batch_size``), drops items whose caller gave up
 (cancelled) or whose deadline passed, and runs the handler on the rest in a worker thread
-(off the event loop, under ``torch.inference_mode``). One exception fails every request of
-that batch and nothing else.
+(off the event loop, under ``torch.inference_mode``). When a batch fails, its items run again
+one by one (models/isolation.py), so a request whose input breaks the model fails alone and the
+others of its batch are answered.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Generic, TypeVar
 
 import torch
 
+from models.isolation import Failure, run_isolated
 from services.errors import DeadlineExceededError, QueueFullError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -161,9 +163,9 @@ class DynamicBatcher(Generic[In, Out]):
             live.append(pending)
         return live
 
-    def _call(self, items: list[In]) -> list[Out]:
+    def _call(self, items: list[In]) -> list[Out | Failure]:
         with torch.inference_mode():
-            return self.handler(items)
+            return run_isolated(self.handler, items)
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -173,18 +175,13 @@ class DynamicBatcher(Generic[In, Out]):
             if not batch:
                 continue
             started = time.perf_counter()
-            try:
-                outputs = await loop.run_in_executor(self._executor, self._call, [p.item for p in batch])
-                if len(outputs) != len(batch):
-                    raise RuntimeError(f"model {self.name} returned {len(outputs)} outputs for {len(batch)} inputs")
-            except Exception as exc:  # noqa: BLE001 — fans out to this batch's callers only
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                self._held = []
-                continue
+            outputs = await loop.run_in_executor(self._executor, self._call, [p.item for p in batch])
             for pending, output in zip(batch, outputs):
-                if not pending.future.done():
+                if pending.future.done():
+                    continue
+                if isinstance(output, Failure):
+                    pending.future.set_exception(output.error)
+                else:
                     pending.future.set_result(output)
             self._held = []
             if self.on_batch is not None:

@@ -108,9 +108,10 @@ class CaptioningServicer(captioning_pb2_grpc.CaptioningServiceServicer):
         loaded = self.host.get(request.model.name)
         settings = settings_of(request, loaded)
         size = loaded.config.input_size or 224
-        array, tensor = await self.decoder.decode(request.image, functools.partial(image_input, size=size))
-        t1 = time.perf_counter()
-        result = await loaded.submit(CaptionItem(tensor, settings), deadline=deadline)
+        with loaded.admission.admit(self.decoder.pixels(request.image)):
+            array, tensor = await self.decoder.decode(request.image, functools.partial(image_input, size=size))
+            t1 = time.perf_counter()
+            result = await loaded.submit(CaptionItem(tensor, settings), deadline=deadline)
         t2 = time.perf_counter()
         response = captioning_pb2.CaptionResponse(
             request_id=request.request_id, image_width=array.shape[1], image_height=array.shape[0],

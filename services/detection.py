@@ -88,9 +88,10 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer):
         t0 = time.perf_counter()
         loaded = self.host.get(request.model.name)
         options = _options(request, loaded)
-        array, tensor = await self.decoder.decode(request.image, to_tensor)
-        t1 = time.perf_counter()
-        result = await loaded.submit(DetectItem(tensor, options), deadline=deadline)
+        with loaded.admission.admit(self.decoder.pixels(request.image)):
+            array, tensor = await self.decoder.decode(request.image, to_tensor)
+            t1 = time.perf_counter()
+            result = await loaded.submit(DetectItem(tensor, options), deadline=deadline)
         t2 = time.perf_counter()
         height, width = array.shape[:2]
         response = detection_pb2.DetectResponse(

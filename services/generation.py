@@ -131,9 +131,11 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         if request.format not in (generation_pb2.IMAGE_FORMAT_UNSPECIFIED, generation_pb2.IMAGE_FORMAT_PNG,
                                   generation_pb2.IMAGE_FORMAT_RAW):
             raise InvalidInputError(f"unknown format {request.format}; use PNG or RAW")
-        result = await loaded.submit(GenerateItem(z), deadline=deadline_of(context, self.host.serving))
-        t2 = time.perf_counter()
-        images = await self.decoder.run(images_proto, result.value, z, request.format)
+        side = int(loaded.config.model_args.get("image_size", 64))
+        with loaded.admission.admit(len(z) * side * side):
+            result = await loaded.submit(GenerateItem(z), deadline=deadline_of(context, self.host.serving))
+            t2 = time.perf_counter()
+            images = await self.decoder.run(images_proto, result.value, z, request.format)
         response = generation_pb2.GenerateResponse(
             request_id=request.request_id, images=images,
             image_size=int(loaded.config.model_args.get("image_size", 64)),

@@ -8,9 +8,10 @@ route by name (empty name -> the default model), report model info.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +25,7 @@ from models.preprocessing import DEFAULT_MAX_PIXELS
 from models.store_checks import shown_name
 from models.train.common import pick_device
 from services.batching import DynamicBatcher
-from services.errors import UnavailableError
+from services.errors import QueueFullError, UnavailableError
 from services.metrics import ServingMetrics, note_model
 from services.models import LoadedModelInfo
 
@@ -42,6 +43,10 @@ class ServingConfig:
     device: str | None = None  # None: CUDA when available, else CPU
     devices: tuple[str, ...] = ()  # one replica of each model per device, e.g. ("cuda:0", "cuda:1")
     decode_workers: int = 2
+    # Decoded pixels a model may hold at once, summed over the requests it has admitted (decoding,
+    # queued, computing, encoding): the memory ceiling of its images, about 30 bytes a pixel
+    # (decoded RGB, the float input, outputs). A request beyond it is refused before decoding.
+    max_inflight_pixels: int = 2 * DEFAULT_MAX_PIXELS
     # A unary call without a deadline gets the default; a longer one is cut to the maximum, so no
     # request can hold a queue slot for ever. Streams keep the client's (batch jobs run for hours).
     default_deadline_s: float = 60.0
@@ -52,6 +57,9 @@ class ServingConfig:
             raise ValueError("max_batch_size, max_queue_size and decode_workers must be >= 1")
         if self.max_delay_ms < 0 or self.max_pixels < 1:
             raise ValueError("max_delay_ms must be >= 0 and max_pixels >= 1")
+        if self.max_inflight_pixels < self.max_pixels:
+            raise ValueError(f"max_inflight_pixels ({self.max_inflight_pixels}) must be >= max_pixels "
+                             f"({self.max_pixels}), or the largest accepted image could never be served")
         if self.devices and self.device:
             raise ValueError("give either device or devices, not both")
         object.__setattr__(self, "devices", tuple(self.devices))
@@ -68,6 +76,34 @@ class TaskRuntime(Protocol):
     def warmup_item(self, config: checkpoints.ModelConfig, device: torch.device) -> Any: ...
 
     def run_batch(self, model: nn.Module, config: checkpoints.ModelConfig, items: Sequence[Any]) -> list[Any]: ...
+
+
+class Admission:
+    """What one model has taken on and not yet answered: requests admitted (decoding, queued,
+    computing or encoding their response) and their decoded pixels. A request beyond either bound
+    is refused at once, before its image is decoded, so a flood costs no decoding and memory has a
+    ceiling. Used on the event loop only (no lock)."""
+
+    def __init__(self, name: str, *, max_requests: int, max_pixels: int) -> None:
+        self.name, self.max_requests, self.max_pixels = name, max_requests, max_pixels
+        self.requests = self.pixels = 0
+
+    @contextlib.contextmanager
+    def admit(self, pixels: int) -> Iterator[None]:
+        """Hold a place for one request of ``pixels`` decoded pixels for the block; QueueFullError
+        when the model is at either bound (a single image larger than the pixel bound is still
+        admitted when nothing else is held, so every image the decoder accepts can be served)."""
+        if self.requests >= self.max_requests or (self.requests and self.pixels + pixels > self.max_pixels):
+            raise QueueFullError(
+                f"model {self.name} is at capacity ({self.requests} requests, {self.pixels / 1e6:.1f} Mpx in "
+                f"flight; bounds {self.max_requests} requests, {self.max_pixels / 1e6:.0f} Mpx); retry later")
+        self.requests += 1
+        self.pixels += pixels
+        try:
+            yield
+        finally:
+            self.requests -= 1
+            self.pixels -= pixels
 
 
 @dataclass(frozen=True)
@@ -114,6 +150,10 @@ class LoadedModel:
         self.successor: LoadedModel | None = None  # set when a reload swaps a newer version in
         self.replicas = [Replica(self, model, device, serving) for model, device in models]
         self.device = self.replicas[0].device
+        # What can wait in the queues plus what can compute at once.
+        self.admission = Admission(config.name, max_requests=len(models) * (serving.max_queue_size
+                                                                            + serving.max_batch_size),
+                                   max_pixels=serving.max_inflight_pixels)
         self._turn = 0
 
     def batch_done(self, size: int, seconds: float) -> None:

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from models.errors import InvalidInputError
-from models.preprocessing import decode_image, image_from_pixels
+from models.image_header import detect_format
+from models.preprocessing import decode_image, image_from_pixels, probe_image_size
 from services.pb import common_pb2
 
 T = TypeVar("T")
@@ -35,6 +36,21 @@ def image_from_proto(image: common_pb2.Image, *, max_pixels: int) -> np.ndarray:
     )
 
 
+def pixels_of(image: common_pb2.Image, *, max_pixels: int) -> int:
+    """The pixels ``image`` will decode to, from its header or raw size alone (no decoding): what
+    admission control charges. A file whose header gives no size but that may decode is charged
+    ``max_pixels`` (the most it can be); one that will be refused at once is charged nothing."""
+    source = image.WhichOneof("source")
+    if source == "raw":
+        return max(0, image.raw.height) * max(0, image.raw.width)
+    if source != "encoded" or detect_format(image.encoded) is None:
+        return 0
+    size = probe_image_size(image.encoded)
+    if size is None:
+        return max_pixels
+    return size[0] * size[1] if size[0] * size[1] <= max_pixels else 0  # larger: refused before decoding
+
+
 class Decoder:
     """A thread pool that decodes request images and runs other CPU-bound per-request work.
 
@@ -47,6 +63,10 @@ class Decoder:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def pixels(self, image: common_pb2.Image) -> int:
+        """What decoding ``image`` will hold, in pixels (see pixels_of)."""
+        return pixels_of(image, max_pixels=self.max_pixels)
 
     async def decode(self, image: common_pb2.Image, then: Callable[[np.ndarray], T]) -> tuple[np.ndarray, T]:
         """Decode ``image`` and apply ``then`` (e.g. to_tensor) in the pool; returns (array, then(array))."""

@@ -288,15 +288,21 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                         f"{host.serving.max_batch_size}; split it into several requests")
         params = Params(request.parameters, adapter.parameters)
         started = time.perf_counter()
-        job = await adapter.prepare(config, tensors, params, self.decoder)
-        decoded = time.perf_counter()
-        results = await _submit_all(loaded, job.items, deadline)
-        done = time.perf_counter()
+        try:
+            admitted = loaded.admission.admit(adapter.pixels(config, tensors, params, self.decoder))
+        except QueueFullError as exc:  # Triton's answer to a full queue
+            raise UnavailableError(str(exc)) from exc
+        with admitted:
+            job = await adapter.prepare(config, tensors, params, self.decoder)
+            decoded = time.perf_counter()
+            results = await _submit_all(loaded, job.items, deadline)
+            done = time.perf_counter()
 
-        def encode() -> pb.ModelInferResponse:
-            return infer_response(request, config, adapter.collect(config, job, [r.value for r in results]), outputs)
+            def encode() -> pb.ModelInferResponse:
+                values = adapter.collect(config, job, [r.value for r in results])
+                return infer_response(request, config, values, outputs)
 
-        response = await self.decoder.run(encode)
+            response = await self.decoder.run(encode)
         for result in results:  # the same stage metrics as the typed RPCs
             stage_seconds(started, decoded, result, done)
         return response

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -115,6 +116,11 @@ class Adapter(ABC):
     def inputs(self, config: ModelConfig) -> list[TensorSpec]: ...
 
     @abstractmethod
+    def pixels(self, config: ModelConfig, tensors: dict[str, np.ndarray], params: Params, decoder: Decoder) -> int:
+        """The pixels the request will hold once decoded or generated (admission control), read
+        from headers and shapes only."""
+
+    @abstractmethod
     def outputs(self, config: ModelConfig) -> list[TensorSpec]: ...
 
     @abstractmethod
@@ -160,6 +166,11 @@ class ImageAdapter(Adapter):
 
     def inputs(self, config: ModelConfig) -> list[TensorSpec]:
         return list(_IMAGE_INPUTS)
+
+    def pixels(self, config: ModelConfig, tensors: dict[str, np.ndarray], params: Params, decoder: Decoder) -> int:
+        if "PIXELS" in tensors:
+            return math.prod(tensors["PIXELS"].shape[:3])
+        return sum(decoder.pixels(common_pb2.Image(encoded=bytes(data))) for data in tensors.get("IMAGE", ()))
 
     def outputs(self, config: ModelConfig) -> list[TensorSpec]:
         return [*self.task_outputs(config), _IMAGE_SIZE]
@@ -325,6 +336,11 @@ class GenerationAdapter(Adapter):
         size, channels = (int(config.model_args.get(k, d)) for k, d in (("image_size", 64), ("channels", 3)))
         return [TensorSpec("IMAGE", ("UINT8",), (-1, size, size, channels)),
                 TensorSpec("LATENT", ("FP32",), (-1, int(config.model_args.get("nz", 100))))]
+
+    def pixels(self, config: ModelConfig, tensors: dict[str, np.ndarray], params: Params, decoder: Decoder) -> int:
+        count = len(tensors["LATENT"]) if "LATENT" in tensors else params.integer("count", None) or 1
+        side = int(config.model_args.get("image_size", 64))
+        return max(0, min(count, MAX_IMAGES)) * side * side
 
     async def prepare(self, config: ModelConfig, tensors: dict[str, np.ndarray], params: Params,
                       decoder: Decoder) -> Job:

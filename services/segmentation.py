@@ -125,11 +125,12 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         t0 = time.perf_counter()
         loaded = self.host.get(request.model.name)
         options, alpha = _options(request)
-        array, tensor = await self.decoder.decode(request.image, to_tensor)
-        t1 = time.perf_counter()
-        result = await loaded.submit(SegmentItem(tensor, options), deadline=deadline)
-        t2 = time.perf_counter()
-        response = await self.decoder.run(_response, request, array, result.value, loaded.config.classes, alpha)
+        with loaded.admission.admit(self.decoder.pixels(request.image)):
+            array, tensor = await self.decoder.decode(request.image, to_tensor)
+            t1 = time.perf_counter()
+            result = await loaded.submit(SegmentItem(tensor, options), deadline=deadline)
+            t2 = time.perf_counter()
+            response = await self.decoder.run(_response, request, array, result.value, loaded.config.classes, alpha)
         response.model.CopyFrom(common_pb2.ModelRef(name=loaded.config.name, version=loaded.config.version))
         response.timings.CopyFrom(timings_proto(t0, t1, result, t2))
         return response

@@ -37,6 +37,9 @@ class ServerConfig:
     port: int = 50051
     max_message_bytes: int = 64 * MiB
     grace_s: float = 10.0
+    # RPCs in flight at once (a stream counts once); beyond it grpc refuses new calls with
+    # RESOURCE_EXHAUSTED before reading them. None: no bound.
+    max_concurrent_rpcs: int | None = None
     security: SecurityConfig = field(default_factory=SecurityConfig)  # TLS and tokens (none by default)
 
     def __post_init__(self) -> None:
@@ -188,7 +191,8 @@ async def create_server(
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(metrics)]
     if config.security.auth_enabled:  # inside the error interceptor, so refused calls are logged and counted
         interceptors.append(AuthInterceptor(config.security))
-    server = grpc.aio.server(interceptors=interceptors, options=options)
+    server = grpc.aio.server(interceptors=interceptors, options=options,
+                             maximum_concurrent_rpcs=config.max_concurrent_rpcs)
     names = [s.service_name for s in servicers]
     for servicer in servicers:
         servicer.add_to_server(server)

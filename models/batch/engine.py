@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from models.batch.store import ERRORS_FILE, InputFile, Manifest, write_jsonl
 from models.batch.tasks import BatchTask
 from models.errors import CvtasksError
+from models.isolation import Failure, run_isolated
 
 T = TypeVar("T")
 Loaded = tuple["np.ndarray | None", Any]  # (decoded pixels or None, the model's input)
@@ -218,17 +219,15 @@ def _pipeline(task: BatchTask, model: nn.Module, todo: Sequence[Work], sink: Sin
 
 def _infer(task: BatchTask, model: nn.Module, batch: list[tuple[str, Ready]], sink: Sink) -> None:
     """One batch on the device; when it fails, each input alone, so one bad input fails alone."""
-    try:
-        outputs = task.infer(model, [inputs for _, (_, inputs, _) in batch])
-    except Exception as exc:  # noqa: BLE001
-        if len(batch) == 1:
-            sink.failed(batch[0][0], f"inference failed: {failure_reason(exc)}")
+    outputs = run_isolated(lambda inputs: task.infer(model, inputs), [inputs for _, (_, inputs, _) in batch])
+    done = []
+    for (key, (pixels, _, size)), out in zip(batch, outputs):
+        if isinstance(out, Failure):
+            sink.failed(key, f"inference failed: {failure_reason(out.error)}")
         else:
-            for one in batch:
-                _infer(task, model, [one], sink)
-        return
-    sink.ok([(key, out, size or _size(None, out), pixels)
-             for (key, (pixels, _, size)), out in zip(batch, outputs)])
+            done.append((key, out, size or _size(None, out), pixels))
+    if done:
+        sink.ok(done)
 
 
 def _kept(task: BatchTask, pixels: np.ndarray | None) -> np.ndarray | None:

@@ -30,6 +30,7 @@ import numpy as np
 from models.batch.engine import Summary, failure_reason, finish, plan, progress_bar
 from models.batch.store import InputFile, Manifest
 from models.batch.tasks import BatchTask, task_from_spec
+from models.isolation import Failure, run_isolated
 
 Columns = dict[str, np.ndarray]  # one Ray Data batch in "numpy" format: column name -> values
 
@@ -204,15 +205,10 @@ class _Predictor:
         """As ``engine._infer``: the batch at once; when that fails, each input alone."""
         if not batch:
             return
-        try:
-            outputs = self.task.infer(self.model, [inputs for _, _, inputs in batch])
-        except Exception as exc:  # noqa: BLE001
-            if len(batch) == 1:
-                results[batch[0][0]] = ("failed", "", f"inference failed: {failure_reason(exc)}")
-            else:
-                for one in batch:
-                    self._infer([one], results)
-            return
+        outputs = run_isolated(lambda inputs: self.task.infer(self.model, inputs), [x for _, _, x in batch])
         for (key, array, _), output in zip(batch, outputs):
+            if isinstance(output, Failure):
+                results[key] = ("failed", "", f"inference failed: {failure_reason(output.error)}")
+                continue
             row = self.task.record(key, output, (int(array.shape[0]), int(array.shape[1])), array)
             results[key] = ("ok", json.dumps(row), "")

@@ -43,12 +43,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-delay-ms", type=float, default=s.max_delay_ms, help="how long a batch waits to fill")
     p.add_argument("--max-queue", type=int, default=s.max_queue_size, help="queued requests per model before RESOURCE_EXHAUSTED")
     p.add_argument("--max-pixels", type=int, default=s.max_pixels, help="largest accepted image, in pixels")
+    p.add_argument("--max-inflight-pixels", type=int, default=s.max_inflight_pixels,
+                   help="decoded pixels a model may hold at once over the requests it has taken on (about 30 "
+                        "bytes each: the memory ceiling of its images); beyond it requests are refused before "
+                        "decoding with RESOURCE_EXHAUSTED")
     p.add_argument("--default-deadline-s", type=float, default=s.default_deadline_s,
                    help="deadline of a unary call whose client set none")
     p.add_argument("--max-deadline-s", type=float, default=s.max_deadline_s,
                    help="longer unary deadlines are cut to this")
     p.add_argument("--max-message-mb", type=float, default=64, help="largest gRPC message, MiB")
     p.add_argument("--decode-workers", type=int, default=s.decode_workers)
+    p.add_argument("--max-concurrent-rpcs", type=int, default=None,
+                   help="RPCs in flight at once over every model (a stream counts once); beyond it new calls get "
+                        "RESOURCE_EXHAUSTED before their message is read (default: no bound)")
     p.add_argument("--grace-s", type=float, default=10.0, help="time in-flight requests get on SIGTERM")
     env = os.environ.get
     p.add_argument("--tls-cert", default=env("CVTASKS_TLS_CERT"), help="server certificate (PEM): TLS on")
@@ -73,14 +80,16 @@ def run(args: argparse.Namespace) -> int:
     serving = ServingConfig(
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue_size=args.max_queue,
         default_deadline_s=args.default_deadline_s, max_deadline_s=args.max_deadline_s,
-        max_pixels=args.max_pixels, device=args.device, devices=args.devices, decode_workers=args.decode_workers,
+        max_pixels=args.max_pixels, max_inflight_pixels=args.max_inflight_pixels, device=args.device,
+        devices=args.devices, decode_workers=args.decode_workers,
     )
     security = SecurityConfig(
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         tokens=read_tokens(args.tokens_file, env=TOKENS_ENV),
         admin_tokens=read_tokens(args.admin_tokens_file, env=ADMIN_TOKENS_ENV))
     config = ServerConfig(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * MiB),
-                          grace_s=args.grace_s, security=security)
+                          grace_s=args.grace_s, security=security,
+                          max_concurrent_rpcs=args.max_concurrent_rpcs)
     app = build_app(args.task, args.model_store, serving, models=args.models, default_model=args.default_model)
 
     def ready(port: int) -> None:

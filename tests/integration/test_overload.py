@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from models.preprocessing import encode_image
 from services.client import segment_request
 from services.host import ServingConfig
 from services.launch import running_server
@@ -75,3 +78,44 @@ def test_deadline_policy():
     assert 1.9 < deadline_of(context(2.0), limits) - now < 2.5
     with pytest.raises(ValueError, match="default_deadline_s <= max_deadline_s"):
         ServingConfig(default_deadline_s=30, max_deadline_s=10)
+
+
+def _memory_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+BYTES_PER_PIXEL = 30  # the README's figure for the memory a decoded pixel costs while its request is served
+
+
+def test_a_flood_of_large_images_is_refused_before_decoding_and_memory_stays_under_the_ceiling(
+        segmenter_store, tmp_path):
+    """20 requests of a 25 Mpx image at once, a pixel bound of one such image: one is served at a
+    time and the others are refused at once, without being decoded (20 decoded images would need
+    about 8 GB; the bound holds the growth of the server's peak memory near one image's worth)."""
+    from tests.e2e.cli_server import cli_server
+
+    bound = 26_000_000
+    image = encode_image(np.full((5000, 5000, 3), 90, np.uint8), "png")  # compresses to ~80 KB
+    extra = ("--max-pixels", str(bound), "--max-inflight-pixels", str(bound), "--max-delay-ms", "0")
+    with cli_server("segmentation", segmenter_store, tmp_path, *extra) as (proc, address):
+        before = _memory_kib(proc.pid, "VmRSS")
+        with grpc.insecure_channel(address) as channel:
+            stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
+            futures = [stub.Segment.future(segment_request(image), timeout=300) for _ in range(20)]
+            outcomes = []
+            for future in futures:
+                try:
+                    future.result()
+                    outcomes.append("OK")
+                except grpc.RpcError as exc:
+                    outcomes.append(exc.code().name)
+                    assert "at capacity" in exc.details()
+            peak = _memory_kib(proc.pid, "VmHWM")
+            assert stub.Segment(segment_request(image), timeout=300).label_map_png  # still serving
+    assert outcomes.count("OK") >= 1 and outcomes.count("RESOURCE_EXHAUSTED") >= 15, outcomes
+    grown_mb = (peak - before) / 1024
+    print(f"peak RSS grew by {grown_mb:.0f} MB serving {outcomes.count('OK')} of 20 25-Mpx requests")
+    assert grown_mb * 2**20 < bound * BYTES_PER_PIXEL + 300 * 2**20

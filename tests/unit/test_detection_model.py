@@ -137,3 +137,24 @@ def test_weights_import_puts_coco_weights_into_the_store(tmp_path):
     model, config = checkpoints.load_model(tmp_path / "store" / "coco-mobile")
     assert len(config.classes) == 90 and config.classes[0] == "person" and config.input_size == 320
     assert torch.equal(model.roi_heads.box_predictor.bbox_pred.weight, source.roi_heads.box_predictor.bbox_pred.weight)
+
+
+@pytest.mark.parametrize("height, width", [(1, 4000), (4000, 1), (3, 500), (1, 1), (2, 3), (1, 64)])
+def test_images_of_any_shape_the_decoder_admits_are_detected(height, width):
+    """An extreme aspect ratio used to make torchvision's resize produce a zero-pixel side."""
+    torch.manual_seed(0)
+    model = detection.build_detector("fasterrcnn_tiny", num_classes=4).eval()
+    image = torch.rand(3, height, width)
+    (found,) = detection.predict(model, [image], class_names=["a", "b", "c"],
+                                 options=detection.DetectOptions(score_threshold=0.0))
+    for d in found:
+        x1, y1, x2, y2 = d.box
+        assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+    fitted, scale = detection.fit_for_model(image, max_size=128)
+    assert scale == 1.0 or (min(fitted.shape[-2:]) >= 32 and max(fitted.shape[-2:]) <= 128)
+
+
+def test_a_normal_image_is_not_touched_by_the_fit():
+    image = torch.rand(3, 100, 120)
+    fitted, scale = detection.fit_for_model(image, max_size=128)
+    assert scale == 1.0 and fitted is image
