@@ -57,7 +57,7 @@ from bench_models import RANDOM_STORES  # noqa: E402
 from models import checkpoints  # noqa: E402
 from models.batch.engine import file_work, run_local  # noqa: E402
 from models.batch.store import InputFile, Manifest, list_inputs  # noqa: E402
-from models.batch.tasks import BatchTask, build_task  # noqa: E402
+from models.batch.job import BatchJob, build_job  # noqa: E402
 from models.preprocessing import decode_image, encode_image  # noqa: E402
 from models.synth import generate_shapes  # noqa: E402
 from models.train.common import pick_device  # noqa: E402
@@ -83,7 +83,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def model_only_seconds(task: BatchTask, model: nn.Module, inputs: list[torch.Tensor], batch: int,
+def model_only_seconds(task: BatchJob, model: nn.Module, inputs: list[torch.Tensor], batch: int,
                        device: torch.device) -> float:
     """``task.infer`` over pre-prepared inputs already on ``device``, in batches of ``batch``."""
     _sync(device)
@@ -94,7 +94,7 @@ def model_only_seconds(task: BatchTask, model: nn.Module, inputs: list[torch.Ten
     return time.perf_counter() - start
 
 
-def engine_seconds(make_task: Callable[[Path], BatchTask], model: nn.Module, files: list[InputFile], out: Path,
+def engine_seconds(make_task: Callable[[Path], BatchJob], model: nn.Module, files: list[InputFile], out: Path,
                    batch: int, decode_workers: int) -> float:
     """``run_local`` into the fresh folder ``out``; checks that every input succeeded."""
     task = make_task(out)
@@ -108,7 +108,7 @@ def engine_seconds(make_task: Callable[[Path], BatchTask], model: nn.Module, fil
     return seconds
 
 
-def naive_seconds(make_task: Callable[[Path], BatchTask], model: nn.Module, files: list[InputFile],
+def naive_seconds(make_task: Callable[[Path], BatchJob], model: nn.Module, files: list[InputFile],
                   out: Path) -> float:
     """One file at a time: read, prepare, infer alone, record; then the results files."""
     task = make_task(out)
@@ -125,8 +125,8 @@ def naive_seconds(make_task: Callable[[Path], BatchTask], model: nn.Module, file
 def measure(args: argparse.Namespace, model: nn.Module, config: checkpoints.ModelConfig, files: list[InputFile],
             device: torch.device, work: Path) -> dict[str, list[float]]:
     """Seconds of each mode's runs, in interleaved rounds after a warm-up."""
-    def make_task(out: Path) -> BatchTask:
-        return build_task(args.task, config, out)
+    def make_task(out: Path) -> BatchJob:
+        return build_job(args.task, config, out)
 
     task = make_task(work / "model-only")  # writes nothing
     inputs = [task.prepare(f.path.read_bytes())[1].to(device) for f in files]

@@ -6,9 +6,13 @@ learns p(w_t | image, w_<t). Token ids follow models/text.py (<pad> 0, <start> 1
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,20 +20,23 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
-from models.checkpoints import MODEL_BUILDERS, ModelConfig
+from models.batch.store import write_csv
 from models.errors import InvalidInputError
+from models.options import MAX_BEAM_SIZE, MAX_CAPTION_LENGTH, MAX_LENGTH_PENALTY, CaptionOptions  # noqa: F401
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, letterbox, normalize
 from models.registry import Registry
+from models.task import OutputFolder, Task, device_of
 from models.text import Vocabulary
+
+if TYPE_CHECKING:
+    from models.checkpoints import ModelConfig
 
 ENCODERS: Registry = Registry("captioning encoder")
 ENCODERS.register("resnet18")(lambda: tvm.resnet18(weights=None))
 ENCODERS.register("resnet34")(lambda: tvm.resnet34(weights=None))
 ENCODERS.register("resnet50")(lambda: tvm.resnet50(weights=None))
 
-MAX_CAPTION_LENGTH = 64  # words; requests beyond this are refused
-MAX_BEAM_SIZE = 16
-MAX_LENGTH_PENALTY = 2.0
+DEFAULT_MAX_LENGTH = 20  # words: a request's max_length when the model's config names none
 MAX_LSTM_LAYERS = 8  # more is no Show and Tell (and each layer is a module built even on the meta device)
 
 
@@ -171,7 +178,6 @@ def words_loss(word_logits: torch.Tensor, captions: torch.Tensor, *, first_word_
     return F.binary_cross_entropy_with_logits(word_logits[:, first_word_id:], targets[:, first_word_id:])
 
 
-@MODEL_BUILDERS.register("captioning")
 def build_from_config(config: ModelConfig) -> nn.Module:
     """A stored captioner: the vocabulary size comes from ``extra["vocab"]``."""
     if config.architecture != "show_and_tell":
@@ -195,14 +201,8 @@ class Caption:
 
 def check_options(beam_size: int, max_length: int, num_captions: int, length_penalty: float = 1.0) -> None:
     """InvalidInputError (-> INVALID_ARGUMENT) naming the bad option and its allowed range."""
-    if not 1 <= beam_size <= MAX_BEAM_SIZE:
-        raise InvalidInputError(f"beam_size must be in 1..{MAX_BEAM_SIZE} (1 = greedy), got {beam_size}")
-    if not 0.0 <= length_penalty <= MAX_LENGTH_PENALTY:
-        raise InvalidInputError(f"length_penalty must be in [0, {MAX_LENGTH_PENALTY}], got {length_penalty}")
-    if not 1 <= max_length <= MAX_CAPTION_LENGTH:
-        raise InvalidInputError(f"max_length must be in 1..{MAX_CAPTION_LENGTH}, got {max_length}")
-    if not 1 <= num_captions <= beam_size:
-        raise InvalidInputError(f"num_captions must be in 1..beam_size ({beam_size}), got {num_captions}")
+    CaptionOptions(beam_size=beam_size, max_length=max_length, num_captions=num_captions,
+                   length_penalty=length_penalty)
 
 
 @torch.inference_mode()
@@ -273,32 +273,95 @@ def greedy(model: Captioner, images: torch.Tensor, *, max_length: int = 20) -> l
     return [c[0] for c in beam_search(model, images, beam_size=1, max_length=max_length)]
 
 
-@dataclass(frozen=True)
-class CaptionSettings:
-    """Decoding options of one request (validated by ``check``)."""
-
-    beam_size: int = 3
-    max_length: int = 20
-    num_captions: int = 1
-    length_penalty: float = 1.0
-
-    def check(self) -> "CaptionSettings":
-        check_options(self.beam_size, self.max_length, self.num_captions, self.length_penalty)
-        return self
-
-
-def caption_batch(model: Captioner, images: torch.Tensor, settings: list[CaptionSettings]) -> list[list[Caption]]:
-    """Caption (B, 3, S, S) images, each with its own settings: images sharing settings decode
-    in one batched beam search; results come back in input order."""
-    if len(settings) != images.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {len(settings)} settings")
-    groups: dict[CaptionSettings, list[int]] = {}
-    for i, s in enumerate(settings):
+def caption_batch(model: Captioner, images: torch.Tensor, options: list[CaptionOptions]) -> list[list[Caption]]:
+    """Caption (B, 3, S, S) images, each with its own options (max_length set): images sharing
+    options decode in one batched beam search; results come back in input order."""
+    if len(options) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {len(options)} options")
+    groups: dict[CaptionOptions, list[int]] = {}
+    for i, s in enumerate(options):
         groups.setdefault(s, []).append(i)
-    results: list[list[Caption] | None] = [None] * len(settings)
+    results: list[list[Caption] | None] = [None] * len(options)
     for s, indices in groups.items():
         found = beam_search(model, images[indices], beam_size=s.beam_size, max_length=s.max_length,
                             num_captions=s.num_captions, length_penalty=s.length_penalty)
         for i, captions in zip(indices, found):
             results[i] = captions
     return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@dataclass(frozen=True)
+class CaptionText:
+    """A caption as words: its text, summed log-probability and ranking score."""
+
+    text: str
+    log_prob: float
+    score: float
+
+
+def max_length_of(config: ModelConfig) -> int:
+    """The model's trained caption length: the default max_length of a request."""
+    return int(config.extra.get("max_length", DEFAULT_MAX_LENGTH))
+
+
+@functools.lru_cache(maxsize=32)
+def _vocabulary(name: str, version: str, words: tuple[str, ...]) -> Vocabulary:
+    return Vocabulary(words)
+
+
+def vocabulary_of(config: ModelConfig) -> Vocabulary:
+    """The model's vocabulary, built once per model version."""
+    return _vocabulary(config.name, config.version, tuple(config.extra["vocab"]["words"]))
+
+
+def caption_row(captions: Sequence[CaptionText]) -> dict[str, Any]:
+    """``{"caption": the best, "captions": [{"text", "log_prob", "score"}]}`` (rounded)."""
+    return {"caption": captions[0].text if captions else "",
+            "captions": [{"text": c.text, "log_prob": round(c.log_prob, 4), "score": round(c.score, 4)}
+                         for c in captions]}
+
+
+class CaptioningTask(Task[CaptionOptions]):
+    """Show and Tell: an image -> its best captions (CaptionText, best first). Batch jobs write
+    rows ``{"width", "height", "caption", "captions": [{"text", "log_prob", "score"}]}``,
+    ``captions.jsonl`` and ``captions.csv`` (input, caption, score)."""
+
+    name, Options, results = "captioning", CaptionOptions, "captions"
+
+    def build_model(self, config: ModelConfig) -> nn.Module:
+        return build_from_config(config)
+
+    def options(self, config: ModelConfig, given: Any) -> CaptionOptions:
+        options = CaptionOptions.of(given)
+        if options.max_length is None:
+            options = dataclasses.replace(options, max_length=max_length_of(config))
+        return options
+
+    def model_input(self, rgb: np.ndarray, config: ModelConfig) -> torch.Tensor:
+        return image_input(rgb, size=config.input_size or 224)
+
+    def warmup_input(self, config: ModelConfig) -> torch.Tensor:
+        side = config.input_size or 224
+        return torch.zeros(3, side, side)
+
+    def run_batch(self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor],
+                  options: Sequence[CaptionOptions]) -> list[list[CaptionText]]:
+        images = torch.stack(list(inputs)).to(device_of(model), non_blocking=True)
+        vocab = vocabulary_of(config)
+        return [[CaptionText(vocab.decode(c.tokens), c.log_prob, c.score) for c in captions]
+                for captions in caption_batch(model, images, list(options))]
+
+    def to_row(self, output: list[CaptionText], config: ModelConfig, options: CaptionOptions) -> dict[str, Any]:
+        return caption_row(output)
+
+    def finish(self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig,
+               options: CaptionOptions) -> list[Path]:
+        table = [[r["input"], r["caption"], r["captions"][0]["score"] if r["captions"] else ""] for r in rows]
+        csv_path = write_csv(out.root / "captions.csv", ["input", "caption", "score"], table)
+        return [*super().finish(out, rows, config, options), csv_path]
+
+
+CAPTIONING = CaptioningTask()

@@ -6,7 +6,6 @@ classes) and its weights are read with safetensors: nothing is ever unpickled.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from torch import nn
 
 from models.errors import InvalidInputError, ModelStoreError, UnknownModelError
 from models.files import atomic_write_with
-from models.registry import Registry
+from models.tasks import TASKS
 from models.store_checks import (FIX_CONFIG, MAX_CONFIG_BYTES, check_config_json, check_name, check_size,
                                  check_weights, short)
 
@@ -31,18 +30,6 @@ CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 
 log = logging.getLogger("cvtasks.store")
-
-# task name -> module that registers its loader in MODEL_BUILDERS (imported on first use).
-TASK_MODULES: dict[str, str] = {
-    "detection": "models.detection",
-    "segmentation": "models.segmentation",
-    "captioning": "models.captioning",
-    "generation": "models.generation",
-}
-
-#: task -> fn(config) -> nn.Module with random weights, shaped as the config says.
-MODEL_BUILDERS: Registry[Callable[["ModelConfig"], nn.Module]] = Registry("task")
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -69,8 +56,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        if self.task not in TASK_MODULES:
-            raise ValueError(f"unknown task {short(self.task)}; known tasks: {sorted(TASK_MODULES)}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {short(self.task)}; known tasks: {TASKS.names()}")
         object.__setattr__(self, "classes", tuple(self.classes))
 
     def to_json(self) -> dict[str, Any]:
@@ -85,8 +72,7 @@ class ModelConfig:
 
 
 def _builder(config: ModelConfig) -> Callable[[ModelConfig], nn.Module]:
-    importlib.import_module(TASK_MODULES[config.task])  # outside any meta-device block: module state stays real
-    return MODEL_BUILDERS.get(config.task)
+    return TASKS.get(config.task).build_model
 
 
 def build_model(config: ModelConfig) -> nn.Module:

@@ -6,12 +6,14 @@ Labels follow torchvision: ``0`` is background, ``1..K`` index ``class_names[lab
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,9 +22,16 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
-from models.checkpoints import MODEL_BUILDERS, ModelConfig
 from models.errors import InvalidInputError
+from models.files import atomic_write
+from models.options import DetectOptions
+from models.preprocessing import encode_image
 from models.registry import Registry
+from models.task import OutputFolder, Task, device_of
+from models.visualize import draw_detections
+
+if TYPE_CHECKING:
+    from models.checkpoints import ModelConfig
 
 DETECTORS: Registry[Callable[..., nn.Module]] = Registry("detection architecture")
 
@@ -128,12 +137,6 @@ def build_detector(architecture: str, *, num_classes: int, **kwargs: Any) -> nn.
     return DETECTORS.get(architecture)(num_classes=num_classes, **kwargs)
 
 
-@MODEL_BUILDERS.register("detection")
-def build_from_config(config: ModelConfig) -> nn.Module:
-    """The stored detector's architecture with random weights (classes + background outputs)."""
-    return build_detector(config.architecture, num_classes=len(config.classes) + 1, **config.model_args)
-
-
 # --------------------------------------------------------------------------- local COCO weights
 
 
@@ -205,26 +208,6 @@ def set_trainable_backbone_layers(model: nn.Module, layers: int) -> None:
 
 
 # --------------------------------------------------------------------------- inference
-
-
-@dataclass(frozen=True)
-class DetectOptions:
-    """Per-request filtering. ``class_filter`` holds class names; empty keeps every class."""
-
-    score_threshold: float = 0.5
-    max_detections: int = 100
-    class_filter: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise InvalidInputError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
-        if self.max_detections < 1:
-            raise InvalidInputError(f"max_detections must be >= 1, got {self.max_detections}")
-
-    def check_classes(self, class_names: Sequence[str]) -> None:
-        unknown = sorted(set(self.class_filter) - set(class_names))
-        if unknown:
-            raise InvalidInputError(f"unknown classes in class_filter: {unknown}; this model knows {list(class_names)}")
 
 
 def postprocess(
@@ -299,3 +282,79 @@ def predict(
         outputs = model([image for image, _ in fitted])
     outputs = [_restore(o, scale, *image.shape[-2:]) for o, (_, scale), image in zip(outputs, fitted, images)]
     return [postprocess(o, class_names=class_names, options=opt) for o, opt in zip(outputs, per_image)]
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def detection_row(detections: Sequence[Detection]) -> dict[str, Any]:
+    """``{"detections": [{"box": [x1, y1, x2, y2] pixels, "score", "label", "class"}]}`` (rounded)."""
+    return {"detections": [{"box": [round(v, 2) for v in d.box], "score": round(d.score, 4), "label": d.label,
+                            "class": d.class_name} for d in detections]}
+
+
+def coco_results(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
+    """Detection rows -> a COCO-format dict: ``images`` (id = position in ``rows`` + 1, file_name =
+    the input's relative path), ``categories`` (id = label, 1-based as the model's), and
+    ``annotations`` with bbox [x, y, w, h], area and score."""
+    images, annotations = [], []
+    for image_id, row in enumerate(rows, start=1):
+        images.append({"id": image_id, "file_name": row["input"], "width": row["width"],
+                       "height": row["height"]})
+        for d in row["detections"]:
+            x1, y1, x2, y2 = d["box"]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": d["label"],
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                                "score": d["score"], "iscrowd": 0})
+    categories = [{"id": i, "name": name} for i, name in enumerate(class_names, start=1)]
+    return {"images": images, "categories": categories, "annotations": annotations}
+
+
+class DetectionTask(Task[DetectOptions]):
+    """Faster R-CNN: an image -> Detections. Batch jobs write rows ``{"width", "height",
+    "detections"}`` (detection_row), ``detections.jsonl`` and ``detections_coco.json`` (a COCO
+    dataset file: images, categories and the detections as annotations with scores, which
+    pycocotools reads with ``COCO(path)`` or ``coco_gt.loadRes(json["annotations"])``), and
+    with ``annotate`` the image with its boxes drawn (``annotated/<input>.jpg``)."""
+
+    name, Options, results = "detection", DetectOptions, "detections"
+
+    def build_model(self, config: ModelConfig) -> nn.Module:
+        return build_detector(config.architecture, num_classes=len(config.classes) + 1, **config.model_args)
+
+    def options(self, config: ModelConfig, given: Any) -> DetectOptions:
+        options = DetectOptions.of(given)
+        options.check_classes(config.classes)
+        return options
+
+    def warmup_input(self, config: ModelConfig) -> torch.Tensor:
+        side = config.input_size or 320
+        return torch.zeros(3, side, side)
+
+    def run_batch(self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor],
+                  options: Sequence[DetectOptions]) -> list[list[Detection]]:
+        device = device_of(model)
+        images = [x.to(device, non_blocking=True) for x in inputs]
+        return predict(model, images, class_names=config.classes, options=list(options))
+
+    def to_row(self, output: list[Detection], config: ModelConfig, options: DetectOptions) -> dict[str, Any]:
+        return detection_row(output)
+
+    def needs_pixels(self, options: DetectOptions) -> bool:
+        return options.annotate
+
+    def record(self, out: OutputFolder, key: str, output: list[Detection], size: tuple[int, int],
+               pixels: np.ndarray | None, config: ModelConfig, options: DetectOptions) -> dict[str, Any]:
+        row = super().record(out, key, output, size, pixels, config, options)
+        if options.annotate and pixels is not None:
+            drawn = encode_image(draw_detections(pixels, output), "jpeg", quality=90)
+            row["annotated"] = out.write("annotated", key, ".jpg", drawn)
+        return row
+
+    def finish(self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig,
+               options: DetectOptions) -> list[Path]:
+        coco = json.dumps(coco_results(rows, config.classes))
+        return [*super().finish(out, rows, config, options), atomic_write(out.root / "detections_coco.json", coco)]
+
+
+DETECTION = DetectionTask()

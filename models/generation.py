@@ -15,16 +15,24 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from models.checkpoints import MODEL_BUILDERS, ModelConfig
+from models.batch.store import write_jsonl
 from models.errors import InvalidInputError
+from models.files import atomic_write
+from models.options import MAX_IMAGES, GenerateOptions
+from models.preprocessing import decode_image, encode_image
+from models.task import OutputFolder, Task, device_of
+
+if TYPE_CHECKING:
+    from models.checkpoints import ModelConfig
 
 IMAGE_SIZES = (32, 64, 128)
 CHANNELS = (1, 3)
@@ -106,7 +114,6 @@ class Discriminator(nn.Module):
         return self.net(images).flatten()
 
 
-@MODEL_BUILDERS.register("generation")
 def build_from_config(config: ModelConfig) -> nn.Module:
     """A stored generator (the discriminator lives only in the training run's resume state)."""
     if config.architecture != "dcgan":
@@ -221,3 +228,99 @@ def image_grid(images: np.ndarray, *, columns: int | None = None, pad: int = 2) 
         y, x = pad + r * (height + pad), pad + c * (width + pad)
         grid[y:y + height, x:x + width] = image
     return grid
+
+
+# --------------------------------------------------------------------------- requests' latents
+
+
+def _vector(values: Sequence[float], nz: int, what: str) -> torch.Tensor:
+    vector = torch.tensor(list(values), dtype=torch.float32)
+    if vector.numel() != nz:
+        raise InvalidInputError(f"{what} has {vector.numel()} values; this model's latent size is {nz}")
+    if not torch.isfinite(vector).all():
+        raise InvalidInputError(f"{what} holds NaN or infinite values")
+    return vector
+
+
+def given_latents(prior: LatentPrior, rows: Sequence[Sequence[float]]) -> torch.Tensor:
+    """Explicit latent vectors (count, nz), each checked against the model's latent size."""
+    if not 1 <= len(rows) <= MAX_IMAGES:
+        raise InvalidInputError(f"give 1..{MAX_IMAGES} latents per call, got {len(rows)}")
+    return torch.stack([_vector(v, prior.nz, f"latents[{i}]") for i, v in enumerate(rows)])
+
+
+def path_latents(prior: LatentPrior, ends: Sequence[tuple[str, int | Sequence[float]]], steps: int,
+                 mode: str) -> torch.Tensor:
+    """``steps`` latents from the first end to the second, both included; each end is (its name,
+    a seed or a latent vector): a seed stands for its first latent."""
+    if not 2 <= steps <= MAX_IMAGES:
+        raise InvalidInputError(f"steps must be in 2..{MAX_IMAGES} (both ends included), got {steps}")
+    start, end = (prior.sample(value, 1)[0] if isinstance(value, int) else _vector(value, prior.nz, name)
+                  for name, value in ends)
+    return interpolate(start, end, steps, mode=mode)
+
+
+# --------------------------------------------------------------------------- the task
+
+GRID_IMAGES = 64  # shown in a batch job's grid.png
+
+
+class GenerationTask(Task[GenerateOptions]):
+    """DCGAN: latents (N, nz) -> uint8 images (N, H, W, C), one forward pass per input, so a
+    request's images never depend on what else shared its batch. Batch jobs draw images 0..N-1
+    of a seed (image i from the seed's i-th latent: a re-run, a larger count or the remote mode
+    draws the same images), write ``images/<seed>/<index>.png``, rows ``{"index", "seed",
+    "image"}``, ``generated.jsonl`` and ``grid.png`` (the first 64 images)."""
+
+    name, Options, results, takes_images = "generation", GenerateOptions, "generated", False
+
+    def build_model(self, config: ModelConfig) -> nn.Module:
+        return build_from_config(config)
+
+    def inputs_of(self, config: ModelConfig, options: GenerateOptions) -> list[torch.Tensor]:
+        return [LatentPrior.of(config.model_args).sample(options.seed, options.count)]
+
+    def input_pixels(self, config: ModelConfig, model_input: torch.Tensor) -> int:
+        side = int(config.model_args.get("image_size", 64))
+        return len(model_input) * side * side
+
+    def warmup_input(self, config: ModelConfig) -> torch.Tensor:
+        return LatentPrior.of(config.model_args).sample(0, 1)
+
+    def run_batch(self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor],
+                  options: Sequence[GenerateOptions]) -> list[np.ndarray]:
+        device = device_of(model)
+        return [to_uint8(model(z.to(device))) for z in inputs]
+
+    def to_row(self, output: np.ndarray, config: ModelConfig, options: GenerateOptions) -> dict[str, Any]:
+        """Generated images are files: a batch job's ``record`` writes them and names them in the row."""
+        return {}
+
+    # --- batch jobs: one input per index of the seed
+
+    def key(self, options: GenerateOptions, index: int) -> str:
+        return f"{options.seed}/{index:06d}"
+
+    def job_inputs(self, config: ModelConfig, options: GenerateOptions, count: int) -> list[torch.Tensor]:
+        """Image i's input: the seed's i-th latent, (1, nz) (the same on every device)."""
+        return list(LatentPrior.of(config.model_args).sample(options.seed, count)[:, None])
+
+    def record(self, out: OutputFolder, key: str, output: np.ndarray, size: tuple[int, int],
+               pixels: np.ndarray | None, config: ModelConfig, options: GenerateOptions) -> dict[str, Any]:
+        seed, index = key.split("/")
+        image = output[0] if output.ndim == 4 else output
+        return {"seed": int(seed), "index": int(index), "image": out.write("images", key, ".png",
+                                                                            encode_image(image, "png"))}
+
+    def finish(self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig,
+               options: GenerateOptions) -> list[Path]:
+        paths = [write_jsonl(out.root / f"{self.results}.jsonl", rows)]
+        shown = [decode_image((out.root / r["image"]).read_bytes()) for r in rows[:GRID_IMAGES]]
+        if shown:
+            gray = config.model_args.get("channels", 3) == 1
+            pixels = np.stack([s[..., :1] if gray else s for s in shown])
+            paths.append(atomic_write(out.root / "grid.png", encode_image(image_grid(pixels), "png")))
+        return paths
+
+
+GENERATION = GenerationTask()

@@ -111,13 +111,23 @@ class Options:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
+    def aliases(cls) -> dict[str, str]:
+        """Flag name -> field name, for the options whose flag differs from the field."""
+        return {spec_of(f).flag: f.name for f in dataclasses.fields(cls) if spec_of(f).flag}
+
+    @classmethod
     def of(cls: type[O], given: Mapping[str, Any]) -> O:
-        """The options from ``given`` (name -> value; None or absent takes the default). An
-        unknown name is refused: a typo would otherwise silently keep the default."""
-        unknown = sorted(set(given) - set(cls.names()))
-        if unknown:
-            raise InvalidInputError(f"unknown option(s) {unknown}; {cls.task or 'this task'} takes {cls.names()}")
-        return cls(**{k: v for k, v in given.items() if v is not None})
+        """The options from ``given`` (field or flag name -> value; None or absent takes the
+        default). An unknown name is refused: a typo would otherwise silently keep the default."""
+        aliases, values = cls.aliases(), {}
+        for key, value in given.items():
+            name = aliases.get(key, key)
+            if name not in cls.__dataclass_fields__:  # type: ignore[attr-defined]
+                raise InvalidInputError(f"unknown option `{str(key)[:64]}`; {cls.task or 'this task'} takes "
+                                        f"{cls.names()}")
+            if value is not None:
+                values[name] = value
+        return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
         """Plain data (tuples as lists), e.g. for a batch job's record of what it ran with."""
@@ -127,6 +137,9 @@ class Options:
 # --------------------------------------------------------------------------- the tasks' options
 
 MAX_IMAGES = 64  # images per Generate call and steps per Interpolate call
+MAX_BEAM_SIZE = 16
+MAX_CAPTION_LENGTH = 64  # words
+MAX_LENGTH_PENALTY = 2.0
 
 
 @dataclass(frozen=True)
@@ -182,12 +195,12 @@ class CaptionOptions(Options):
     """Decoding options of one image: beam search (beam_size 1 = greedy) and what to return."""
 
     task: ClassVar[str] = "captioning"
-    beam_size: int = option(3, "beams searched (1 = greedy)", low=1, high=16)
+    beam_size: int = option(3, "beams searched (1 = greedy)", low=1, high=MAX_BEAM_SIZE)
     max_length: int | None = option(None, "most words per caption (default: the model's trained length)",
-                                    low=1, high=64)
+                                    low=1, high=MAX_CAPTION_LENGTH)
     num_captions: int = option(1, "return the N best captions (at most beam_size)", low=1)
     length_penalty: float = option(1.0, "beams are ranked by log_prob / length ** length_penalty",
-                                   low=0.0, high=2.0)
+                                   low=0.0, high=MAX_LENGTH_PENALTY)
 
     def check(self) -> None:
         if self.num_captions > self.beam_size:
@@ -202,3 +215,9 @@ class GenerateOptions(Options):
     task: ClassVar[str] = "generation"
     seed: int = option(0, "the same seed gives the same images", low=0, high=2**64 - 1)
     count: int = option(1, "images to draw", low=1, high=MAX_IMAGES)
+
+
+# Task name -> its options class: the torch-free face of models/tasks.py (the command line and
+# the client look options up here without importing any model code).
+TASK_OPTIONS: dict[str, type[Options]] = {cls.task: cls for cls in (DetectOptions, SegmentOptions, CaptionOptions,
+                                                                     GenerateOptions)}

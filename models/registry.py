@@ -1,4 +1,4 @@
-"""A tiny name -> builder registry shared by every task."""
+"""A tiny name -> entry registry (builders, architectures, tasks): one way of registering everywhere."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Generic, TypeVar
 
 from models.errors import UnknownModelError
 
-T = TypeVar("T", bound=Callable)
+T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to builders; an unknown name raises UnknownModelError listing the known ones.
+    """Maps names to entries; an unknown name raises UnknownModelError listing the known ones.
 
     >>> DETECTORS = Registry("detection architecture")
     >>> @DETECTORS.register("tiny")
@@ -23,13 +23,17 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
-        def decorator(fn: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} `{name}` is registered twice")
-            self._entries[name] = fn
-            return fn
+        """Decorator form of ``add``."""
+        def decorator(entry: T) -> T:
+            return self.add(name, entry)
 
         return decorator
+
+    def add(self, name: str, entry: T) -> T:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} `{name}` is registered twice")
+        self._entries[name] = entry
+        return entry
 
     def get(self, name: str) -> T:
         try:

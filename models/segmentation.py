@@ -10,7 +10,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -19,9 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoints import MODEL_BUILDERS, ModelConfig
+from models.batch.store import write_csv
 from models.errors import InvalidInputError
+from models.options import SegmentOptions
+from models.preprocessing import encode_image
 from models.registry import Registry
+from models.task import OutputFolder, Task, device_of
+from models.visualize import overlay_labels
+
+if TYPE_CHECKING:
+    from models.checkpoints import ModelConfig
 
 SEGMENTERS: Registry = Registry("segmentation architecture")
 
@@ -71,13 +79,6 @@ def build_segmenter(architecture: str, *, num_classes: int, **kwargs: Any) -> nn
     return SEGMENTERS.get(architecture)(num_classes=num_classes, **kwargs)
 
 
-@MODEL_BUILDERS.register("segmentation")
-def build_from_config(config: ModelConfig) -> nn.Module:
-    """Output channels: 1 for a binary model (``extra["binary"]``), else one per class."""
-    channels = 1 if config.extra.get("binary") else len(config.classes)
-    return build_segmenter(config.architecture, num_classes=channels, **config.model_args)
-
-
 def size_multiple(model: nn.Module) -> int:
     """The factor input sides must be divisible by: the encoder's output stride (32, or 16/8 for DeepLab)."""
     return int(getattr(getattr(model, "encoder", None), "output_stride", 32))
@@ -125,29 +126,10 @@ MAX_TILES = 4096  # per image in the tile mode; beyond it the request is refused
 
 
 class LargeImageMode(str, Enum):
+    """The values of SegmentOptions.large_image_mode."""
+
     RESIZE = "resize"
     TILE = "tile"
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    """How to segment one image: images with a side > ``max_side`` are resized or tiled."""
-
-    max_side: int = 1024
-    large_image_mode: LargeImageMode = LargeImageMode.RESIZE
-    tile_overlap: int | None = None  # pixels; default max_side // 8
-
-    def __post_init__(self) -> None:
-        if not 64 <= self.max_side <= 4096:
-            raise InvalidInputError(f"max_side must be in 64..4096 pixels, got {self.max_side}")
-        if self.tile_overlap is not None and not 0 <= self.tile_overlap < self.max_side // 2:
-            raise InvalidInputError(
-                f"tile_overlap must be in 0..{self.max_side // 2 - 1} (less than half of max_side), "
-                f"got {self.tile_overlap}")
-
-    @property
-    def overlap(self) -> int:
-        return self.max_side // 8 if self.tile_overlap is None else self.tile_overlap
 
 
 @dataclass(frozen=True)
@@ -250,3 +232,72 @@ def class_contours(labels: np.ndarray, class_names: Sequence[str], *, skip_backg
         contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         found.append((class_id, name, [c.reshape(-1, 2) for c in contours]))
     return found
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def labels_from_png(data: bytes) -> np.ndarray:
+    """A served label map (a one-channel PNG) -> (H, W) uint8 class ids (remote batch jobs)."""
+    labels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if labels is None or labels.ndim != 2:
+        raise ValueError("the server's label map is not a one-channel PNG")
+    return labels
+
+
+def area_row(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{class name: {"pixels", "fraction"}}`` of a label map, every class included."""
+    return {name: {"pixels": count, "fraction": round(fraction, 6)}
+            for _, name, count, fraction in class_areas(labels, class_names)}
+
+
+class SegmentationTask(Task[SegmentOptions]):
+    """Semantic segmentation: an image -> a Segmentation (label map at the input's size). Batch
+    jobs write ``masks/<input>.png`` (pixel value = class id) and with ``include_overlay``
+    ``overlays/<input>.png``; rows ``{"width", "height", "mask", "processing", "classes": {name:
+    {"pixels", "fraction"}}}``; ``segments.jsonl`` and ``segments.csv`` (a column of area
+    fractions per class)."""
+
+    name, Options, results = "segmentation", SegmentOptions, "segments"
+
+    def build_model(self, config: ModelConfig) -> nn.Module:
+        """Output channels: 1 for a binary model (``extra["binary"]``), else one per class."""
+        channels = 1 if config.extra.get("binary") else len(config.classes)
+        return build_segmenter(config.architecture, num_classes=channels, **config.model_args)
+
+    def warmup_input(self, config: ModelConfig) -> torch.Tensor:
+        side = config.input_size or 256
+        return torch.zeros(3, side, side)
+
+    def run_batch(self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor],
+                  options: Sequence[SegmentOptions]) -> list[Segmentation]:
+        device, norm = device_of(model), config.normalization
+        return segment_batch(model, [x.to(device) for x in inputs], mean=norm["mean"], std=norm["std"],
+                             options=list(options))
+
+    def to_row(self, output: Segmentation, config: ModelConfig, options: SegmentOptions) -> dict[str, Any]:
+        return {"processing": output.processing, "classes": area_row(output.labels, config.classes)}
+
+    def needs_pixels(self, options: SegmentOptions) -> bool:
+        return options.include_overlay
+
+    def record(self, out: OutputFolder, key: str, output: Segmentation, size: tuple[int, int],
+               pixels: np.ndarray | None, config: ModelConfig, options: SegmentOptions) -> dict[str, Any]:
+        labels = output.labels
+        row: dict[str, Any] = {"height": int(labels.shape[0]), "width": int(labels.shape[1]),
+                               "mask": out.write("masks", key, ".png", encode_image(labels, "png")),
+                               **self.to_row(output, config, options)}
+        if options.include_overlay and pixels is not None:
+            blended = overlay_labels(pixels, labels, alpha=options.overlay_alpha)
+            row["overlay"] = out.write("overlays", key, ".png", encode_image(blended, "png"))
+        return row
+
+    def finish(self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig,
+               options: SegmentOptions) -> list[Path]:
+        names = list(config.classes)
+        table = [[r["input"], r["width"], r["height"], *(r["classes"][n]["fraction"] for n in names)] for r in rows]
+        csv_path = write_csv(out.root / "segments.csv", ["input", "width", "height", *names], table)
+        return [*super().finish(out, rows, config, options), csv_path]
+
+
+SEGMENTATION = SegmentationTask()

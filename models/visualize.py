@@ -6,11 +6,13 @@ import colorsys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from models.detection import Detection
+if TYPE_CHECKING:  # models.detection draws with this module
+    from models.detection import Detection
 
 
 def class_color(label: int) -> tuple[int, int, int]:

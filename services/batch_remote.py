@@ -18,14 +18,17 @@ from typing import Any
 
 import grpc
 import numpy as np
+import torch
 
 from models.batch.engine import Sink, Summary, failure_reason, finish, plan, progress_bar
-from models.batch.image_tasks import segmentation_from_png
 from models.batch.store import InputFile, Manifest
-from models.batch.tasks import BatchTask
+from models.batch.job import BatchJob
 from models.checkpoints import ModelConfig
 from models.preprocessing import decode_image
+from models.options import MAX_IMAGES
 from services.client import CvtasksClient, detections_from_proto, processing_name
+from services.pb import captioning_pb2, detection_pb2, segmentation_pb2
+from services.proto_options import proto_option_names
 
 log = logging.getLogger("cvtasks.batch")
 
@@ -41,7 +44,6 @@ class ServerBusy(Exception):
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"{_CODE_NAMES.get(code, code)}: {message}")
-GENERATE_CHUNK = 64  # the service's bound on images per Generate call
 
 
 def remote_config(client: CvtasksClient, task: str, model: str) -> ModelConfig:
@@ -60,36 +62,42 @@ def remote_config(client: CvtasksClient, task: str, model: str) -> ModelConfig:
 
 
 def _segmentation(response: Any) -> Any:
-    return segmentation_from_png(response.label_map_png, processing_name(response.processing))
+    from models.segmentation import Segmentation, labels_from_png
+
+    return Segmentation(labels_from_png(response.label_map_png), processing_name(response.processing), "served")
 
 
 def _captioning(response: Any) -> Any:
-    return [{"text": c.text, "log_prob": round(c.log_prob, 4), "score": round(c.score, 4)} for c in response.captions]
+    from models.captioning import CaptionText
+
+    return [CaptionText(c.text, c.log_prob, c.score) for c in response.captions]
 
 
 @dataclass(frozen=True)
 class Remote:
-    """How one task's stream is called and its answers turned into the task's plain outputs."""
+    """How one task's stream is called, which options its requests carry, and how its answers
+    become the task's plain outputs."""
 
     stream: Callable[[CvtasksClient], Callable[..., Iterator[Any]]]
+    options: type  # the RPC's options message
     output: Callable[[Any], Any]
 
 
 REMOTES = {
-    "detection": Remote(lambda c: c.detect_stream, detections_from_proto),
-    "segmentation": Remote(lambda c: c.segment_stream, _segmentation),
-    "captioning": Remote(lambda c: c.caption_stream, _captioning),
+    "detection": Remote(lambda c: c.detect_stream, detection_pb2.DetectOptions, detections_from_proto),
+    "segmentation": Remote(lambda c: c.segment_stream, segmentation_pb2.SegmentOptions, _segmentation),
+    "captioning": Remote(lambda c: c.caption_stream, captioning_pb2.CaptionOptions, _captioning),
 }
 
 
-def run_remote(task: BatchTask, client: CvtasksClient, inputs: Sequence[InputFile], manifest: Manifest, *,
+def run_remote(task: BatchJob, client: CvtasksClient, inputs: Sequence[InputFile], manifest: Manifest, *,
                in_flight: int = 32, retry_s: float = 60.0, progress: bool = True) -> Summary:
     """Every unfinished input through the service's stream; returns the summary."""
-    if task.task not in REMOTES:
+    if task.name not in REMOTES:
         raise ValueError(f"remote mode covers {sorted(REMOTES)}; for generation use run_remote_generate")
     started, summary = time.perf_counter(), Summary(manifest.out)
     pending = deque(plan(inputs, manifest, summary))
-    with progress_bar(len(pending), enabled=progress, desc=f"{task.task} @ {client.target}") as bar:
+    with progress_bar(len(pending), enabled=progress, desc=f"{task.name} @ {client.target}") as bar:
         sink = Sink(task, manifest, summary, bar)
         try:
             _with_retries(lambda: _stream_once(task, client, pending, sink, in_flight), lambda: len(pending),
@@ -120,11 +128,11 @@ def _with_retries(attempt: Callable[[], None], remaining: Callable[[], int], ret
             delay = min(delay * 2, 5.0)
 
 
-def _stream_once(task: BatchTask, client: CvtasksClient, pending: deque[InputFile], sink: Sink,
+def _stream_once(task: BatchJob, client: CvtasksClient, pending: deque[InputFile], sink: Sink,
                  in_flight: int) -> None:
     """One stream over what is pending; on a transport error the unanswered inputs go back to the
     front of ``pending`` (in order) and the error propagates."""
-    remote, lock, slots = REMOTES[task.task], threading.Lock(), threading.Semaphore(in_flight)
+    remote, lock, slots = REMOTES[task.name], threading.Lock(), threading.Semaphore(in_flight)
     sent: deque[InputFile] = deque()
     stop = threading.Event()
 
@@ -144,7 +152,9 @@ def _stream_once(task: BatchTask, client: CvtasksClient, pending: deque[InputFil
                 sent.append(item)
             yield data
 
-    call = remote.stream(client)(requests(), **task.request_options())
+    carried = proto_option_names(remote.options)
+    options = {k: v for k, v in task.given.items() if k in carried}
+    call = remote.stream(client)(requests(), **options)
     try:
         for response in call:
             with lock:
@@ -164,7 +174,7 @@ def _stream_once(task: BatchTask, client: CvtasksClient, pending: deque[InputFil
         raise
 
 
-def _answer(task: BatchTask, remote: Remote, item: InputFile, response: Any, sink: Sink) -> None:
+def _answer(task: BatchJob, remote: Remote, item: InputFile, response: Any, sink: Sink) -> None:
     if response.HasField("error"):
         sink.failed(item.key, f"{_CODE_NAMES.get(response.error.code, 'ERROR')}: {response.error.message}")
         return
@@ -178,19 +188,19 @@ def _pixels(raw: Any) -> np.ndarray:
     return np.frombuffer(raw.data, np.uint8).reshape(raw.height, raw.width, raw.channels)
 
 
-def run_remote_generate(task: BatchTask, client: CvtasksClient, count: int, manifest: Manifest, *,
+def run_remote_generate(task: BatchJob, client: CvtasksClient, count: int, manifest: Manifest, *,
                         retry_s: float = 60.0, progress: bool = True) -> Summary:
     """Images 0..count-1 of the task's seed from the service: the latents are drawn here (the same
     as the service's for that seed) and sent explicitly, 64 per Generate call."""
     started, summary = time.perf_counter(), Summary(manifest.out)
-    z = task.latents(count)
+    z = torch.cat(task.inputs(count))
     indices = deque(plan(range(count), manifest, summary, key=task.key))
     with progress_bar(len(indices), enabled=progress, desc=f"generate @ {client.target}") as bar:
         sink = Sink(task, manifest, summary, bar)
 
         def attempt() -> None:
             while indices:
-                chunk = [indices[i] for i in range(min(GENERATE_CHUNK, len(indices)))]
+                chunk = [indices[i] for i in range(min(MAX_IMAGES, len(indices)))]
                 response = client.generate(latents=z[chunk].tolist(), fmt="raw", model=task.config.name)
                 images = [_pixels(image.raw) for image in response.images]
                 sink.ok([(task.key(i), image, image.shape[:2], None) for i, image in zip(chunk, images)])

@@ -16,6 +16,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from models.options import CaptionOptions, DetectOptions, SegmentOptions
+from services.proto_options import options_to_proto
 from services.pb import (
     captioning_pb2,
     captioning_pb2_grpc,
@@ -49,53 +51,32 @@ def image_proto(image: ImageLike) -> common_pb2.Image:
     return common_pb2.Image(encoded=bytes(image))
 
 
-def detect_request(
-    image: ImageLike, *, model: str = "", score_threshold: float | None = None, max_detections: int | None = None,
-    classes: Sequence[str] = (), request_id: str = "",
-) -> detection_pb2.DetectRequest:
-    options = detection_pb2.DetectOptions(class_filter=list(classes))
-    if score_threshold is not None:
-        options.score_threshold = score_threshold
-    if max_detections is not None:
-        options.max_detections = max_detections
+def detect_request(image: ImageLike, *, model: str = "", request_id: str = "", **options: Any
+                   ) -> detection_pb2.DetectRequest:
+    """Options (models.options.DetectOptions: score_threshold, max_detections, classes) left out or
+    None take the server's defaults."""
+    message = options_to_proto(DetectOptions, detection_pb2.DetectOptions(), options)
     return detection_pb2.DetectRequest(model=common_pb2.ModelRef(name=model), image=image_proto(image),
-                                       options=options, request_id=request_id)
+                                       options=message, request_id=request_id)
 
 
-_LARGE_MODES = {"resize": segmentation_pb2.LARGE_IMAGE_MODE_RESIZE, "tile": segmentation_pb2.LARGE_IMAGE_MODE_TILE}
-
-
-def segment_request(
-    image: ImageLike, *, model: str = "", contours: bool = False, overlay: bool = False,
-    large_image_mode: str = "resize", max_side: int | None = None, tile_overlap: int | None = None,
-    overlay_alpha: float | None = None, request_id: str = "",
-) -> segmentation_pb2.SegmentRequest:
-    if large_image_mode not in _LARGE_MODES:
-        raise ValueError(f"large_image_mode must be one of {sorted(_LARGE_MODES)}, got {large_image_mode!r}")
-    options = segmentation_pb2.SegmentOptions(include_contours=contours, include_overlay=overlay,
-                                              large_image_mode=_LARGE_MODES[large_image_mode])
-    if max_side is not None:
-        options.max_side = max_side
-    if tile_overlap is not None:
-        options.tile_overlap = tile_overlap
-    if overlay_alpha is not None:
-        options.overlay_alpha = overlay_alpha
+def segment_request(image: ImageLike, *, model: str = "", request_id: str = "", **options: Any
+                    ) -> segmentation_pb2.SegmentRequest:
+    """Options (models.options.SegmentOptions: contours, overlay, large_image_mode, max_side,
+    tile_overlap, overlay_alpha) left out or None take the server's defaults."""
+    message = options_to_proto(SegmentOptions, segmentation_pb2.SegmentOptions(), options)
     return segmentation_pb2.SegmentRequest(model=common_pb2.ModelRef(name=model), image=image_proto(image),
-                                           options=options, request_id=request_id)
+                                           options=message, request_id=request_id)
 
 
-def caption_request(
-    image: ImageLike, *, model: str = "", beam_size: int | None = None, max_length: int | None = None,
-    num_captions: int | None = None, length_penalty: float | None = None, request_id: str = "",
-) -> captioning_pb2.CaptionRequest:
-    """Options left as None take the server's defaults (beam 3, the model's max_length, 1 caption)."""
-    options = captioning_pb2.CaptionOptions()
-    for field, value in (("beam_size", beam_size), ("max_length", max_length), ("num_captions", num_captions),
-                         ("length_penalty", length_penalty)):
-        if value is not None:
-            setattr(options, field, value)
+def caption_request(image: ImageLike, *, model: str = "", request_id: str = "", **options: Any
+                    ) -> captioning_pb2.CaptionRequest:
+    """Options (models.options.CaptionOptions: beam_size, max_length, num_captions,
+    length_penalty) left out or None take the server's defaults (beam 3, the model's max_length,
+    1 caption)."""
+    message = options_to_proto(CaptionOptions, captioning_pb2.CaptionOptions(), options)
     return captioning_pb2.CaptionRequest(model=common_pb2.ModelRef(name=model), image=image_proto(image),
-                                         options=options, request_id=request_id)
+                                         options=message, request_id=request_id)
 
 
 _FORMATS = {"png": generation_pb2.IMAGE_FORMAT_PNG, "raw": generation_pb2.IMAGE_FORMAT_RAW}

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from models.batch.store import ERRORS_FILE, InputFile, Manifest, write_jsonl
-from models.batch.tasks import BatchTask
+from models.batch.job import BatchJob
 from models.errors import CvtasksError
 from models.isolation import Failure, run_isolated
 
@@ -72,9 +72,14 @@ class Summary:
         return "\n".join(lines)
 
 
-def file_work(task: BatchTask, inputs: Iterable[InputFile]) -> list[Work]:
+def file_work(task: BatchJob, inputs: Iterable[InputFile]) -> list[Work]:
     """Image files as work: read the bytes and ``task.prepare`` them."""
     return [Work(f.key, lambda path=f.path: task.prepare(path.read_bytes())) for f in inputs]
+
+
+def index_work(task: BatchJob, count: int) -> list[Work]:
+    """Inputs 0..count-1 of a job that reads no files (generation: the seed's latents) as work."""
+    return [Work(task.key(i), lambda x=x: (None, x)) for i, x in enumerate(task.inputs(count))]
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -89,7 +94,7 @@ class Sink:
     """Writes results on one thread: each input's files and row (``task.record``), then its
     manifest line; counts and advances the progress bar. ``done`` runs once per input written."""
 
-    def __init__(self, task: BatchTask, manifest: Manifest, summary: Summary, bar: tqdm,
+    def __init__(self, task: BatchJob, manifest: Manifest, summary: Summary, bar: tqdm,
                  done: Callable[[], None] = lambda: None) -> None:
         self.task, self.manifest, self.summary, self.bar, self.done = task, manifest, summary, bar, done
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
@@ -134,7 +139,7 @@ class Sink:
             f.result()
 
 
-def finish(task: BatchTask, manifest: Manifest, summary: Summary, started: float) -> Summary:
+def finish(task: BatchJob, manifest: Manifest, summary: Summary, started: float) -> Summary:
     """Rebuild the results files and the errors file from the manifest; close it."""
     summary.outputs = [*task.finish(manifest.rows()), write_jsonl(manifest.out / ERRORS_FILE, manifest.errors())]
     summary.seconds = time.perf_counter() - started
@@ -156,7 +161,7 @@ def progress_bar(total: int, *, enabled: bool, desc: str) -> tqdm:
     return tqdm(total=total, unit="img", desc=desc, disable=None if enabled else True, dynamic_ncols=True)
 
 
-def run_local(task: BatchTask, model: nn.Module, work: Sequence[Work], manifest: Manifest, *,
+def run_local(task: BatchJob, model: nn.Module, work: Sequence[Work], manifest: Manifest, *,
               batch_size: int = 8, decode_workers: int = 2, max_in_flight: int | None = None,
               progress: bool = True) -> Summary:
     """Run every unfinished input of ``work`` through ``task`` on ``model``; returns the summary."""
@@ -168,7 +173,7 @@ def run_local(task: BatchTask, model: nn.Module, work: Sequence[Work], manifest:
     summary = Summary(manifest.out)
     todo = plan(work, manifest, summary)
     slots = threading.BoundedSemaphore(in_flight)
-    with progress_bar(len(todo), enabled=progress, desc=task.task) as bar:
+    with progress_bar(len(todo), enabled=progress, desc=task.name) as bar:
         sink = Sink(task, manifest, summary, bar, done=slots.release)
         try:
             _pipeline(task, model, todo, sink, slots, batch_size=batch_size, decode_workers=decode_workers)
@@ -177,7 +182,7 @@ def run_local(task: BatchTask, model: nn.Module, work: Sequence[Work], manifest:
     return finish(task, manifest, summary, started)
 
 
-def _pipeline(task: BatchTask, model: nn.Module, todo: Sequence[Work], sink: Sink, slots: threading.Semaphore,
+def _pipeline(task: BatchJob, model: nn.Module, todo: Sequence[Work], sink: Sink, slots: threading.Semaphore,
               *, batch_size: int, decode_workers: int) -> None:
     loads: queue.Queue[tuple[Work, Future] | None] = queue.Queue()
     stop = threading.Event()
@@ -217,7 +222,7 @@ def _pipeline(task: BatchTask, model: nn.Module, todo: Sequence[Work], sink: Sin
         feeder.join()
 
 
-def _infer(task: BatchTask, model: nn.Module, batch: list[tuple[str, Ready]], sink: Sink) -> None:
+def _infer(task: BatchJob, model: nn.Module, batch: list[tuple[str, Ready]], sink: Sink) -> None:
     """One batch on the device; when it fails, each input alone, so one bad input fails alone."""
     outputs = run_isolated(lambda inputs: task.infer(model, inputs), [inputs for _, (_, inputs, _) in batch])
     done = []
@@ -230,7 +235,7 @@ def _infer(task: BatchTask, model: nn.Module, batch: list[tuple[str, Ready]], si
         sink.ok(done)
 
 
-def _kept(task: BatchTask, pixels: np.ndarray | None) -> np.ndarray | None:
+def _kept(task: BatchJob, pixels: np.ndarray | None) -> np.ndarray | None:
     """The decoded pixels stay in memory until written only when the task draws on them."""
     return pixels if task.needs_pixels else None
 

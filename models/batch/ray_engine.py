@@ -29,13 +29,13 @@ import numpy as np
 
 from models.batch.engine import Summary, failure_reason, finish, plan, progress_bar
 from models.batch.store import InputFile, Manifest
-from models.batch.tasks import BatchTask, task_from_spec
+from models.batch.job import BatchJob, job_from_spec
 from models.isolation import Failure, run_isolated
 
 Columns = dict[str, np.ndarray]  # one Ray Data batch in "numpy" format: column name -> values
 
 
-def run_ray(task: BatchTask, model_dir: Path, inputs: Sequence[InputFile], manifest: Manifest, *,
+def run_ray(task: BatchJob, model_dir: Path, inputs: Sequence[InputFile], manifest: Manifest, *,
             batch_size: int = 8, actors: int = 1, device: str | None = None, progress: bool = True) -> Summary:
     """Run every input of ``inputs`` not finished in ``manifest`` through ``task`` with the model
     stored in ``model_dir``, on ``actors`` Ray actors taking ``batch_size`` images at a time.
@@ -46,8 +46,8 @@ def run_ray(task: BatchTask, model_dir: Path, inputs: Sequence[InputFile], manif
     instance, shut down again at the end). Same contract and outputs as ``engine.run_local``:
     a bad input is a failed manifest record, never an exception; returns the summary.
     """
-    if task.task == "generation":
-        raise ValueError("generation is not supported by --engine ray (it has no input files); "
+    if not task.task.takes_images:
+        raise ValueError(f"{task.name} is not supported by --engine ray (it has no input files); "
                          "use --engine local")
     if batch_size < 1 or actors < 1:
         raise ValueError(f"need batch_size >= 1 and actors >= 1, got {batch_size}, {actors}")
@@ -55,7 +55,7 @@ def run_ray(task: BatchTask, model_dir: Path, inputs: Sequence[InputFile], manif
     started = time.perf_counter()
     summary = Summary(manifest.out)
     todo = plan(inputs, manifest, summary)
-    with progress_bar(len(todo), enabled=progress, desc=task.task) as bar:
+    with progress_bar(len(todo), enabled=progress, desc=task.name) as bar:
         readable = [f for f in todo if f.path.is_file() and os.access(f.path, os.R_OK)]
         returned: set[str] = set()
         if readable:
@@ -107,12 +107,12 @@ def _quiet_ray_data() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _dataset(ray: Any, task: BatchTask, model_dir: Path, files: Sequence[InputFile], *, batch_size: int,
+def _dataset(ray: Any, task: BatchJob, model_dir: Path, files: Sequence[InputFile], *, batch_size: int,
              actors: int, device: str | None) -> Any:
     """The inputs' bytes through a pool of ``actors`` _Predictor actors: a Dataset of result columns."""
     gpu = _uses_gpu(ray, device, actors)
     paths = [os.path.abspath(f.path) for f in files]
-    spec = {**task.spec(), "out": os.path.abspath(task.out)}  # workers may run in another folder
+    spec = {**task.spec(), "out": os.path.abspath(task.out.root)}  # workers may run in another folder
     predictor = {"spec": spec, "model_dir": os.path.abspath(model_dir), "device": "cuda" if gpu else device or "cpu",
                  "keys": dict(zip(paths, (f.key for f in files)))}
     ds = ray.data.read_binary_files(paths, include_paths=True, ignore_missing_paths=True)
@@ -182,7 +182,7 @@ class _Predictor:
         from models.checkpoints import load_model
         from models.train.common import pick_device
 
-        self.task, self.keys = task_from_spec(spec), keys
+        self.task, self.keys = job_from_spec(spec), keys
         self.model, _ = load_model(model_dir, device=pick_device(device))
 
     def __call__(self, batch: Columns) -> Columns:

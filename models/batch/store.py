@@ -11,7 +11,9 @@ rebuilt from the manifest at the end of every run, one row per input.
 
 from __future__ import annotations
 
+import csv
 import fnmatch
+import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -137,3 +139,11 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], out: Path) -> None
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     return atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write(path, buffer.getvalue())

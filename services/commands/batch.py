@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from models.batch.store import IMAGE_PATTERNS
+from models.options import TASK_OPTIONS
 from models.preprocessing import DEFAULT_MAX_PIXELS
+from services.commands.flags import add_option_flags, options_from_args
 
 IMAGE_TASKS = ("detection", "segmentation", "captioning")
 MAX_COUNT = 1_000_000  # generate: 1e6 latents of nz 100 hold 400 MB
@@ -40,10 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="local pipelined engine, or Ray Data (a cluster via RAY_ADDRESS, else local Ray)")
         t.add_argument("--actors", type=int, default=1, help="Ray engine: model replicas (actors)")
         _common(t)
-        _TASK_OPTIONS[task](t)
+        add_option_flags(t, TASK_OPTIONS[task])
     g = tasks.add_parser("generate", aliases=["generation"], help="draw COUNT images from a generator")
     g.add_argument("--count", type=int, required=True, help="images 0..COUNT-1 of the seed")
-    g.add_argument("--seed", type=int, default=0)
+    add_option_flags(g, TASK_OPTIONS["generation"], skip={"count"})  # --count here is the job's
     _common(g)
     p.set_defaults(run=run)
 
@@ -63,41 +65,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when not a terminal)")
 
 
-def _detection_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--score-threshold", type=float, default=None, help="default 0.5")
-    p.add_argument("--max-detections", type=int, default=None, help="default 100")
-    p.add_argument("--classes", nargs="+", default=None, help="keep only these class names")
-    p.add_argument("--annotate", action="store_true", help="also write annotated/<input>.jpg with boxes drawn")
-
-
-def _segmentation_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-side", type=int, default=None, help="larger images are resized or tiled (default 1024)")
-    p.add_argument("--large-image-mode", choices=("resize", "tile"), default=None)
-    p.add_argument("--tile-overlap", type=int, default=None)
-    p.add_argument("--overlay", action="store_true", help="also write overlays/<input>.png")
-    p.add_argument("--overlay-alpha", type=float, default=None, help="default 0.5")
-
-
-def _captioning_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--beam-size", type=int, default=None, help="default 3 (1 = greedy)")
-    p.add_argument("--max-length", type=int, default=None, help="default: the model's trained length")
-    p.add_argument("--num-captions", type=int, default=None, help="default 1")
-    p.add_argument("--length-penalty", type=float, default=None)
-
-
-_TASK_OPTIONS = {"detection": _detection_options, "segmentation": _segmentation_options,
-                 "captioning": _captioning_options}
-_OPTION_NAMES = {
-    "detection": ("score_threshold", "max_detections", "classes", "annotate"),
-    "segmentation": ("max_side", "large_image_mode", "tile_overlap", "overlay", "overlay_alpha"),
-    "captioning": ("beam_size", "max_length", "num_captions", "length_penalty"),
-    "generation": ("seed",),
-}
-
-
 def run(args: argparse.Namespace) -> int:
     task_name = "generation" if args.task in ("generate", "generation") else args.task
-    options = {name: getattr(args, name) for name in _OPTION_NAMES[task_name]}
+    options = options_from_args(args, TASK_OPTIONS[task_name])
+    options.pop("count", None)  # the job's --count, not a request's
     if task_name == "generation" and not 1 <= args.count <= MAX_COUNT:
         raise ValueError(f"--count must be in 1..{MAX_COUNT}, got {args.count} (the seed's latents are held "
                          f"in memory; use several seeds for more)")
@@ -122,15 +93,15 @@ def _inputs(args: argparse.Namespace) -> list:
 
 def _run_in_process(args: argparse.Namespace, task_name: str, options: dict[str, Any]):
     from models import checkpoints
-    from models.batch.engine import Work, file_work, run_local
+    from models.batch.engine import file_work, index_work, run_local
     from models.batch.store import Manifest
-    from models.batch.tasks import build_task
+    from models.batch.job import build_job
     from models.train.common import pick_device
 
     folder = _model_folder(args.model_store, task_name, args.model)
     config = checkpoints.load_config(folder)
     max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
-    task = build_task(task_name, config, args.out, max_pixels=max_pixels, **options)
+    task = build_job(task_name, config, args.out, max_pixels=max_pixels, **options)
     inputs = _inputs(args) if task_name != "generation" else []
     manifest = Manifest(args.out, task.job(), force=args.force)
     if getattr(args, "engine", "local") == "ray":
@@ -139,11 +110,7 @@ def _run_in_process(args: argparse.Namespace, task_name: str, options: dict[str,
         return run_ray(task, folder, inputs, manifest, batch_size=args.batch_size, actors=args.actors,
                        device=args.device, progress=not args.no_progress)
     model, _ = checkpoints.load_model(folder, device=pick_device(args.device))
-    if task_name == "generation":
-        z = task.latents(args.count)
-        work = [Work(task.key(i), lambda i=i: (None, z[i])) for i in range(args.count)]
-    else:
-        work = file_work(task, inputs)
+    work = file_work(task, inputs) if task.task.takes_images else index_work(task, args.count)
     return run_local(task, model, work, manifest, batch_size=args.batch_size,
                      decode_workers=getattr(args, "decode_workers", 1), max_in_flight=args.max_in_flight,
                      progress=not args.no_progress)
@@ -164,7 +131,7 @@ def _model_folder(store: str, task: str, name: str) -> Path:
 
 def _run_remote(args: argparse.Namespace, task_name: str, options: dict[str, Any]):
     from models.batch.store import Manifest
-    from models.batch.tasks import build_task
+    from models.batch.job import build_job
     from services.batch_remote import run_remote, run_remote_generate, remote_config
     from services.client import CvtasksClient
 
@@ -174,7 +141,7 @@ def _run_remote(args: argparse.Namespace, task_name: str, options: dict[str, Any
     with CvtasksClient.from_env(args.server, timeout=60.0, channel_options=reconnect) as client:
         config = remote_config(client, task_name, args.model)
         max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
-        task = build_task(task_name, config, args.out, max_pixels=max_pixels, **options)
+        task = build_job(task_name, config, args.out, max_pixels=max_pixels, **options)
         manifest = Manifest(args.out, task.job(), force=args.force)
         if task_name == "generation":
             return run_remote_generate(task, client, args.count, manifest, retry_s=args.retry_s,

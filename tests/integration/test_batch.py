@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from models import checkpoints
-from models.batch.engine import Work, file_work, run_local
+from models.batch.engine import file_work, index_work, run_local
 from models.batch.store import Manifest, list_inputs
-from models.batch.tasks import build_task
+from models.batch.job import build_job
 from models.captioning import beam_search, image_input
 from models.generation import latents, to_uint8
 from models.preprocessing import decode_image, read_image, to_tensor
@@ -39,7 +39,7 @@ def folder(shapes_dir, tmp_path_factory):
 
 def _run(store, name, task_name, folder, out, *, recursive=True, force=False, **options):
     model, config = checkpoints.load_model(store / name)
-    task = build_task(task_name, config, out, **options)
+    task = build_job(task_name, config, out, **options)
     manifest = Manifest(out, task.job(), force=force)
     inputs = list_inputs(folder, recursive=recursive, exclude=[out])
     return run_local(task, model, file_work(task, inputs), manifest, batch_size=4, decode_workers=2, progress=False)
@@ -130,10 +130,8 @@ def test_generation_draws_the_seeds_images_and_a_larger_count_adds_only_new_ones
     out = tmp_path / "gen"
 
     def generate(count):
-        task = build_task("generation", config, out, seed=5)
-        z = task.latents(count)
-        work = [Work(task.key(i), lambda i=i: (None, z[i])) for i in range(count)]
-        return run_local(task, model, work, Manifest(out, task.job()), batch_size=8, progress=False)
+        task = build_job("generation", config, out, seed=5)
+        return run_local(task, model, index_work(task, count), Manifest(out, task.job()), batch_size=8, progress=False)
 
     assert generate(10).processed == 10
     second = generate(12)
@@ -181,7 +179,7 @@ def test_another_job_in_the_same_folder_is_refused_unless_forced(segmenter_store
 
 def test_images_in_flight_stay_within_the_bound(segmenter_store, folder, tmp_path):
     model, config = checkpoints.load_model(segmenter_store / "tiny-segmenter")
-    task = build_task("segmentation", config, tmp_path / "bound")
+    task = build_job("segmentation", config, tmp_path / "bound")
     held, peak, lock = [0], [0], threading.Lock()
     prepare, record = task.prepare, task.record
 
@@ -206,8 +204,8 @@ def test_images_in_flight_stay_within_the_bound(segmenter_store, folder, tmp_pat
 
 def test_bad_engine_settings_are_refused(segmenter_store, tmp_path):
     model, config = checkpoints.load_model(segmenter_store / "tiny-segmenter")
-    task = build_task("segmentation", config, tmp_path)
+    task = build_job("segmentation", config, tmp_path)
     with pytest.raises(ValueError, match="max_in_flight >= batch_size"):
         run_local(task, model, [], Manifest(tmp_path, task.job()), batch_size=8, max_in_flight=4)
     with pytest.raises(ValueError, match="needs a detection model"):
-        build_task("detection", config, tmp_path)
+        build_job("detection", config, tmp_path)

@@ -15,7 +15,7 @@ from models import checkpoints  # noqa: E402
 from models.batch.engine import Summary, file_work, run_local  # noqa: E402
 from models.batch.ray_engine import run_ray  # noqa: E402
 from models.batch.store import InputFile, Manifest, list_inputs  # noqa: E402
-from models.batch.tasks import build_task  # noqa: E402
+from models.batch.job import build_job  # noqa: E402
 from models.preprocessing import decode_image  # noqa: E402
 from models.synth import generate_shapes  # noqa: E402
 
@@ -43,7 +43,7 @@ def _run(engine: str, store: Path, name: str, inputs: list[InputFile], out: Path
          device: str | None = None, **options) -> Summary:
     folder = checkpoints.resolve(store, name)
     config = checkpoints.load_config(folder)
-    task = build_task(config.task, config, out, **options)
+    task = build_job(config.task, config, out, **options)
     manifest = Manifest(out, task.job())
     if engine == "ray":
         return run_ray(task, folder, inputs, manifest, batch_size=4, actors=actors, device=device, progress=False)

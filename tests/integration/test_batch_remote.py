@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from models import checkpoints
-from models.batch.engine import Work, file_work, run_local
+from models.batch.engine import file_work, index_work, run_local
 from models.batch.store import Manifest, list_inputs
-from models.batch.tasks import build_task
+from models.batch.job import build_job
 from models.preprocessing import decode_image
 from models.synth import generate_shapes
 from services.batch_remote import remote_config, run_remote, run_remote_generate
@@ -46,13 +46,13 @@ def _jsonl(path):
 
 def _remote(address, task_name, folder, out, **kwargs):
     with CvtasksClient(address, timeout=60) as client:
-        task = build_task(task_name, remote_config(client, task_name, ""), out)
+        task = build_job(task_name, remote_config(client, task_name, ""), out)
         return run_remote(task, client, list_inputs(folder), Manifest(out, task.job()), progress=False, **kwargs)
 
 
 def test_remote_outputs_equal_the_local_engines_and_bad_files_are_recorded(segmenter_store, folder, tmp_path):
     model, config = checkpoints.load_model(segmenter_store / "tiny-segmenter")
-    task = build_task("segmentation", config, tmp_path / "local")
+    task = build_job("segmentation", config, tmp_path / "local")
     run_local(task, model, file_work(task, list_inputs(folder)), Manifest(tmp_path / "local", task.job()),
               progress=False)
     with running_server(task="segmentation", model_store=segmenter_store) as address:
@@ -106,13 +106,12 @@ def test_an_unknown_model_or_a_model_of_another_task_is_refused(segmenter_store)
 def test_remote_generation_draws_the_same_images_as_local(store, name, request, tmp_path):
     generator_store = request.getfixturevalue(store)  # a standard-normal prior, and a mixture's
     model, config = checkpoints.load_model(generator_store / name)
-    local = build_task("generation", config, tmp_path / "local", seed=3)
-    z = local.latents(70)
-    run_local(local, model, [Work(local.key(i), lambda i=i: (None, z[i])) for i in range(70)],
+    local = build_job("generation", config, tmp_path / "local", seed=3)
+    run_local(local, model, index_work(local, 70),
               Manifest(tmp_path / "local", local.job()), progress=False)
     with running_server(task="generation", model_store=generator_store) as address:
         with CvtasksClient(address, timeout=60) as client:
-            task = build_task("generation", remote_config(client, "generation", ""), tmp_path / "remote", seed=3)
+            task = build_job("generation", remote_config(client, "generation", ""), tmp_path / "remote", seed=3)
             summary = run_remote_generate(task, client, 70, Manifest(tmp_path / "remote", task.job()),
                                           progress=False)
     assert summary.processed == 70  # two Generate calls: 64 + 6
