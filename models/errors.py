@@ -42,3 +42,9 @@ class ModelStoreError(CvtasksError, ValueError):
 
 class DatasetError(CvtasksError, ValueError):
     """A dataset file is malformed (e.g. a degenerate box); the message names the record."""
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """A client-given string (or other value) cut to ``limit`` characters for an error message."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

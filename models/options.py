@@ -213,7 +213,8 @@ class GenerateOptions(Options):
     """Which images to draw: ``count`` latents of ``seed``, from the model's own prior."""
 
     task: ClassVar[str] = "generation"
-    seed: int = option(0, "the same seed gives the same images", low=0, high=2**64 - 1)
+    seed: int = option(0, "the same seed gives the same images", low=0, high=2**64 - 1,
+                       kserve=False)  # KServe takes it as the SEED input
     count: int = option(1, "images to draw", low=1, high=MAX_IMAGES)
 
 

@@ -1,6 +1,7 @@
-"""Assemble a serving process: per-task model hosts + servicers + ModelService.
+"""Assemble a serving process: per-task model hosts, the request pipeline over them, the typed
+servicers, KServe v2 and ModelService.
 
-A new task plugs in with one ``TASKS`` entry: its TaskRuntime and its servicer class.
+A new task plugs in with one ``services.tasks.SERVICES`` entry (its typed servicer and KServe codec).
 """
 
 from __future__ import annotations
@@ -10,56 +11,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.registry import Registry
-from services.host import ModelHost, ServingConfig, TaskRuntime
+from models.tasks import get_task
+from services.host import ModelHost, ServingConfig
 from services.imaging import Decoder
+from services.kserve import KServeServicer
 from services.metrics import ServingMetrics, start_metrics_endpoint
 from services.models import ModelServicer
+from services.pipeline import Pipeline
 from services.server import ServerConfig, Servicer, serve
-
-
-@dataclass(frozen=True)
-class TaskService:
-    runtime: Callable[[], TaskRuntime]
-    servicer: Callable[[ModelHost, Decoder], Servicer]
-
-
-def _detection() -> TaskService:
-    from services.detection import DetectionRuntime, DetectionServicer
-
-    return TaskService(DetectionRuntime, DetectionServicer)
-
-
-def _segmentation() -> TaskService:
-    from services.segmentation import SegmentationRuntime, SegmentationServicer
-
-    return TaskService(SegmentationRuntime, SegmentationServicer)
-
-
-def _captioning() -> TaskService:
-    from services.captioning import CaptioningRuntime, CaptioningServicer
-
-    return TaskService(CaptioningRuntime, CaptioningServicer)
-
-
-def _generation() -> TaskService:
-    from services.generation import GenerationRuntime, GenerationServicer
-
-    return TaskService(GenerationRuntime, GenerationServicer)
-
-
-def _kserve(hosts: Sequence[ModelHost], decoder: Decoder) -> Servicer:
-    """KServe v2 / Open Inference Protocol (``inference.GRPCInferenceService``) over every host."""
-    from services.kserve import KServeServicer
-
-    return KServeServicer(hosts, decoder)
-
-
-TASKS: Registry[Callable[[], TaskService]] = Registry("served task")
-TASKS.register("detection")(_detection)
-TASKS.register("segmentation")(_segmentation)
-TASKS.register("captioning")(_captioning)
-TASKS.register("generation")(_generation)
+from services.tasks import SERVICES
 
 
 @dataclass
@@ -91,15 +51,12 @@ def build_app(
     """One host per task over ``model_store`` (``models`` restricts which names load)."""
     decoder = Decoder(workers=serving.decode_workers, max_pixels=serving.max_pixels)
     metrics = ServingMetrics()
-    servicers: list[Servicer] = []
-    hosts: list[ModelHost] = []
-    for task in tasks:
-        spec = TASKS.get(task)()
-        host = ModelHost(model_store, spec.runtime(), serving, names=models, default=default_model, metrics=metrics)
-        hosts.append(host)
-        servicers.append(spec.servicer(host, decoder))
-    servicers.append(ModelServicer(hosts))
-    servicers.append(_kserve(hosts, decoder))
+    hosts = [ModelHost(model_store, get_task(task), serving, names=models, default=default_model, metrics=metrics)
+             for task in tasks]
+    pipeline = Pipeline(hosts, decoder, serving)
+    servicers: list[Servicer] = [SERVICES.get(task).typed(pipeline) for task in tasks]
+    codecs = {task: SERVICES.get(task).kserve for task in tasks}
+    servicers += [ModelServicer(hosts), KServeServicer(pipeline, codecs)]
     return App(servicers, hosts, decoder, metrics)
 
 

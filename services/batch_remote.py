@@ -13,7 +13,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -26,9 +25,10 @@ from models.batch.job import BatchJob
 from models.checkpoints import ModelConfig
 from models.preprocessing import decode_image
 from models.options import MAX_IMAGES
-from services.client import CvtasksClient, detections_from_proto, processing_name
-from services.pb import captioning_pb2, detection_pb2, segmentation_pb2
+from services.client import CvtasksClient
 from services.proto_options import proto_option_names
+from services.tasks import SERVICES
+from services.typed import TypedService
 
 log = logging.getLogger("cvtasks.batch")
 
@@ -61,40 +61,11 @@ def remote_config(client: CvtasksClient, task: str, model: str) -> ModelConfig:
                        version=info.version, input_size=info.input_size or None, model_args=model_args)
 
 
-def _segmentation(response: Any) -> Any:
-    from models.segmentation import Segmentation, labels_from_png
-
-    return Segmentation(labels_from_png(response.label_map_png), processing_name(response.processing), "served")
-
-
-def _captioning(response: Any) -> Any:
-    from models.captioning import CaptionText
-
-    return [CaptionText(c.text, c.log_prob, c.score) for c in response.captions]
-
-
-@dataclass(frozen=True)
-class Remote:
-    """How one task's stream is called, which options its requests carry, and how its answers
-    become the task's plain outputs."""
-
-    stream: Callable[[CvtasksClient], Callable[..., Iterator[Any]]]
-    options: type  # the RPC's options message
-    output: Callable[[Any], Any]
-
-
-REMOTES = {
-    "detection": Remote(lambda c: c.detect_stream, detection_pb2.DetectOptions, detections_from_proto),
-    "segmentation": Remote(lambda c: c.segment_stream, segmentation_pb2.SegmentOptions, _segmentation),
-    "captioning": Remote(lambda c: c.caption_stream, captioning_pb2.CaptionOptions, _captioning),
-}
-
-
 def run_remote(task: BatchJob, client: CvtasksClient, inputs: Sequence[InputFile], manifest: Manifest, *,
                in_flight: int = 32, retry_s: float = 60.0, progress: bool = True) -> Summary:
     """Every unfinished input through the service's stream; returns the summary."""
-    if task.name not in REMOTES:
-        raise ValueError(f"remote mode covers {sorted(REMOTES)}; for generation use run_remote_generate")
+    if not task.task.takes_images:
+        raise ValueError(f"remote mode runs image tasks; for {task.name} use run_remote_generate")
     started, summary = time.perf_counter(), Summary(manifest.out)
     pending = deque(plan(inputs, manifest, summary))
     with progress_bar(len(pending), enabled=progress, desc=f"{task.name} @ {client.target}") as bar:
@@ -132,7 +103,7 @@ def _stream_once(task: BatchJob, client: CvtasksClient, pending: deque[InputFile
                  in_flight: int) -> None:
     """One stream over what is pending; on a transport error the unanswered inputs go back to the
     front of ``pending`` (in order) and the error propagates."""
-    remote, lock, slots = REMOTES[task.name], threading.Lock(), threading.Semaphore(in_flight)
+    remote, lock, slots = SERVICES.get(task.name).typed, threading.Lock(), threading.Semaphore(in_flight)
     sent: deque[InputFile] = deque()
     stop = threading.Event()
 
@@ -152,9 +123,9 @@ def _stream_once(task: BatchJob, client: CvtasksClient, pending: deque[InputFile
                 sent.append(item)
             yield data
 
-    carried = proto_option_names(remote.options)
+    carried = proto_option_names(remote.options_message)
     options = {k: v for k, v in task.given.items() if k in carried}
-    call = remote.stream(client)(requests(), **options)
+    call = getattr(client, remote.client_stream)(requests(), **options)
     try:
         for response in call:
             with lock:
@@ -174,14 +145,14 @@ def _stream_once(task: BatchJob, client: CvtasksClient, pending: deque[InputFile
         raise
 
 
-def _answer(task: BatchJob, remote: Remote, item: InputFile, response: Any, sink: Sink) -> None:
+def _answer(task: BatchJob, remote: type[TypedService], item: InputFile, response: Any, sink: Sink) -> None:
     if response.HasField("error"):
         sink.failed(item.key, f"{_CODE_NAMES.get(response.error.code, 'ERROR')}: {response.error.message}")
         return
     pixels: np.ndarray | None = None
     if task.needs_pixels:
         pixels = decode_image(item.path.read_bytes())
-    sink.ok([(item.key, remote.output(response), (response.image_height, response.image_width), pixels)])
+    sink.ok([(item.key, remote.output_of(response), (response.image_height, response.image_width), pixels)])
 
 
 def _pixels(raw: Any) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Loaded models of one task, each behind its own dynamic batcher.
 
-A task plugs in with a ``TaskRuntime`` (how to run a batch, what a warm-up input is); the
+A task plugs in with its task object (models/task.py: how to run a batch, what a warm-up input
+is); the
 host does the rest for every task alike: load from the model store, pick the device, warm up,
 route by name (empty name -> the default model), report model info.
 """
@@ -14,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,10 +24,12 @@ from models import checkpoints
 from models.errors import ModelStoreError, UnknownModelError
 from models.preprocessing import DEFAULT_MAX_PIXELS
 from models.store_checks import shown_name
-from models.train.common import pick_device
+from models.devices import pick_device
+from models.options import Options
+from models.task import Task
 from services.batching import DynamicBatcher
 from services.errors import QueueFullError, UnavailableError
-from services.metrics import ServingMetrics, note_model
+from services.metrics import ServingMetrics
 from services.models import LoadedModelInfo
 
 log = logging.getLogger("cvtasks.host")
@@ -68,14 +71,12 @@ class ServingConfig:
                              f"{self.max_deadline_s}")
 
 
-class TaskRuntime(Protocol):
-    """What a task tells the host: its name, a warm-up item, and how to run one batch."""
+@dataclass(frozen=True)
+class Item:
+    """What one request puts in a model's batcher: a model input (on the CPU) and its options."""
 
-    task: str
-
-    def warmup_item(self, config: checkpoints.ModelConfig, device: torch.device) -> Any: ...
-
-    def run_batch(self, model: nn.Module, config: checkpoints.ModelConfig, items: Sequence[Any]) -> list[Any]: ...
+    input: Any
+    options: Options
 
 
 class Admission:
@@ -131,7 +132,7 @@ class Replica:
     def _run(self, items: list[Any]) -> list[BatchResult]:
         config = self.owner.config
         started = time.perf_counter()
-        values = self.owner.runtime.run_batch(self.model, config, items)
+        values = self.owner.task.run_batch(self.model, config, [i.input for i in items], [i.options for i in items])
         finished = time.perf_counter()
         self.batches_run += 1
         return [BatchResult(v, started, finished, config.name) for v in values]
@@ -142,10 +143,10 @@ class LoadedModel:
     BatchResult from the replica with the shortest queue."""
 
     def __init__(self, models: Sequence[tuple[nn.Module, torch.device]], config: checkpoints.ModelConfig,
-                 runtime: TaskRuntime, serving: ServingConfig, *, metrics: ServingMetrics | None = None) -> None:
+                 task: Task, serving: ServingConfig, *, metrics: ServingMetrics | None = None) -> None:
         if not models:
             raise ValueError("a loaded model needs at least one device")
-        self.config, self.runtime, self.metrics = config, runtime, metrics
+        self.config, self.task, self.metrics = config, task, metrics
         self.ready = False
         self.successor: LoadedModel | None = None  # set when a reload swaps a newer version in
         self.replicas = [Replica(self, model, device, serving) for model, device in models]
@@ -168,7 +169,8 @@ class LoadedModel:
         """Start every replica's batcher and warm each up with the task's warm-up item."""
         for replica in self.replicas:
             await replica.batcher.start()
-            await replica.batcher.submit(self.runtime.warmup_item(self.config, replica.device))
+            warmup = Item(self.task.warmup_input(self.config), self.task.options(self.config, {}))
+            await replica.batcher.submit(warmup)
         self.ready = True
 
     async def stop(self, *, drain: bool = True) -> None:
@@ -232,27 +234,23 @@ def serving_devices(serving: ServingConfig) -> list[torch.device]:
 class ModelHost:
     """Every model of one task found in a model store (or the names given), ready to serve."""
 
-    def __init__(self, store: str | Path, runtime: TaskRuntime, serving: ServingConfig = ServingConfig(),
+    def __init__(self, store: str | Path, task: Task, serving: ServingConfig = ServingConfig(),
                  *, names: Sequence[str] = (), default: str | None = None,
                  metrics: ServingMetrics | None = None) -> None:
-        self.store, self.runtime, self.serving, self.metrics = Path(store), runtime, serving, metrics
+        self.store, self.task, self.serving, self.metrics = Path(store), task, serving, metrics
         self._names, self._default = list(names), default
         self._models: dict[str, LoadedModel] = {}
         self.devices = serving_devices(serving)
         if metrics is not None:
             metrics.watch_queues(self.queue_depths)
 
-    @property
-    def task(self) -> str:
-        return self.runtime.task
-
     async def load_all(self) -> None:
         """Load and warm up every requested model, or else every model of this task in the store:
         a broken folder among those is logged and skipped (a named one fails the start)."""
-        names = self._names or [c.name for c in checkpoints.list_store(self.store) if c.task == self.task]
+        names = self._names or [c.name for c in checkpoints.list_store(self.store) if c.task == self.task.name]
         if not names:
-            raise UnknownModelError(f"no {self.task} models in model store {self.store}; train one first "
-                                    f"(cvtasks train {self.task} ...)")
+            raise UnknownModelError(f"no {self.task.name} models in model store {self.store}; train one first "
+                                    f"(cvtasks train {self.task.name} ...)")
         for name in names:
             try:
                 await self.load(name)
@@ -261,7 +259,7 @@ class ModelHost:
                     raise
                 log.warning("skipping broken model folder `%s` of model store %s: %s", name, self.store, exc)
         if not self._models:
-            raise UnknownModelError(f"no {self.task} model in model store {self.store} could be loaded (the log "
+            raise UnknownModelError(f"no {self.task.name} model in model store {self.store} could be loaded (the log "
                                     "says why); fix or retrain them")
         if self._default is None:
             self._default = next(iter(self._models))
@@ -271,11 +269,11 @@ class ModelHost:
         """Load ``name`` from the store, warm it up, then swap it in (replacing an older version)."""
         folder = checkpoints.resolve(self.store, name)
         config = checkpoints.load_config(folder)
-        if config.task != self.task:
-            raise UnknownModelError(f"model `{name}` is a {config.task} model, not {self.task}")
+        if config.task != self.task.name:
+            raise UnknownModelError(f"model `{name}` is a {config.task} model, not {self.task.name}")
         models = [(await asyncio.to_thread(checkpoints.load_model, folder, device=device))[0]
                   for device in self.devices]
-        loaded = LoadedModel(list(zip(models, self.devices)), config, self.runtime, self.serving,
+        loaded = LoadedModel(list(zip(models, self.devices)), config, self.task, self.serving,
                              metrics=self.metrics)
         await _warm_up(loaded, folder)
         old = self._models.get(name)
@@ -307,9 +305,8 @@ class ModelHost:
         loaded = self._models.get(key)
         if loaded is None:
             if not self._models:
-                raise UnavailableError(f"no {self.task} model is loaded yet; retry shortly")
+                raise UnavailableError(f"no {self.task.name} model is loaded yet; retry shortly")
             raise UnknownModelError(f"Unknown model {shown_name(key)}. This server serves: {sorted(self._models)}")
-        note_model(key)  # the RPC's metrics are labelled with this model
         return loaded
 
     def queue_depths(self) -> dict[str, int]:

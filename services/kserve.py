@@ -17,7 +17,7 @@ import asyncio
 import math
 import struct
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -28,12 +28,12 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from models.checkpoints import ModelConfig
-from models.errors import InvalidInputError, UnknownModelError
+from models.errors import InvalidInputError, UnknownModelError, shown
 from services.errors import QueueFullError, UnavailableError
-from services.host import BatchResult, LoadedModel, ModelHost
-from services.imaging import Decoder
-from services.kserve_tasks import ADAPTERS, Adapter, Params, TensorSpec
-from services.streaming import deadline_of, ordered_stream, stage_seconds
+from services.host import LoadedModel
+from services.kserve_tasks import Codec, TensorSpec
+from services.pipeline import Pipeline
+from services.streaming import deadline_of, ordered_stream
 
 PLATFORM = "pytorch"
 _DTYPES = {"BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1",
@@ -152,8 +152,8 @@ def _config_tensor(cls: type, spec: TensorSpec, batched: bool) -> Any:
                reshape=None if dims else mc.ModelTensorReshape(shape=[]), **extra)
 
 
-def model_config(loaded: LoadedModel, adapter: Adapter, host: ModelHost) -> mc.ModelConfig:
-    c, serving = loaded.config, host.serving
+def model_config(loaded: LoadedModel, adapter: Codec, serving: Any) -> mc.ModelConfig:
+    c = loaded.config
     params = {"task": c.task, "architecture": c.architecture, "classes": ",".join(c.classes),
               "request_parameters": ",".join(adapter.parameters), "device": str(loaded.device)}
     return mc.ModelConfig(
@@ -178,19 +178,6 @@ def _server_version() -> str:
         return "unknown"
 
 
-async def _submit_all(loaded: LoadedModel, items: Sequence[Any], deadline: float | None) -> list[BatchResult]:
-    """Queue every item at once (they may share a batch). Triton answers a full queue with
-    UNAVAILABLE, so QueueFullError becomes UnavailableError here; a failure drops the other items."""
-    tasks = [asyncio.ensure_future(loaded.submit(item, deadline=deadline)) for item in items]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except QueueFullError as exc:
-        raise UnavailableError(str(exc)) from exc
-    finally:
-        for task in tasks:
-            task.cancel()  # no-op for finished items
-
-
 # --------------------------------------------------------------------------- the servicer
 
 
@@ -203,25 +190,21 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     service_name = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-    def __init__(self, hosts: Sequence[ModelHost], decoder: Decoder, *, stream_window: int = 16) -> None:
-        self.hosts, self.decoder, self.stream_window = list(hosts), decoder, stream_window
-        self.adapters = {host.task: ADAPTERS.get(host.task)() for host in self.hosts}
+    def __init__(self, pipeline: Pipeline, codecs: Mapping[str, Codec], *, stream_window: int = 16) -> None:
+        self.pipeline, self.codecs, self.stream_window = pipeline, dict(codecs), stream_window
+        self.hosts = list(pipeline.hosts.values())
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
 
-    def _find(self, name: str, version: str = "") -> tuple[LoadedModel, Adapter, ModelHost]:
+    def _find(self, name: str, version: str = "") -> tuple[LoadedModel, Codec]:
         served = {info.name: host for host in self.hosts for info in host.list_models()}
         if name not in served:
             if not all(host.list_models() for host in self.hosts):
                 raise UnavailableError("models are still loading; retry shortly")
-            raise UnknownModelError(f"Unknown model `{name}`. This server serves: {sorted(served)}")
-        host = served[name]
-        loaded = host.get(name)
-        if version and version != loaded.config.version:
-            raise UnknownModelError(f"model `{name}` is version {loaded.config.version}; "
-                                    f"version {version} is not served")
-        return loaded, self.adapters[host.task], host
+            raise UnknownModelError(f"Unknown model `{shown(name)}`. This server serves: {sorted(served)}")
+        task = served[name].task.name
+        return self.pipeline.model(task, name, version), self.codecs[task]
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext):
         return pb.ServerLiveResponse(live=True)
@@ -239,14 +222,15 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name="cvtasks", version=_server_version(), extensions=["model_configuration"])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
-        loaded, adapter, _ = self._find(request.name, request.version)
+        loaded, adapter = self._find(request.name, request.version)
         c = loaded.config
         return pb.ModelMetadataResponse(name=c.name, versions=[c.version], platform=PLATFORM,
                                         inputs=_tensor_metadata(adapter.inputs(c)),
                                         outputs=_tensor_metadata(adapter.outputs(c)))
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext):
-        return pb.ModelConfigResponse(config=model_config(*self._find(request.name, request.version)))
+        loaded, codec = self._find(request.name, request.version)
+        return pb.ModelConfigResponse(config=model_config(loaded, codec, self.pipeline.limits))
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext):
         return pb.RepositoryIndexResponse(models=[
@@ -255,8 +239,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             for host in self.hosts for i in host.list_models() if i.ready or not request.ready])
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
-        limits = self.hosts[0].serving if self.hosts else None  # build_app gives every host one ServingConfig
-        return await self._infer(request, deadline_of(context, limits))
+        return await self._infer(request, deadline_of(context, self.pipeline.limits))
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -275,34 +258,23 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         if not request.model_name:
             raise InvalidInputError("model_name is required; ask RepositoryIndex (or ListModels) for the names")
-        loaded, adapter, host = self._find(request.model_name, request.model_version)
-        config, outputs = loaded.config, adapter.outputs(loaded.config)
+        loaded, codec = self._find(request.model_name, request.model_version)
+        config, outputs = loaded.config, codec.outputs(loaded.config)
         unknown = sorted({o.name for o in request.outputs} - {s.name for s in outputs})
         if unknown:
-            raise InvalidInputError(f"unknown output(s) {unknown}; this model gives {[s.name for s in outputs]}")
-        tensors = read_inputs(request, adapter.inputs(config))
-        if adapter.batched:
-            batch = next(iter(tensors.values())).shape[0]
-            if batch > host.serving.max_batch_size:
-                raise InvalidInputError(f"batch of {batch} exceeds this model's max_batch_size "
-                                        f"{host.serving.max_batch_size}; split it into several requests")
-        params = Params(request.parameters, adapter.parameters)
-        started = time.perf_counter()
+            raise InvalidInputError(f"unknown output(s) {shown(unknown)}; this model gives {[s.name for s in outputs]}")
+        tensors = read_inputs(request, codec.inputs(config))
+        limit = self.pipeline.limits.max_batch_size
+        if codec.batched and (batch := next(iter(tensors.values())).shape[0]) > limit:
+            raise InvalidInputError(f"batch of {batch} exceeds this model's max_batch_size {limit}; split it into "
+                                    "several requests")
+        call = codec.call(config, tensors, codec.options(request.parameters))
+
+        def encode(answer: Any) -> pb.ModelInferResponse:
+            return infer_response(request, config, codec.tensors(answer), outputs)
+
         try:
-            admitted = loaded.admission.admit(adapter.pixels(config, tensors, params, self.decoder))
-        except QueueFullError as exc:  # Triton's answer to a full queue
+            async with self.pipeline.run(loaded, call, deadline) as answer:
+                return await self.pipeline.encode(encode, answer)
+        except QueueFullError as exc:  # Triton answers a full queue with UNAVAILABLE
             raise UnavailableError(str(exc)) from exc
-        with admitted:
-            job = await adapter.prepare(config, tensors, params, self.decoder)
-            decoded = time.perf_counter()
-            results = await _submit_all(loaded, job.items, deadline)
-            done = time.perf_counter()
-
-            def encode() -> pb.ModelInferResponse:
-                values = adapter.collect(config, job, [r.value for r in results])
-                return infer_response(request, config, values, outputs)
-
-            response = await self.decoder.run(encode)
-        for result in results:  # the same stage metrics as the typed RPCs
-            stage_seconds(started, decoded, result, done)
-        return response

@@ -40,7 +40,7 @@ def options_from_proto(cls: type[Options], message: Message) -> dict[str, Any]:
         if field.name not in cls.__dataclass_fields__:  # type: ignore[attr-defined]
             continue
         value = getattr(message, field.name)
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             given[field.name] = tuple(value) if value else None
         elif field.enum_type is not None:
             given[field.name] = _from_enum(field, value)
@@ -69,7 +69,7 @@ def options_to_proto(cls: type[Options], message: Message, given: Mapping[str, A
         if value is None:
             continue
         field = fields[name]
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             getattr(message, name).extend(value)
         elif field.enum_type is not None:
             enum_name = _enum_prefix(field) + str(value).upper()

@@ -1,4 +1,5 @@
-"""Helpers every task's servicer shares: ordered, pipelined streams and timing protos."""
+"""Helpers every streaming RPC shares (typed and KServe): deadlines, per-item errors and ordered,
+pipelined streams."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from typing import Any, TypeVar
 
 from models.errors import CvtasksError
 from services.errors import status_for
-from services.host import BatchResult
-from services.metrics import observe_stages
 from services.pb import common_pb2
 
 Req = TypeVar("Req")
@@ -73,32 +72,3 @@ async def ordered_stream(
         while not pending.empty():
             if (task := pending.get_nowait()) is not None:
                 task.cancel()
-
-
-def stage_seconds(started: float, decoded: float, result: BatchResult, done: float) -> dict[str, float]:
-    """Seconds per stage of one request item, from time.perf_counter stamps, and recorded in the
-    request metrics (services.metrics) under the model that ran it — the one metrics hook.
-
-    preprocess: request start -> image decoded; queue: decoded -> its batch started;
-    inference: the batch's model call; postprocess: batch end -> now (response built); total.
-    """
-    now = time.perf_counter()
-    seconds = {
-        "preprocess": decoded - started,
-        "queue": max(0.0, result.started - decoded),
-        "inference": result.finished - result.started,
-        "postprocess": now - min(done, result.finished),
-        "total": now - started,
-    }
-    observe_stages(result.model, seconds)
-    return seconds
-
-
-def timings_proto(started: float, decoded: float, result: BatchResult, done: float) -> common_pb2.Timings:
-    """Server-side timings in milliseconds (see stage_seconds, which also records them as metrics)."""
-    s = stage_seconds(started, decoded, result, done)
-    ms = 1000.0
-    return common_pb2.Timings(
-        decode_ms=s["preprocess"] * ms, queue_ms=s["queue"] * ms, inference_ms=s["inference"] * ms,
-        postprocess_ms=s["postprocess"] * ms, total_ms=s["total"] * ms,
-    )

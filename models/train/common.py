@@ -14,20 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.devices import pick_device  # noqa: F401  (the trainers' and tests' import)
 from models.files import atomic_write_with
 
 RESUME_FILE = "last.pt"
 HISTORY_FILE = "history.json"
-
-
-def pick_device(requested: str | None = None) -> torch.device:
-    """``requested`` if given ("cpu", "cuda", "cuda:1"), else CUDA when available, else CPU."""
-    if requested:
-        device = torch.device(requested)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} asked for, but CUDA is not available here; use 'cpu'")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def seed_everything(seed: int) -> None:

@@ -4,33 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from models.options import SegmentOptions
+from services.commands.client_run import add_client_arguments, model_of, run_files
+from services.commands.flags import add_option_flags, options_from_args
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+")
-    p.add_argument("--server", default="localhost:50051")
-    p.add_argument("--model", default="")
+    add_client_arguments(p, "segmentation", timeout=60.0)
     p.add_argument("--out", default="segmented", help="folder for <stem>_mask.png and <stem>_overlay.png")
-    p.add_argument("--no-overlay", action="store_true")
-    p.add_argument("--contours", action="store_true", help="include class outline polygons in the JSON")
-    p.add_argument("--large-image-mode", choices=("resize", "tile"), default="resize")
-    p.add_argument("--max-side", type=int, default=None, help="longest side in one pass (default 1024)")
-    p.add_argument("--tile-overlap", type=int, default=None)
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--no-overlay", action="store_true", help="no overlay image (on by default here)")
+    add_option_flags(p, SegmentOptions, skip={"include_overlay"})
     p.set_defaults(run=run)
 
 
 def response_to_json(path: str, response: Any, mask: Path | None, overlay: Path | None) -> dict[str, Any]:
     from services.client import processing_name
 
-    if response.HasField("error"):
-        return {"image": path, "error": {"code": response.error.code, "message": response.error.message}}
     row: dict[str, Any] = {
-        "image": path, "model": {"name": response.model.name, "version": response.model.version},
-        "width": response.image_width, "height": response.image_height,
+        "image": path, "model": model_of(response), "width": response.image_width, "height": response.image_height,
         "processing": processing_name(response.processing), "processing_detail": response.processing_detail,
         "areas": {a.class_name: {"pixels": a.pixel_count, "fraction": round(a.area_fraction, 5)}
                   for a in response.areas},
@@ -43,33 +37,19 @@ def response_to_json(path: str, response: Any, mask: Path | None, overlay: Path 
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.client import CvtasksClient
-
-    paths = [str(p) for p in args.images]
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such image file(s): {', '.join(missing)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, failed = [], 0
-    with CvtasksClient.from_env(args.server, timeout=args.timeout) as client:
-        responses = client.segment_stream(
-            (Path(p).read_bytes() for p in paths), model=args.model, overlay=not args.no_overlay,
-            contours=args.contours, large_image_mode=args.large_image_mode, max_side=args.max_side,
-            tile_overlap=args.tile_overlap,
-        )
-        for path, response in zip(paths, responses):
-            mask = overlay = None
-            if response.HasField("error"):
-                failed += 1
-                print(f"{path}: {response.error.message}", file=sys.stderr)
-            else:
-                mask = out / f"{Path(path).stem}_mask.png"
-                mask.write_bytes(response.label_map_png)
-                if response.overlay_png:
-                    overlay = out / f"{Path(path).stem}_overlay.png"
-                    overlay.write_bytes(response.overlay_png)
-            rows.append(response_to_json(path, response, mask, overlay))
+
+    def row(path: str, response: Any) -> dict[str, Any]:
+        mask, overlay = out / f"{Path(path).stem}_mask.png", None
+        mask.write_bytes(response.label_map_png)
+        if response.overlay_png:
+            overlay = out / f"{Path(path).stem}_overlay.png"
+            overlay.write_bytes(response.overlay_png)
+        return response_to_json(path, response, mask, overlay)
+
+    options = {**options_from_args(args, SegmentOptions), "include_overlay": not args.no_overlay}
+    rows, failed = run_files(args, "segment_stream", options, row)
     (out / "segments.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(json.dumps(rows, indent=2))
     return 1 if failed else 0

@@ -106,18 +106,17 @@ def test_a_request_that_picked_the_old_version_just_before_the_swap_runs_on_the_
 
     import torch
 
-    from services.host import ModelHost, ServingConfig
-    from services.segmentation import SegmentationRuntime, SegmentItem
-    from models.segmentation import SegmentOptions
+    from models.segmentation import SEGMENTATION, SegmentOptions
+    from services.host import Item, ModelHost, ServingConfig
 
     async def scenario():
-        host = ModelHost(store, SegmentationRuntime(), ServingConfig(), names=["tiny-segmenter"])
+        host = ModelHost(store, SEGMENTATION, ServingConfig(), names=["tiny-segmenter"])
         await host.load_all()
         try:
             old = host.get("tiny-segmenter")
             _bump_version(store, "tiny-segmenter", "7")
             await host.load("tiny-segmenter")
-            result = await old.submit(SegmentItem(torch.zeros(3, 64, 64), SegmentOptions()))
+            result = await old.submit(Item(torch.zeros(3, 64, 64), SegmentOptions()))
             return result.value.labels.shape, host.get("tiny-segmenter").config.version
         finally:
             await host.close()
@@ -129,18 +128,17 @@ def test_replicas_on_several_devices_share_the_load(store, shapes_dir):
     import asyncio
 
     from models.preprocessing import decode_image, to_tensor
-    from models.segmentation import SegmentOptions
-    from services.host import ModelHost, ServingConfig
-    from services.segmentation import SegmentationRuntime, SegmentItem
+    from models.segmentation import SEGMENTATION, SegmentOptions
+    from services.host import Item, ModelHost, ServingConfig
 
     image = (shapes_dir / "images" / "test" / "000001.png").read_bytes()
 
     async def scenario():
-        host = ModelHost(store, SegmentationRuntime(), ServingConfig(devices=("cpu", "cpu"), max_delay_ms=20),
+        host = ModelHost(store, SEGMENTATION, ServingConfig(devices=("cpu", "cpu"), max_delay_ms=20),
                          names=["tiny-segmenter"])
         await host.load_all()
         try:
-            item = SegmentItem(to_tensor(decode_image(image)), SegmentOptions())
+            item = Item(to_tensor(decode_image(image)), SegmentOptions())
             loaded = host.get("tiny-segmenter")
             results = await asyncio.gather(*(loaded.submit(item) for _ in range(24)))
             return [r.batches_run for r in loaded.replicas], loaded.info().device, len(results)

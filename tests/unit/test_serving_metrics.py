@@ -20,9 +20,11 @@ from services.metrics import (
     current_rpc,
     gpu_memory,
     note_model,
+    observe_stages,
     start_metrics_endpoint,
 )
-from services.streaming import stage_seconds, timings_proto
+from services.pipeline import stage_seconds
+from services.typed import timings_proto
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -98,13 +100,13 @@ def test_the_rpc_record_collects_the_model_and_stage_timings_only_inside_an_rpc(
 
     def outside() -> None:
         note_model("det")  # no RPC open: nothing to note, nothing raised
-        stage_seconds(9.0, 9.5, result, 10.5)
+        observe_stages("det", stage_seconds(9.0, 9.5, result, 10.5))
         assert current_rpc() is None
 
     def inside() -> str:
         record = begin_rpc(m)
         note_model("det")
-        stage_seconds(9.0, 9.5, result, 10.5)
+        observe_stages("det", stage_seconds(9.0, 9.5, result, 10.5))
         return record.model
 
     contextvars.copy_context().run(outside)
@@ -126,7 +128,7 @@ def test_stage_seconds_and_the_timings_proto_agree():
     assert seconds["preprocess"] == pytest.approx(0.004) and seconds["queue"] == pytest.approx(0.006)
     assert seconds["inference"] == pytest.approx(0.020)
     assert seconds["postprocess"] == pytest.approx(seconds["total"] - 0.030, abs=1e-3) and seconds["total"] >= 1.0
-    proto = timings_proto(t0, t0 + 0.004, result, t0 + 0.030)
+    proto = timings_proto(stage_seconds(t0, t0 + 0.004, result, t0 + 0.030))
     assert proto.decode_ms == pytest.approx(4.0) and proto.queue_ms == pytest.approx(6.0)
     assert proto.inference_ms == pytest.approx(20.0) and proto.total_ms >= 1000.0
 

@@ -1,0 +1,98 @@
+"""The typed gRPC services (``cvtasks.v1.<Task>Service``) as codecs over the request pipeline.
+
+A task's servicer (services/detection.py, ...) subclasses its generated servicer and
+``TypedService``: it maps its request to a ``Call`` (``call``) and an ``Answer`` to its response
+(``respond``); each RPC method is one line handing off to ``unary`` or ``stream`` here, which run
+the request through services/pipeline.py. Streams answer in request order, with a failed item's
+``error`` set and the stream going on (services/streaming.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, ClassVar
+
+import grpc
+from google.protobuf.message import Message
+
+from models.checkpoints import ModelConfig
+from models.errors import InvalidInputError
+from services.imaging import ImageData, RawPixels
+from services.pb import common_pb2
+from services.pipeline import Answer, Call, Pipeline
+from services.streaming import deadline_of, ordered_stream
+
+MS = 1000.0
+
+
+def image_data(image: common_pb2.Image) -> ImageData:
+    """``cvtasks.v1.Image`` (encoded bytes or raw pixels) -> what the decoder takes."""
+    source = image.WhichOneof("source")
+    if source == "encoded":
+        return image.encoded
+    if source == "raw":
+        raw = image.raw
+        return RawPixels(raw.data, raw.height, raw.width, raw.channels)
+    raise InvalidInputError("the request has no image: set image.encoded (JPEG, PNG, WebP, BMP or TIFF bytes) "
+                            "or image.raw (uint8 HWC pixels with height, width, channels)")
+
+
+def model_ref(config: ModelConfig) -> common_pb2.ModelRef:
+    return common_pb2.ModelRef(name=config.name, version=config.version)
+
+
+def timings_proto(s: Mapping[str, float]) -> common_pb2.Timings:
+    """Server-side stage timings (seconds: pipeline.stage_seconds) in milliseconds."""
+    return common_pb2.Timings(decode_ms=s["preprocess"] * MS, queue_ms=s["queue"] * MS,
+                              inference_ms=s["inference"] * MS, postprocess_ms=s["postprocess"] * MS,
+                              total_ms=s["total"] * MS)
+
+
+class TypedService:
+    """Base of a task's typed servicer (mixed into its generated ``*ServiceServicer``)."""
+
+    task: ClassVar[str]
+    service_name: ClassVar[str]
+    Response: ClassVar[type[Message]]  # what a stream answers a failed item with (``error`` set)
+    stream_window: ClassVar[int] = 16  # stream items in flight at once (so the batcher can batch them)
+    # Remote batch jobs (services/batch_remote.py): the client's stream method, the RPC's options
+    # message (which of a job's options its requests carry) and ``output_of`` below.
+    client_stream: ClassVar[str] = ""
+    options_message: ClassVar[type[Message] | None] = None
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def call(self, request: Any) -> Call:
+        """The request as the pipeline takes it (the task's wire options and image)."""
+        raise NotImplementedError
+
+    def respond(self, request: Any, answer: Answer) -> Message:
+        """The response to ``request`` (run in the decode pool)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def output_of(response: Any) -> Any:
+        """A response back as the task's output (what run_batch returned), for remote batch jobs."""
+        raise NotImplementedError
+
+    def failed(self, request: Any, error: common_pb2.ItemError) -> Message:
+        return self.Response(request_id=request.request_id, error=error)
+
+    async def unary(self, request: Any, context: grpc.aio.ServicerContext, *,
+                    call: Callable[[Any], Call] | None = None) -> Message:
+        """One request under the server's unary deadline policy; ``call`` overrides ``self.call``
+        (a service with several request kinds, like GenerationService)."""
+        return await self.handle(request, deadline_of(context, self.pipeline.limits), call or self.call)
+
+    async def stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+                     ) -> AsyncIterator[Message]:
+        deadline = deadline_of(context)
+        async for response in ordered_stream(requests, lambda r: self.handle(r, deadline, self.call),
+                                             on_error=self.failed, window=self.stream_window):
+            yield response
+
+    async def handle(self, request: Any, deadline: float | None, call: Callable[[Any], Call]) -> Message:
+        loaded = self.pipeline.model(self.task, request.model.name)
+        async with self.pipeline.run(loaded, call(request), deadline) as answer:
+            return await self.pipeline.encode(self.respond, request, answer)
