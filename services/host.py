@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from models import checkpoints
-from models.errors import UnknownModelError
+from models.errors import UnknownModelError, shown
 from models.preprocessing import DEFAULT_MAX_PIXELS
 from models.train.common import pick_device
 from services.batching import DynamicBatcher
@@ -244,7 +244,7 @@ class ModelHost:
         if loaded is None:
             if not self._models:
                 raise UnavailableError(f"no {self.task} model is loaded yet; retry shortly")
-            raise UnknownModelError(f"Unknown model `{key}`. This server serves: {sorted(self._models)}")
+            raise UnknownModelError(f"Unknown model `{shown(key)}`. This server serves: {sorted(self._models)}")
         note_model(key)  # the RPC's metrics are labelled with this model
         return loaded
 
