@@ -94,6 +94,7 @@ class CallLog:
     status: str = "OK"
     error: str = ""
     ended: bool = False  # the client is gone (cancelled, deadline passed): the context must not be used
+    done: bool = False  # counted and logged (once)
     exc_info: BaseException | None = field(default=None, repr=False)
 
     @classmethod
@@ -117,13 +118,18 @@ class CallLog:
         self.exc_info = None if code is not None else exc
 
     def gone(self) -> None:
-        """The client cancelled or its deadline passed (CancelledError, or the response stream was closed)."""
+        """The client cancelled or its deadline passed (CancelledError, or the response stream was abandoned)."""
+        if self.done:
+            return
         self.ended = True
         expired = self.deadline is not None and time.monotonic() >= self.deadline - DEADLINE_SLACK_S
         self.status = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
 
     def end(self, limiter: LogLimiter) -> None:
-        """Count the RPC and log its line (a refusal's line may be rate-limited, never its count)."""
+        """Count the RPC and log its line (a refusal's line may be rate-limited, never its count); once."""
+        if self.done:
+            return
+        self.done = True
         if self.record is not None:
             self.record.metrics.observe_rpc(model=self.record.model, method=self.method, status=self.status)
         for (method, status), suppressed in limiter.expired():

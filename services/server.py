@@ -106,6 +106,30 @@ def _wrap_unary_response(method: str, inner: Callable, interceptor: ErrorInterce
     return behavior
 
 
+_closing: set[asyncio.Task] = set()  # close() tasks of abandoned response streams (asyncio keeps weak refs only)
+
+
+async def _close(responses: Any, method: str) -> None:
+    try:
+        await responses.aclose()  # the handler's own cleanup (ordered_stream cancels its queued items)
+    except Exception:  # noqa: BLE001 — a failing cleanup must not hide the RPC's outcome
+        log.exception("closing the response stream failed", extra={"method": method})
+
+
+def _abandoned(call: CallLog, responses: Any, limiter: LogLimiter) -> None:
+    """Done callback of a response-stream RPC: if the stream did not finish inside the RPC (the client went
+    away while the server waited to write), count and log it now and close the handler's stream. Nothing
+    would otherwise until the garbage collector finalizes the suspended generator (maybe never, maybe
+    minutes later). The context is not used: the call is being released."""
+    if call.done:
+        return
+    call.gone()
+    call.end(limiter)
+    task = asyncio.ensure_future(_close(responses, call.method))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
 def _wrap_stream_response(method: str, inner: Callable, interceptor: ErrorInterceptor,
                           request_streaming: bool) -> Callable:
     if not inspect.isasyncgenfunction(inner):  # a context.write()-style handler (e.g. health Watch)
@@ -114,6 +138,7 @@ def _wrap_stream_response(method: str, inner: Callable, interceptor: ErrorInterc
     async def behavior(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         call = CallLog.begin(method, context, interceptor.metrics)
         responses = inner(_request_of(inner, request_or_iterator, request_streaming), context)
+        context.add_done_callback(lambda _: _abandoned(call, responses, interceptor.limiter))
         try:
             async for response in responses:
                 yield response
@@ -121,17 +146,15 @@ def _wrap_stream_response(method: str, inner: Callable, interceptor: ErrorInterc
         except grpc.aio.AbortError:
             call.aborted(context)
             raise
-        except GONE:  # GeneratorExit: closed after the RPC ended (the client cancelled while we waited to write)
+        except GONE:  # GeneratorExit: closed after the RPC ended (_abandoned has counted it)
             call.gone()
             raise
         except Exception as exc:  # noqa: BLE001
             await _abort(context, call, exc)
         finally:
-            try:
-                await responses.aclose()  # the handler's own cleanup now (cancel its queued items), not at GC
-            except Exception:  # noqa: BLE001 — a failing cleanup must not hide the RPC's outcome
-                log.exception("closing the response stream failed", extra={"method": method})
-            call.end(interceptor.limiter)
+            if not call.done:  # finished inside the RPC: the done callback will find nothing to do
+                await _close(responses, method)
+                call.end(interceptor.limiter)
 
     return behavior
 
