@@ -80,7 +80,8 @@ class Params:
     def _get(self, name: str, kinds: tuple[type, ...], what: str) -> Any:
         value = self._values.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-            raise InvalidInputError(f"parameter `{name}` must be {what}, got {(shown(value) if isinstance(value, str) else value)!r}")
+            shown_value = shown(value) if isinstance(value, str) else value
+            raise InvalidInputError(f"parameter `{name}` must be {what}, got {shown_value!r}")
         return value
 
     def number(self, name: str, default: float) -> float:

@@ -87,7 +87,8 @@ def test_unary_bytes_that_are_not_a_protobuf_are_invalid_argument(served, channe
 @pytest.mark.parametrize(("method", "message_type"), [
     ("/cvtasks.v1.DetectionService/DetectStream", "cvtasks.v1.DetectRequest"),
     ("/inference.GRPCInferenceService/ModelStreamInfer", "inference.ModelInferRequest"),
-    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "grpc.reflection.v1alpha.ServerReflectionRequest"),
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+     "grpc.reflection.v1alpha.ServerReflectionRequest"),
 ])
 def test_stream_messages_that_are_not_a_protobuf_are_invalid_argument(served, channel, png, method, message_type):
     call = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
