@@ -21,7 +21,7 @@ from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
 from models.checkpoints import MODEL_BUILDERS, ModelConfig
-from models.errors import InvalidInputError
+from models.errors import InvalidInputError, shown
 from models.registry import Registry
 
 DETECTORS: Registry[Callable[..., nn.Module]] = Registry("detection architecture")
@@ -224,7 +224,7 @@ class DetectOptions:
     def check_classes(self, class_names: Sequence[str]) -> None:
         unknown = sorted(set(self.class_filter) - set(class_names))
         if unknown:
-            raise InvalidInputError(f"unknown classes in class_filter: {unknown}; this model knows {list(class_names)}")
+            raise InvalidInputError(f"unknown classes in class_filter: {shown(unknown)}; this model knows {list(class_names)}")
 
 
 def postprocess(

@@ -28,8 +28,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from models.checkpoints import ModelConfig
-from models.errors import InvalidInputError, UnknownModelError
-from services.errors import QueueFullError, UnavailableError
+from models.errors import InvalidInputError, UnknownModelError, shown
+from services.errors import QueueFullError, UnavailableError, UnimplementedError
 from services.host import BatchResult, LoadedModel, ModelHost
 from services.imaging import Decoder
 from services.kserve_tasks import ADAPTERS, Adapter, Params, TensorSpec
@@ -71,7 +71,7 @@ def join_bytes(array: np.ndarray) -> bytes:
 def _check_tensor(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec) -> tuple[int, ...]:
     if tensor.datatype not in spec.datatypes:
         raise InvalidInputError(f"input {spec.name} must be {' or '.join(spec.datatypes)}, "
-                                f"got {tensor.datatype or '(none)'}")
+                                f"got {shown(tensor.datatype) or '(none)'}")
     shape = tuple(tensor.shape)
     if (len(shape) != len(spec.shape) or any(s < 1 for s in shape)
             or any(want not in (-1, got) for got, want in zip(shape, spec.shape))):
@@ -117,7 +117,7 @@ def read_inputs(request: pb.ModelInferRequest, specs: Sequence[TensorSpec]) -> d
         spec = by_name.get(tensor.name)
         if spec is None or tensor.name in tensors:
             what = "unknown" if spec is None else "repeated"
-            raise InvalidInputError(f"{what} input `{tensor.name}`; this model takes {sorted(by_name)}")
+            raise InvalidInputError(f"{what} input `{shown(tensor.name)}`; this model takes {sorted(by_name)}")
         tensors[tensor.name] = _array(tensor, _check_tensor(tensor, spec), raw[i] if raw else None)
     missing = [s.name for s in specs if not s.optional and s.name not in tensors]
     if missing or not tensors:
@@ -191,6 +191,18 @@ async def _submit_all(loaded: LoadedModel, items: Sequence[Any], deadline: float
             task.cancel()  # no-op for finished items
 
 
+def _not_served(rpc: str, instead: str) -> Any:
+    """An RPC of the KServe/Triton service that this server does not implement: UNIMPLEMENTED, saying ``instead``."""
+
+    async def refuse(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise UnimplementedError(f"{rpc} is not implemented by cvtasks; {instead}")
+
+    refuse.__name__ = rpc
+    return refuse
+
+
+_SHARED_MEMORY = "send tensors in the request (raw_input_contents or contents)"
+
 # --------------------------------------------------------------------------- the servicer
 
 
@@ -199,7 +211,8 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig,
     ModelInfer, ModelStreamInfer (responses in request order; a failed request answers with
-    ``error_message`` and the stream goes on), RepositoryIndex. Others answer UNIMPLEMENTED."""
+    ``error_message`` and the stream goes on), RepositoryIndex. The others answer UNIMPLEMENTED
+    with what to use instead."""
 
     service_name = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -210,17 +223,31 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def add_to_server(self, server: grpc.aio.Server) -> None:
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
 
+    ModelStatistics = _not_served("ModelStatistics", "per-model counts and latencies are on the Prometheus "
+                                  "endpoint (cvtasks serve --metrics-port)")
+    RepositoryModelLoad = _not_served("RepositoryModelLoad", "load models with cvtasks.v1.ModelService/LoadModel")
+    RepositoryModelUnload = _not_served("RepositoryModelUnload", "unload models with "
+                                        "cvtasks.v1.ModelService/UnloadModel")
+    SystemSharedMemoryStatus = _not_served("SystemSharedMemoryStatus", _SHARED_MEMORY)
+    SystemSharedMemoryRegister = _not_served("SystemSharedMemoryRegister", _SHARED_MEMORY)
+    SystemSharedMemoryUnregister = _not_served("SystemSharedMemoryUnregister", _SHARED_MEMORY)
+    CudaSharedMemoryStatus = _not_served("CudaSharedMemoryStatus", _SHARED_MEMORY)
+    CudaSharedMemoryRegister = _not_served("CudaSharedMemoryRegister", _SHARED_MEMORY)
+    CudaSharedMemoryUnregister = _not_served("CudaSharedMemoryUnregister", _SHARED_MEMORY)
+    TraceSetting = _not_served("TraceSetting", "there is no tracing; the JSON log has one line per RPC")
+    LogSettings = _not_served("LogSettings", "set the log level with cvtasks serve --log-level")
+
     def _find(self, name: str, version: str = "") -> tuple[LoadedModel, Adapter, ModelHost]:
         served = {info.name: host for host in self.hosts for info in host.list_models()}
         if name not in served:
             if not all(host.list_models() for host in self.hosts):
                 raise UnavailableError("models are still loading; retry shortly")
-            raise UnknownModelError(f"Unknown model `{name}`. This server serves: {sorted(served)}")
+            raise UnknownModelError(f"Unknown model `{shown(name)}`. This server serves: {sorted(served)}")
         host = served[name]
         loaded = host.get(name)
         if version and version != loaded.config.version:
             raise UnknownModelError(f"model `{name}` is version {loaded.config.version}; "
-                                    f"version {version} is not served")
+                                    f"version {shown(version)} is not served")
         return loaded, self.adapters[host.task], host
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext):
@@ -279,7 +306,7 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         config, outputs = loaded.config, adapter.outputs(loaded.config)
         unknown = sorted({o.name for o in request.outputs} - {s.name for s in outputs})
         if unknown:
-            raise InvalidInputError(f"unknown output(s) {unknown}; this model gives {[s.name for s in outputs]}")
+            raise InvalidInputError(f"unknown output(s) {shown(unknown)}; this model gives {[s.name for s in outputs]}")
         tensors = read_inputs(request, adapter.inputs(config))
         if adapter.batched:
             batch = next(iter(tensors.values())).shape[0]

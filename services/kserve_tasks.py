@@ -27,7 +27,7 @@ import torch
 from models.captioning import Caption, CaptionSettings, image_input
 from models.checkpoints import ModelConfig
 from models.detection import Detection, DetectOptions
-from models.errors import InvalidInputError
+from models.errors import InvalidInputError, shown
 from models.generation import LatentPrior
 from models.preprocessing import to_tensor
 from models.registry import Registry
@@ -73,7 +73,7 @@ class Params:
             if key in _RESERVED or key.startswith("triton_"):
                 continue
             if key not in known:
-                raise InvalidInputError(f"unknown parameter `{key}`; this model takes {sorted(known)}")
+                raise InvalidInputError(f"unknown parameter `{shown(key)}`; this model takes {sorted(known)}")
             kind = param.WhichOneof("parameter_choice")
             if kind is not None:
                 self._values[key] = getattr(param, kind)
@@ -81,7 +81,8 @@ class Params:
     def _get(self, name: str, kinds: tuple[type, ...], what: str) -> Any:
         value = self._values.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-            raise InvalidInputError(f"parameter `{name}` must be {what}, got {value!r}")
+            shown_value = shown(value) if isinstance(value, str) else value
+            raise InvalidInputError(f"parameter `{name}` must be {what}, got {shown_value!r}")
         return value
 
     def number(self, name: str, default: float) -> float:
@@ -264,7 +265,7 @@ class SegmentationAdapter(ImageAdapter):
     def options(self, config: ModelConfig, params: Params) -> SegmentOptions:
         mode = params.text("large_image_mode", LargeImageMode.RESIZE.value).lower()
         if mode not in {m.value for m in LargeImageMode}:
-            raise InvalidInputError(f"large_image_mode must be `resize` or `tile`, got `{mode}`")
+            raise InvalidInputError(f"large_image_mode must be `resize` or `tile`, got `{shown(mode)}`")
         return SegmentOptions(max_side=params.integer("max_side", SegmentOptions.max_side),
                               large_image_mode=LargeImageMode(mode),
                               tile_overlap=params.integer("tile_overlap", None))

@@ -20,8 +20,8 @@ from services.metrics import (
     current_rpc,
     gpu_memory,
     note_model,
-    start_metrics_endpoint,
 )
+from services.metrics_http import start_metrics_endpoint
 from services.streaming import stage_seconds, timings_proto
 
 
