@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from models import checkpoints
-from models.errors import ModelStoreError, UnknownModelError
+from models.errors import ModelStoreError, UnknownModelError, shown
 from models.preprocessing import DEFAULT_MAX_PIXELS
-from models.store_checks import shown_name
 from models.train.common import pick_device
 from services.batching import DynamicBatcher
 from services.errors import QueueFullError, UnavailableError
@@ -308,7 +307,7 @@ class ModelHost:
         if loaded is None:
             if not self._models:
                 raise UnavailableError(f"no {self.task} model is loaded yet; retry shortly")
-            raise UnknownModelError(f"Unknown model {shown_name(key)}. This server serves: {sorted(self._models)}")
+            raise UnknownModelError(f"Unknown model `{shown(key)}`. This server serves: {sorted(self._models)}")
         note_model(key)  # the RPC's metrics are labelled with this model
         return loaded
 
