@@ -22,9 +22,10 @@ USER cvtasks
 VOLUME ["/models"]
 EXPOSE 50051 9464
 
-# Healthy = the gRPC health service answers SERVING (models loaded and warmed up).
+# Healthy = the gRPC health service answers SERVING (models loaded and warmed up); it probes
+# 127.0.0.1:$CVTASKS_PORT (50051), or the plaintext --health-port when CVTASKS_HEALTH_PORT is set.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
-  CMD ["python", "-m", "services.healthcheck", "127.0.0.1:50051"]
+  CMD ["python", "-m", "services.healthcheck"]
 
 ENTRYPOINT ["cvtasks"]
 CMD ["serve", "--task", "detection", "--port", "50051"]

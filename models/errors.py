@@ -6,6 +6,24 @@ gRPC status, so model code never needs to know about gRPC.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+QUOTE_CHARS = 64  # the most of one client-given string an error message repeats
+QUOTE_ITEMS = 8  # the most client-given strings of a list an error message repeats
+
+
+def shown(value: str | Iterable[str]) -> str:
+    """A client-given string, or list of strings, as an error message quotes it: each string cut to
+    QUOTE_CHARS characters (saying how long it was), a list cut to QUOTE_ITEMS strings (saying how many
+    more). A 1 MiB model name must not come back in full: the status message travels in the response
+    metadata, which grpc limits to a few KiB."""
+    if isinstance(value, str):
+        return value if len(value) <= QUOTE_CHARS else f"{value[:QUOTE_CHARS]}... ({len(value)} characters)"
+    values = list(value)
+    head = ", ".join(repr(shown(v)) for v in values[:QUOTE_ITEMS])
+    more = f", ... {len(values) - QUOTE_ITEMS} more" if len(values) > QUOTE_ITEMS else ""
+    return f"[{head}{more}]"
+
 
 class CvtasksError(Exception):
     """Base class of every error cvtasks raises on purpose."""
@@ -43,8 +61,3 @@ class ModelStoreError(CvtasksError, ValueError):
 class DatasetError(CvtasksError, ValueError):
     """A dataset file is malformed (e.g. a degenerate box); the message names the record."""
 
-
-def shown(value: object, limit: int = 64) -> str:
-    """A client-given string (or other value) cut to ``limit`` characters for an error message."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-from models.errors import InvalidInputError
+from models.errors import InvalidInputError, shown
 
 O = TypeVar("O", bound="Options")
 
@@ -158,7 +158,8 @@ class DetectOptions(Options):
         """InvalidInputError when ``class_filter`` names a class the model does not know."""
         unknown = sorted(set(self.class_filter) - set(class_names))
         if unknown:
-            raise InvalidInputError(f"unknown classes in class_filter: {unknown}; this model knows {list(class_names)}")
+            raise InvalidInputError(f"unknown classes in class_filter: {shown(unknown)}; this model knows "
+                                    f"{list(class_names)}")
 
 
 @dataclass(frozen=True)

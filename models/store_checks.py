@@ -39,12 +39,6 @@ def short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-def shown_name(name: str) -> str:
-    """A requested model name as a message shows it: in backticks, cut to MAX_NAME_LENGTH
-    characters (a client's megabyte name must not come back in a status it cannot receive)."""
-    return f"`{name}`" if len(name) <= MAX_NAME_LENGTH else f"`{name[:40]}...` ({len(name)} characters)"
-
-
 def check_name(name: object) -> str:
     """``name`` if it is a model name (a plain folder name), else InvalidInputError saying why."""
     if not isinstance(name, str) or not name:

@@ -15,7 +15,8 @@ from models.tasks import get_task
 from services.host import ModelHost, ServingConfig
 from services.imaging import Decoder
 from services.kserve import KServeServicer
-from services.metrics import ServingMetrics, start_metrics_endpoint
+from services.metrics import ServingMetrics
+from services.metrics_http import start_metrics_endpoint
 from services.models import ModelServicer
 from services.pipeline import Pipeline
 from services.server import ServerConfig, Servicer, serve
@@ -60,11 +61,13 @@ def build_app(
     return App(servicers, hosts, decoder, metrics)
 
 
-async def run_app(app: App, config: ServerConfig, *, metrics_port: int | None = None,
+async def run_app(app: App, config: ServerConfig, *, metrics_port: int | None = None, metrics_host: str | None = None,
                   on_metrics: Callable[[str], None] | None = None, **kwargs) -> None:
     """Serve ``app`` (kwargs go to services.server.serve). With ``metrics_port`` (0 = any free port)
-    its Prometheus endpoint listens on ``config.host`` first, and ``on_metrics`` gets its URL."""
-    endpoint = None if metrics_port is None else start_metrics_endpoint(app.metrics, metrics_port, config.host)
+    its Prometheus endpoint listens on ``metrics_host`` (default ``config.host``) first, with the server's
+    TLS and tokens (services/metrics_http.py), and ``on_metrics`` gets its URL."""
+    endpoint = None if metrics_port is None else start_metrics_endpoint(
+        app.metrics, metrics_port, config.host if metrics_host is None else metrics_host, config.security)
     try:
         if endpoint is not None and on_metrics is not None:
             on_metrics(endpoint.url)

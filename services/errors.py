@@ -27,9 +27,13 @@ __all__ = [
     "ModelStoreError",
     "QueueFullError",
     "UnavailableError",
+    "UnimplementedError",
     "UnknownModelError",
     "status_for",
+    "status_message",
 ]
+
+MAX_STATUS_MESSAGE = 1024  # characters; grpc's response metadata (where the message travels) holds a few KiB
 
 
 class QueueFullError(CvtasksError):
@@ -44,6 +48,10 @@ class UnavailableError(CvtasksError):
     """The server or model is not ready (loading, shutting down). UNAVAILABLE."""
 
 
+class UnimplementedError(CvtasksError):
+    """An RPC of a public service this server does not offer; the message says what to use. UNIMPLEMENTED."""
+
+
 # Most specific classes first: the first isinstance match wins.
 _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -53,6 +61,8 @@ _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (UnimplementedError, grpc.StatusCode.UNIMPLEMENTED),
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),  # a generated servicer's default for an RPC not overridden
 )
 
 
@@ -62,3 +72,12 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
         if isinstance(exc, cls):
             return code
     return None
+
+
+def status_message(exc: BaseException) -> str:
+    """The status message a client gets for a domain error: its text, cut to MAX_STATUS_MESSAGE characters
+    (the one cap on what goes back; quoting client input is also cut where it is quoted: models.errors.shown)."""
+    text = str(exc)
+    if len(text) <= MAX_STATUS_MESSAGE:
+        return text
+    return f"{text[:MAX_STATUS_MESSAGE]}... (message cut at {MAX_STATUS_MESSAGE} of {len(text)} characters)"

@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from models import checkpoints
-from models.errors import ModelStoreError, UnknownModelError
+from models.errors import ModelStoreError, UnknownModelError, shown
 from models.preprocessing import DEFAULT_MAX_PIXELS
-from models.store_checks import shown_name
 from models.devices import pick_device
 from models.options import Options
 from models.task import Task
@@ -306,7 +305,7 @@ class ModelHost:
         if loaded is None:
             if not self._models:
                 raise UnavailableError(f"no {self.task.name} model is loaded yet; retry shortly")
-            raise UnknownModelError(f"Unknown model {shown_name(key)}. This server serves: {sorted(self._models)}")
+            raise UnknownModelError(f"Unknown model `{shown(key)}`. This server serves: {sorted(self._models)}")
         return loaded
 
     def queue_depths(self) -> dict[str, int]:

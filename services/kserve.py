@@ -29,7 +29,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from models.checkpoints import ModelConfig
 from models.errors import InvalidInputError, UnknownModelError, shown
-from services.errors import QueueFullError, UnavailableError
+from services.errors import QueueFullError, UnavailableError, UnimplementedError
 from services.host import LoadedModel
 from services.kserve_tasks import Codec, TensorSpec
 from services.pipeline import Pipeline
@@ -71,7 +71,7 @@ def join_bytes(array: np.ndarray) -> bytes:
 def _check_tensor(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec) -> tuple[int, ...]:
     if tensor.datatype not in spec.datatypes:
         raise InvalidInputError(f"input {spec.name} must be {' or '.join(spec.datatypes)}, "
-                                f"got {tensor.datatype or '(none)'}")
+                                f"got {shown(tensor.datatype) or '(none)'}")
     shape = tuple(tensor.shape)
     if (len(shape) != len(spec.shape) or any(s < 1 for s in shape)
             or any(want not in (-1, got) for got, want in zip(shape, spec.shape))):
@@ -117,7 +117,7 @@ def read_inputs(request: pb.ModelInferRequest, specs: Sequence[TensorSpec]) -> d
         spec = by_name.get(tensor.name)
         if spec is None or tensor.name in tensors:
             what = "unknown" if spec is None else "repeated"
-            raise InvalidInputError(f"{what} input `{tensor.name}`; this model takes {sorted(by_name)}")
+            raise InvalidInputError(f"{what} input `{shown(tensor.name)}`; this model takes {sorted(by_name)}")
         tensors[tensor.name] = _array(tensor, _check_tensor(tensor, spec), raw[i] if raw else None)
     missing = [s.name for s in specs if not s.optional and s.name not in tensors]
     if missing or not tensors:
@@ -178,6 +178,18 @@ def _server_version() -> str:
         return "unknown"
 
 
+def _not_served(rpc: str, instead: str) -> Any:
+    """An RPC of the KServe/Triton service that this server does not implement: UNIMPLEMENTED, saying ``instead``."""
+
+    async def refuse(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise UnimplementedError(f"{rpc} is not implemented by cvtasks; {instead}")
+
+    refuse.__name__ = rpc
+    return refuse
+
+
+_SHARED_MEMORY = "send tensors in the request (raw_input_contents or contents)"
+
 # --------------------------------------------------------------------------- the servicer
 
 
@@ -186,7 +198,8 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig,
     ModelInfer, ModelStreamInfer (responses in request order; a failed request answers with
-    ``error_message`` and the stream goes on), RepositoryIndex. Others answer UNIMPLEMENTED."""
+    ``error_message`` and the stream goes on), RepositoryIndex. The others answer UNIMPLEMENTED
+    with what to use instead."""
 
     service_name = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -196,6 +209,20 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
+
+    ModelStatistics = _not_served("ModelStatistics", "per-model counts and latencies are on the Prometheus "
+                                  "endpoint (cvtasks serve --metrics-port)")
+    RepositoryModelLoad = _not_served("RepositoryModelLoad", "load models with cvtasks.v1.ModelService/LoadModel")
+    RepositoryModelUnload = _not_served("RepositoryModelUnload", "unload models with "
+                                        "cvtasks.v1.ModelService/UnloadModel")
+    SystemSharedMemoryStatus = _not_served("SystemSharedMemoryStatus", _SHARED_MEMORY)
+    SystemSharedMemoryRegister = _not_served("SystemSharedMemoryRegister", _SHARED_MEMORY)
+    SystemSharedMemoryUnregister = _not_served("SystemSharedMemoryUnregister", _SHARED_MEMORY)
+    CudaSharedMemoryStatus = _not_served("CudaSharedMemoryStatus", _SHARED_MEMORY)
+    CudaSharedMemoryRegister = _not_served("CudaSharedMemoryRegister", _SHARED_MEMORY)
+    CudaSharedMemoryUnregister = _not_served("CudaSharedMemoryUnregister", _SHARED_MEMORY)
+    TraceSetting = _not_served("TraceSetting", "there is no tracing; the JSON log has one line per RPC")
+    LogSettings = _not_served("LogSettings", "set the log level with cvtasks serve --log-level")
 
     def _find(self, name: str, version: str = "") -> tuple[LoadedModel, Codec]:
         served = {info.name: host for host in self.hosts for info in host.list_models()}

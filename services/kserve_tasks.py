@@ -73,7 +73,8 @@ def options_from_parameters(cls: type[Options], parameters: Mapping[str, Any]) -
         value, kind = getattr(param, choice), base_type(known[key], cls)
         types, what = _KINDS[kind]
         if not isinstance(value, types) or (kind is not bool and isinstance(value, bool)):
-            raise InvalidInputError(f"parameter `{key}` must be {what}, got {shown(value)}")
+            raise InvalidInputError(f"parameter `{key}` must be {what}, got "
+                                    f"{repr(shown(value)) if isinstance(value, str) else repr(value)}")
         if kind is tuple:
             value = tuple(n.strip() for n in value.split(",") if n.strip())
         elif kind is str and spec_of(known[key]).choices:

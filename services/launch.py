@@ -17,9 +17,11 @@ from services.server import ServerConfig
 
 class ServerAddress(str):
     """ "HOST:PORT" of a running server (a plain str for every caller), plus ``metrics_url``:
-    its Prometheus endpoint, or None when it serves no metrics."""
+    its Prometheus endpoint, or None when it serves no metrics, and ``health_address``: "HOST:PORT"
+    of its plaintext health port, or None."""
 
     metrics_url: str | None = None
+    health_address: str | None = None
 
 
 @contextlib.contextmanager
@@ -33,12 +35,14 @@ def running_server(
     ready_timeout_s: float = 300.0,
     grace_s: float = 5.0,
     metrics_port: int | None = None,
+    health_port: int | None = None,
     security: SecurityConfig = SecurityConfig(),
     **serving: Any,
 ) -> Iterator[ServerAddress]:
     """Serve ``task`` (or several) from ``model_store`` until the block ends; yields "HOST:PORT" once SERVING.
     On exit, in-flight calls get ``grace_s`` seconds before they are cancelled. With ``metrics_port``
-    (0 = any free port) the Prometheus endpoint runs too; its URL is the address's ``metrics_url``."""
+    (0 = any free port) the Prometheus endpoint runs too; its URL is the address's ``metrics_url``; with
+    ``health_port``, so does the plaintext health port (``health_address``)."""
     app = build_app([task] if isinstance(task, str) else list(task), model_store, ServingConfig(**serving), models=models)
     ready, stopped = threading.Event(), threading.Event()
     state: dict[str, Any] = {}
@@ -51,9 +55,10 @@ def running_server(
         async def go() -> None:
             state["stop"] = asyncio.Event()
             state["loop"] = asyncio.get_running_loop()
-            await run_app(app, ServerConfig(host=host, port=port, grace_s=grace_s, security=security), on_ready=on_ready,
-                          stop_event=state["stop"], metrics_port=metrics_port,
-                          on_metrics=lambda url: state.update(metrics_url=url))
+            config = ServerConfig(host=host, port=port, grace_s=grace_s, security=security, health_port=health_port)
+            await run_app(app, config, on_ready=on_ready, stop_event=state["stop"], metrics_port=metrics_port,
+                          on_metrics=lambda url: state.update(metrics_url=url),
+                          on_health=lambda bound: state.update(health_address=f"{host}:{bound}"))
 
         try:
             asyncio.run(go())
@@ -71,6 +76,7 @@ def running_server(
     try:
         address = ServerAddress(f"{host}:{state['port']}")
         address.metrics_url = state.get("metrics_url")
+        address.health_address = state.get("health_address")
         yield address
     finally:
         state["loop"].call_soon_threadsafe(state["stop"].set)

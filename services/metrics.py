@@ -19,7 +19,7 @@ How the numbers get here without metrics code in the servicers: the error interc
 ``RpcRecord`` per RPC (a context variable, so it follows the RPC's task and the stream items'
 tasks), ``ModelHost.get`` notes the model on it, the timings helper in services/streaming.py
 observes the stages, the interceptor counts the RPC with its status, and the host wires the
-batcher's batch sizes and queue depths.
+batcher's batch sizes and queue depths. The ``/metrics`` endpoint is services/metrics_http.py.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -183,41 +182,3 @@ def observe_stages(model: str, seconds: Mapping[str, float]) -> None:
     record = _current.get()
     if record is not None:
         record.metrics.observe_stages(model, seconds)
-
-
-# --------------------------------------------------------------------------- HTTP endpoint
-
-
-@dataclass
-class MetricsEndpoint:
-    """A running ``/metrics`` HTTP server (a daemon thread); ``port`` is the bound one."""
-
-    server: WSGIServer
-    thread: threading.Thread
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}/metrics"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
-def start_metrics_endpoint(metrics: ServingMetrics, port: int, host: str = "0.0.0.0") -> MetricsEndpoint:
-    """Serve ``metrics`` over HTTP on ``host:port`` (0 = any free port; read ``.port``)."""
-    if not 0 <= port <= 65535:
-        raise ValueError(f"metrics port must be in 0..65535 (0 = any free port), got {port}")
-    try:
-        server, thread = start_http_server(port, addr=host, registry=metrics.registry)
-    except OSError as exc:
-        raise OSError(f"could not bind the metrics endpoint on {host}:{port} ({exc}); "
-                      "choose another --metrics-port or 0 for any free port") from exc
-    endpoint = MetricsEndpoint(server, thread, host, server.server_port)
-    log.info("metrics endpoint", extra={"url": endpoint.url})
-    return endpoint

@@ -10,8 +10,7 @@ from typing import Any, Protocol
 import grpc
 
 from models import checkpoints
-from models.errors import InvalidInputError, UnknownModelError
-from models.store_checks import shown_name
+from models.errors import InvalidInputError, UnknownModelError, shown
 from services.pb import models_pb2, models_pb2_grpc
 
 
@@ -78,7 +77,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         for info in infos:
             if info.name == request.name or (not request.name and info.is_default):
                 return _to_proto(info)
-        raise UnknownModelError(f"Unknown model {shown_name(request.name)}. This server serves: "
+        raise UnknownModelError(f"Unknown model `{shown(request.name)}`. This server serves: "
                                 f"{sorted(i.name for i in infos)}")
 
     def _source_for(self, task: str) -> ModelSource:
@@ -93,7 +92,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             raise InvalidInputError("name the model-store folder to load")
         folder = checkpoints.find(self.sources[0].store, request.name)
         if folder is None:  # the client learns the name, not the file system: no paths, no store folders
-            raise UnknownModelError(f"Unknown model {shown_name(request.name)}: the model store has no model of that "
+            raise UnknownModelError(f"Unknown model `{shown(request.name)}`: the model store has no model of that "
                                     f"name. Available models (loaded here): {sorted(i.name for i in self._all())}")
         config = checkpoints.load_config(folder)
         source = self._source_for(config.task)
@@ -109,5 +108,5 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             if any(i.name == request.name for i in source.list_models()):
                 default = await source.unload(request.name)
                 return models_pb2.UnloadModelResponse(name=request.name, default_model=default)
-        raise UnknownModelError(f"Unknown model {shown_name(request.name)}. This server serves: "
+        raise UnknownModelError(f"Unknown model `{shown(request.name)}`. This server serves: "
                                 f"{sorted(i.name for i in self._all())}")

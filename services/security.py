@@ -8,12 +8,18 @@ Every RPC needs ``authorization: Bearer <token>`` metadata when tokens are confi
 the health service (load balancers and Docker's health check probe it without secrets).
 Admin RPCs (ModelService.LoadModel / UnloadModel) need an admin token. No or an unknown token:
 UNAUTHENTICATED; a valid user token on an admin RPC: PERMISSION_DENIED.
+
+Without tokens, the admin RPCs are closed (PERMISSION_DENIED, saying how to open them) unless the
+server listens on loopback only or ``open_management`` says the network is trusted: anyone who
+reaches an open port could otherwise load and unload models.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +57,7 @@ class SecurityConfig:
     tls_client_ca: str | None = None
     tokens: tuple[str, ...] = field(default=(), repr=False)
     admin_tokens: tuple[str, ...] = field(default=(), repr=False)
+    open_management: bool = False  # LoadModel/UnloadModel without admin tokens on every interface (trusted networks)
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -70,6 +77,28 @@ class SecurityConfig:
     def auth_enabled(self) -> bool:
         return bool(self.tokens)
 
+    def management_refusal(self, host: str) -> str | None:
+        """Why LoadModel/UnloadModel are closed on a server listening on ``host`` without tokens, or None
+        when they are open (loopback only, or ``open_management``). With tokens, admin tokens decide."""
+        if self.auth_enabled or self.open_management or is_loopback(host):
+            return None
+        return (f"model management is closed: this server listens on {host or 'every interface'} without admin "
+                "tokens, so anyone who reaches the port could load and unload models. Open it with admin tokens "
+                f"(--admin-tokens-file or {ADMIN_TOKENS_ENV}, with user tokens), by listening on loopback only "
+                "(--host 127.0.0.1), or on a trusted network with --open-management")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS (mutual TLS: client certificates from tls_client_ca) for an HTTP endpoint, or None."""
+        if not self.tls_cert:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_client_ca:
+            context.load_verify_locations(self.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
     def credentials(self) -> grpc.ServerCredentials | None:
         """Server credentials for ``add_secure_port``, or None for a plaintext port."""
         if not self.tls_cert:
@@ -81,7 +110,18 @@ class SecurityConfig:
         return grpc.ssl_server_credentials(pair)
 
 
-def _matches(token: str, accepted: Iterable[str]) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a --host value) reaches this machine only: localhost, 127.0.0.0/8, ::1."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # "" (every interface), or a host name other than localhost: it may be anything
+        return False
+
+
+def token_matches(token: str, accepted: Iterable[str]) -> bool:
+    """Whether ``token`` is one of ``accepted``, compared in constant time."""
     return any(hmac.compare_digest(token.encode(), candidate.encode()) for candidate in accepted)
 
 
@@ -98,6 +138,8 @@ def _refuse(code: grpc.StatusCode, message: str, handler: grpc.RpcMethodHandler)
     async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
+    abort.ignores_request = True  # refused whatever it asked: even bytes that do not parse (services/server.py)
+
     codec = {"request_deserializer": handler.request_deserializer,
              "response_serializer": handler.response_serializer}
     if handler.request_streaming and handler.response_streaming:
@@ -107,6 +149,28 @@ def _refuse(code: grpc.StatusCode, message: str, handler: grpc.RpcMethodHandler)
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(abort, **codec)
     return grpc.unary_unary_rpc_method_handler(abort, **codec)
+
+
+class ManagementGuard(grpc.aio.ServerInterceptor):
+    """Refuses the admin RPCs with ``refusal`` (SecurityConfig.management_refusal) on a server without tokens."""
+
+    def __init__(self, refusal: str) -> None:
+        self.refusal = refusal
+
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method not in ADMIN_METHODS:
+            return handler
+        return _refuse(grpc.StatusCode.PERMISSION_DENIED, f"{details.method.rsplit('/', 1)[-1]}: {self.refusal}",
+                       handler)
+
+
+def server_interceptors(config: SecurityConfig, host: str) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors that enforce ``config`` on a server listening on ``host`` (none when all is open)."""
+    if config.auth_enabled:
+        return [AuthInterceptor(config)]
+    refusal = config.management_refusal(host)
+    return [ManagementGuard(refusal)] if refusal else []
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -127,9 +191,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if token is None:
             return _refuse(grpc.StatusCode.UNAUTHENTICATED,
                            "this server needs a token: send metadata 'authorization: Bearer <token>'", handler)
-        if not _matches(token, self.tokens):
+        if not token_matches(token, self.tokens):
             return _refuse(grpc.StatusCode.UNAUTHENTICATED, "the token is not valid for this server", handler)
-        if method in ADMIN_METHODS and not _matches(token, self.admin_tokens):
+        if method in ADMIN_METHODS and not token_matches(token, self.admin_tokens):
+            where = "" if self.admin_tokens else (f"; this server has none: set --admin-tokens-file or "
+                                                  f"{ADMIN_TOKENS_ENV}")
             return _refuse(grpc.StatusCode.PERMISSION_DENIED,
-                           f"{method.rsplit('/', 1)[-1]} needs an admin token", handler)
+                           f"{method.rsplit('/', 1)[-1]} needs an admin token{where}", handler)
         return handler

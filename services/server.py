@@ -11,7 +11,6 @@ import asyncio
 import inspect
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,9 +19,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.errors import status_for
-from services.security import AuthInterceptor, SecurityConfig
-from services.metrics import RpcRecord, ServingMetrics, begin_rpc
+from services.calls import GONE, CallLog, LogLimiter, checked_request, checked_requests, guarded_deserializer
+from services.errors import status_for, status_message
+from services.metrics import ServingMetrics
+from services.security import SecurityConfig, server_interceptors
 
 log = logging.getLogger("cvtasks.server")
 
@@ -41,12 +41,15 @@ class ServerConfig:
     # RESOURCE_EXHAUSTED before reading them. None: no bound.
     max_concurrent_rpcs: int | None = None
     security: SecurityConfig = field(default_factory=SecurityConfig)  # TLS and tokens (none by default)
+    health_port: int | None = None  # also serve gRPC health alone, in plaintext, on this port (0: any free port)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if self.health_port is not None and not 0 <= self.health_port <= 65535:
+            raise ValueError(f"health_port must be in 0..65535 (0 = any free port), got {self.health_port}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
 
@@ -62,102 +65,131 @@ class Servicer(Protocol):
 # --------------------------------------------------------------------------- error interceptor
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+async def _abort(context: grpc.aio.ServicerContext, call: CallLog, exc: Exception) -> None:
+    """Answer ``exc`` with its status (services.errors), unless the client is already gone."""
+    call.failed(exc)
+    if call.ended:  # the RPC is over: its context must not be used (see services/calls.py)
+        return
     code = status_for(exc)
-    if code is None:
-        log.exception("unexpected error", exc_info=exc)
-        # The client learns that it is our bug, not what it was: the details are in the server log.
+    if code is None:  # our bug: the client learns the type only; the rpc log line has the traceback
         await context.abort(grpc.StatusCode.INTERNAL,
                             f"internal error ({type(exc).__name__}); the server log has the details")
-    await context.abort(code, str(exc))
+    await context.abort(code, status_message(exc))
 
 
-def _status_name(context: grpc.aio.ServicerContext, failure: BaseException | None) -> str:
-    if isinstance(failure, asyncio.CancelledError):  # the client went away or its deadline passed
-        remaining = context.time_remaining() if hasattr(context, "time_remaining") else None
-        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-    code = context.code() if hasattr(context, "code") else None
-    if failure is not None and code in (None, grpc.StatusCode.OK):
-        code = status_for(failure) or grpc.StatusCode.INTERNAL
-    return getattr(code, "name", "OK") if code is not None else "OK"
+def _request_of(inner: Callable, request_or_iterator: Any, request_streaming: bool) -> Any:
+    """The request (stream) the handler gets: a message that did not parse raises InvalidInputError,
+    except for a handler that refuses the call whatever it asked (security's refusals come first)."""
+    if getattr(inner, "ignores_request", False):
+        return request_or_iterator
+    if request_streaming:
+        return checked_requests(request_or_iterator)
+    return checked_request(request_or_iterator)
 
 
-def _log_rpc(method: str, context: grpc.aio.ServicerContext, started: float, failure: BaseException | None,
-             record: RpcRecord | None) -> None:
-    name = _status_name(context, failure)
-    level = logging.INFO if name == "OK" else logging.WARNING
-    extra = {"method": method, "status": name, "peer": context.peer(),
-             "duration_ms": round((time.perf_counter() - started) * 1000, 2)}
-    if record is not None:
-        extra["model"] = record.model
-        record.metrics.observe_rpc(model=record.model, method=method, status=name)
-    log.log(level, "rpc", extra=extra)
-
-
-def _wrap_unary_response(method: str, inner: Callable, metrics: ServingMetrics | None) -> Callable:
+def _wrap_unary_response(method: str, inner: Callable, interceptor: ErrorInterceptor,
+                         request_streaming: bool) -> Callable:
     async def behavior(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        started, failure, record = time.perf_counter(), None, begin_rpc(metrics)
+        call = CallLog.begin(method, context, interceptor.metrics)
         try:
-            return await inner(request_or_iterator, context)
+            response = await inner(_request_of(inner, request_or_iterator, request_streaming), context)
+            call.ok(context)
+            return response
         except grpc.aio.AbortError:
+            call.aborted(context)
             raise
-        except asyncio.CancelledError as exc:
-            failure = exc
+        except GONE:
+            call.gone()
             raise
         except Exception as exc:  # noqa: BLE001 — mapped to a status here, once for every service
-            failure = exc
-            await _abort(context, exc)
+            await _abort(context, call, exc)
         finally:
-            _log_rpc(method, context, started, failure, record)
+            call.end(interceptor.limiter)
 
     return behavior
 
 
-def _wrap_stream_response(method: str, inner: Callable, metrics: ServingMetrics | None) -> Callable:
+_closing: set[asyncio.Task] = set()  # close() tasks of abandoned response streams (asyncio keeps weak refs only)
+
+
+async def _close(responses: Any, method: str) -> None:
+    try:
+        await responses.aclose()  # the handler's own cleanup (ordered_stream cancels its queued items)
+    except Exception:  # noqa: BLE001 — a failing cleanup must not hide the RPC's outcome
+        log.exception("closing the response stream failed", extra={"method": method})
+
+
+def _abandoned(call: CallLog, responses: Any, limiter: LogLimiter) -> None:
+    """Done callback of a response-stream RPC: if the stream did not finish inside the RPC (the client went
+    away while the server waited to write), count and log it now and close the handler's stream. Nothing
+    would otherwise until the garbage collector finalizes the suspended generator (maybe never, maybe
+    minutes later). The context is not used: the call is being released."""
+    if call.done:
+        return
+    call.gone()
+    call.end(limiter)
+    task = asyncio.ensure_future(_close(responses, call.method))
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+def _wrap_stream_response(method: str, inner: Callable, interceptor: ErrorInterceptor,
+                          request_streaming: bool) -> Callable:
     if not inspect.isasyncgenfunction(inner):  # a context.write()-style handler (e.g. health Watch)
-        return _wrap_unary_response(method, inner, metrics)
+        return _wrap_unary_response(method, inner, interceptor, request_streaming)
 
     async def behavior(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        started, failure, record = time.perf_counter(), None, begin_rpc(metrics)
+        call = CallLog.begin(method, context, interceptor.metrics)
+        responses = inner(_request_of(inner, request_or_iterator, request_streaming), context)
+        context.add_done_callback(lambda _: _abandoned(call, responses, interceptor.limiter))
         try:
-            async for response in inner(request_or_iterator, context):
+            async for response in responses:
                 yield response
+            call.ok(context)
         except grpc.aio.AbortError:
+            call.aborted(context)
             raise
-        except asyncio.CancelledError as exc:
-            failure = exc
+        except GONE:  # GeneratorExit: closed after the RPC ended (_abandoned has counted it)
+            call.gone()
             raise
         except Exception as exc:  # noqa: BLE001
-            failure = exc
-            await _abort(context, exc)
+            await _abort(context, call, exc)
         finally:
-            _log_rpc(method, context, started, failure, record)
+            if not call.done:  # finished inside the RPC: the done callback will find nothing to do
+                await _close(responses, method)
+                call.end(interceptor.limiter)
 
     return behavior
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain errors (services.errors.status_for) to statuses and logs one line per RPC;
-    with ``metrics``, also counts each RPC by model, method and status (services.metrics)."""
+    """Maps domain errors (services.errors.status_for) to statuses, refuses requests that are not
+    valid protobufs (INVALID_ARGUMENT) and logs one line per RPC (refusals rate-limited per method
+    and status, see services.calls.LogLimiter); with ``metrics``, also counts each RPC by model,
+    method and status (services.metrics)."""
 
-    def __init__(self, metrics: ServingMetrics | None = None) -> None:
+    def __init__(self, metrics: ServingMetrics | None = None, limiter: LogLimiter | None = None) -> None:
         self.metrics = metrics
+        self.limiter = limiter or LogLimiter()
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
         method = details.method
-        codec = {"request_deserializer": handler.request_deserializer,
+        codec = {"request_deserializer": guarded_deserializer(handler.request_deserializer),
                  "response_serializer": handler.response_serializer}
-        m = self.metrics
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary_response(method, handler.unary_unary, m), **codec)
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary_response(method, handler.unary_unary, self, False), **codec)
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream_response(method, handler.unary_stream, m), **codec)
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream_response(method, handler.unary_stream, self, False), **codec)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary_response(method, handler.stream_unary, m), **codec)
-        return grpc.stream_stream_rpc_method_handler(_wrap_stream_response(method, handler.stream_stream, m), **codec)
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary_response(method, handler.stream_unary, self, True), **codec)
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream_response(method, handler.stream_stream, self, True), **codec)
 
 
 # --------------------------------------------------------------------------- server
@@ -188,9 +220,10 @@ async def create_server(
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(metrics)]
-    if config.security.auth_enabled:  # inside the error interceptor, so refused calls are logged and counted
-        interceptors.append(AuthInterceptor(config.security))
+    # Tokens, or the guard of the admin RPCs, inside the error interceptor: refused calls are logged and counted.
+    interceptors = [ErrorInterceptor(metrics), *server_interceptors(config.security, config.host)]
+    if refusal := config.security.management_refusal(config.host):
+        log.info("LoadModel and UnloadModel closed", extra={"reason": refusal})
     server = grpc.aio.server(interceptors=interceptors, options=options,
                              maximum_concurrent_rpcs=config.max_concurrent_rpcs)
     names = [s.service_name for s in servicers]
@@ -209,6 +242,21 @@ async def create_server(
     return server, port
 
 
+async def start_health_server(config: ServerConfig, health_servicer: health.aio.HealthServicer,
+                              metrics: ServingMetrics | None = None) -> tuple[grpc.aio.Server, int]:
+    """A started server with only ``health_servicer``, in plaintext on ``config.host:config.health_port``:
+    for probes that hold no client certificate when the main port needs one (mutual TLS)."""
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics)], options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"{config.host}:{config.health_port}")
+    if port == 0:
+        raise OSError(f"could not bind the health port {config.host}:{config.health_port}; choose another "
+                      "--health-port or 0 for any free port")
+    await server.start()
+    log.info("health port", extra={"port": port})
+    return server, port
+
+
 async def serve(
     config: ServerConfig,
     servicers: Sequence[Servicer],
@@ -216,13 +264,20 @@ async def serve(
     startup: Callable[[], Awaitable[None]] | None = None,
     shutdown: Callable[[], Awaitable[None]] | None = None,
     on_ready: Callable[[int], None] | None = None,
+    on_health: Callable[[int], None] | None = None,
     stop_event: asyncio.Event | None = None,
     metrics: ServingMetrics | None = None,
 ) -> None:
     """Listen, run ``startup`` (load + warm up models), report SERVING, and run until SIGTERM/SIGINT
-    (or ``stop_event``); then NOT_SERVING, finish in-flight requests within grace_s, ``shutdown``."""
+    (or ``stop_event``); then NOT_SERVING, finish in-flight requests within grace_s, ``shutdown``.
+    With ``config.health_port``, health is also served alone on that port (``on_health`` gets it)."""
     health_servicer = new_health()
     server, port = await create_server(config, servicers, health_servicer=health_servicer, metrics=metrics)
+    health_server = None
+    if config.health_port is not None:
+        health_server, health_port = await start_health_server(config, health_servicer, metrics)
+        if on_health is not None:
+            on_health(health_port)
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -244,6 +299,8 @@ async def serve(
         log.info("stopping", extra={"grace_s": config.grace_s})
         await set_health(health_servicer, [s.service_name for s in servicers], serving=False)
         await server.stop(config.grace_s)
+        if health_server is not None:
+            await health_server.stop(0)
         if shutdown is not None:
             await shutdown()
         log.info("stopped")

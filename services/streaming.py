@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from models.errors import CvtasksError
-from services.errors import status_for
+from services.errors import status_for, status_message
 from services.pb import common_pb2
 
 Req = TypeVar("Req")
@@ -29,7 +29,7 @@ def deadline_of(context: Any, limits: Any = None) -> float | None:
 def item_error(exc: CvtasksError) -> common_pb2.ItemError:
     """A domain error as a per-item status inside a stream (the stream itself goes on)."""
     code = status_for(exc)
-    return common_pb2.ItemError(code=code.value[0] if code else 13, message=str(exc))
+    return common_pb2.ItemError(code=code.value[0] if code else 13, message=status_message(exc))
 
 
 async def ordered_stream(

@@ -89,6 +89,23 @@ def captioner_store(tmp_path_factory, shapes_dir):
 
 
 @pytest.fixture(scope="session")
+def random_detector_store(tmp_path_factory):
+    """A model store with `random-detector`: the tiny Faster R-CNN with random weights (no training), for
+    tests about transport where any detector will do; `detector_store` is the one that finds shapes."""
+    from models import checkpoints
+    from models.detection import build_detector
+
+    torch.manual_seed(0)
+    args = {"image_size": 128}
+    store = tmp_path_factory.mktemp("random-det-store")
+    config = checkpoints.ModelConfig(name="random-detector", task="detection", architecture="fasterrcnn_tiny",
+                                     classes=("circle", "square", "triangle"), model_args=args, input_size=128)
+    checkpoints.save_model(build_detector("fasterrcnn_tiny", num_classes=4, **args).eval(), config,
+                           store / config.name)
+    return store
+
+
+@pytest.fixture(scope="session")
 def generator_store(tmp_path_factory):
     """A model store with `tiny-generator`: a 32 px RGB DCGAN generator, random weights (DCGAN
     init) — for transport, determinism and error tests; learning is checked by the slow test."""

@@ -12,7 +12,7 @@ from services.server import MiB, ServerConfig
 
 
 def _metrics_port(value: str) -> int | None:
-    """``--metrics-port``: "" or "off" -> no endpoint; 0 -> any free port; else 1..65535."""
+    """``--metrics-port`` / ``--health-port``: "" or "off" -> no endpoint; 0 -> any free port; else 1..65535."""
     if value.strip().lower() in ("", "off", "none"):
         return None
     try:
@@ -30,11 +30,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-store", default=os.environ.get("CVTASKS_MODEL_STORE", "model_store"))
     p.add_argument("--models", nargs="*", default=(), help="model names to load (default: all of the task)")
     p.add_argument("--default-model", default=None, help="model used when a request names none")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="interface to listen on (default every one); LoadModel/UnloadModel are open without admin "
+                        "tokens only on loopback (127.0.0.1, ::1, localhost)")
     p.add_argument("--port", type=int, default=int(os.environ.get("CVTASKS_PORT", "50051")), help="0 = any free port")
     p.add_argument("--metrics-port", type=_metrics_port, default=os.environ.get("CVTASKS_METRICS_PORT", "off"),
                    help="serve Prometheus metrics over HTTP on this port at /metrics (0 = any free port; the URL "
-                        "is printed). Default: $CVTASKS_METRICS_PORT, else off")
+                        "is printed). HTTPS with the server's certificate when TLS is on; needs a bearer token "
+                        "when tokens are on. Default: $CVTASKS_METRICS_PORT, else off")
+    p.add_argument("--metrics-host", default=os.environ.get("CVTASKS_METRICS_HOST") or None,
+                   help="interface of the metrics endpoint (default: --host), e.g. 127.0.0.1 to keep it local")
+    p.add_argument("--health-port", type=_metrics_port, default=os.environ.get("CVTASKS_HEALTH_PORT", "off"),
+                   help="also serve the gRPC health service alone, in plaintext, on this port of --host (for "
+                        "probes without a client certificate under mutual TLS; 0 = any free port). "
+                        "Default: $CVTASKS_HEALTH_PORT, else off")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--devices", type=lambda v: tuple(d.strip() for d in v.split(",") if d.strip()), default=(),
                    help="one replica of each model per device, e.g. cuda:0,cuda:1 (requests go to the shortest "
@@ -67,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "tokens are never taken on the command line")
     p.add_argument("--admin-tokens-file", default=env("CVTASKS_ADMIN_TOKENS_FILE"),
                    help="tokens that may also load/unload models (also $CVTASKS_ADMIN_TOKENS)")
+    p.add_argument("--open-management", action="store_true",
+                   help="open LoadModel/UnloadModel without admin tokens on every interface: only on a trusted "
+                        "network (by default they need admin tokens unless --host is loopback)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--plain-logs", action="store_true", help="text logs instead of JSON lines")
     p.set_defaults(run=run)
@@ -86,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
     security = SecurityConfig(
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         tokens=read_tokens(args.tokens_file, env=TOKENS_ENV),
-        admin_tokens=read_tokens(args.admin_tokens_file, env=ADMIN_TOKENS_ENV))
+        admin_tokens=read_tokens(args.admin_tokens_file, env=ADMIN_TOKENS_ENV), open_management=args.open_management)
     config = ServerConfig(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * MiB),
-                          grace_s=args.grace_s, security=security,
+                          grace_s=args.grace_s, security=security, health_port=args.health_port,
                           max_concurrent_rpcs=args.max_concurrent_rpcs)
     app = build_app(args.task, args.model_store, serving, models=args.models, default_model=args.default_model)
 
@@ -98,5 +110,9 @@ def run(args: argparse.Namespace) -> int:
     def metrics(url: str) -> None:
         print(f"cvtasks: metrics on {url}", flush=True)
 
-    asyncio.run(run_app(app, config, on_ready=ready, metrics_port=args.metrics_port, on_metrics=metrics))
+    def health(port: int) -> None:
+        print(f"cvtasks: health on {args.host}:{port} (plaintext, health service only)", flush=True)
+
+    asyncio.run(run_app(app, config, on_ready=ready, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                        on_metrics=metrics, on_health=health))
     return 0

@@ -1,6 +1,7 @@
 """`cvtasks serve` in a subprocess, as the CLI tests use it: yields (process, address) once the
 server says it is serving; its log goes to a file that is printed (and so shown by pytest) when
-the test fails."""
+the test fails. The server runs with PYTHONFAULTHANDLER=1, so a crash leaves its stack in the log;
+the address is a services.launch.ServerAddress (``metrics_url`` with --metrics-port)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,39 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
+
+from services.launch import ServerAddress
 
 CLI = [sys.executable, "-m", "services.cli"]
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
 
 
+def _name(task: str | Sequence[str]) -> str:
+    return task if isinstance(task, str) else "-".join(task)
+
+
 @contextmanager
-def cli_server(task: str, model_store: Path, log_dir: Path, *extra: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    log_path = Path(log_dir) / f"serve-{task}.log"
+def cli_server(task: str | Sequence[str], model_store: Path, log_dir: Path,
+               *extra: str) -> Iterator[tuple[subprocess.Popen, ServerAddress]]:
+    tasks = [task] if isinstance(task, str) else list(task)
+    log_path = Path(log_dir) / f"serve-{_name(task)}.log"
     with log_path.open("w") as log:
-        proc = subprocess.Popen([*CLI, "serve", "--task", task, "--model-store", str(model_store),
-                                 "--host", "127.0.0.1", "--port", "0", *extra],
-                                stdout=subprocess.PIPE, stderr=log, text=True, env=ENV)
+        proc = subprocess.Popen([*CLI, "serve", *(a for t in tasks for a in ("--task", t)),
+                                 "--model-store", str(model_store), "--host", "127.0.0.1", "--port", "0", *extra],
+                                stdout=subprocess.PIPE, stderr=log, text=True, env={**ENV, "PYTHONFAULTHANDLER": "1"})
         try:
-            line = proc.stdout.readline()  # printed once models are loaded, warmed up and health says SERVING
-            assert f"serving {task} on" in line, f"the server did not start: {line!r}"
-            yield proc, line.strip().rsplit(" ", 1)[-1]
+            metrics_url = None
+            line = proc.stdout.readline()  # "serving" once models are loaded, warmed up and health says SERVING
+            while line.startswith("cvtasks: metrics on ") or line.startswith("cvtasks: health on "):
+                if "metrics on" in line:
+                    metrics_url = line.split(" on ", 1)[1].strip()
+                line = proc.stdout.readline()
+            assert f"serving {', '.join(tasks)} on" in line, f"the server did not start: {line!r}"
+            address = ServerAddress(line.strip().rsplit(" ", 1)[-1])
+            address.metrics_url = metrics_url
+            yield proc, address
         except BaseException:
             print(f"--- server log {log_path} ---\n{log_path.read_text()}")
             raise
@@ -39,5 +56,5 @@ def cli_server(task: str, model_store: Path, log_dir: Path, *extra: str) -> Iter
                     proc.wait()
 
 
-def server_log(log_dir: Path, task: str) -> str:
-    return (Path(log_dir) / f"serve-{task}.log").read_text()
+def server_log(log_dir: Path, task: str | Sequence[str]) -> str:
+    return (Path(log_dir) / f"serve-{_name(task)}.log").read_text()

@@ -145,3 +145,105 @@ def test_the_container_health_check_on_a_plaintext_server(generator_store):
     with running_server(task="generation", model_store=generator_store) as address:
         assert main([address]) == 0
     assert main([address]) == 1  # nothing listens any more
+
+
+# --------------------------------------------------------------------------- /metrics and the health port
+
+
+def _scrape(url, *, token=None, context=None):
+    """(HTTP status, body) of one GET of ``url``."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _tls_context(pki, *, client=False):
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if client:
+        context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+    return context
+
+
+def test_metrics_need_a_token_and_tls_when_the_server_has_them(generator_store, pki):
+    import urllib.request
+
+    security = SecurityConfig(tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"),
+                              tokens=(USER,), admin_tokens=(ADMIN,))
+    with running_server(task="generation", model_store=generator_store, security=security,
+                        metrics_port=0) as address:
+        with _client(address.replace("127.0.0.1", "localhost"), pki, token=USER) as client:
+            client.generate(count=1)
+        url = address.metrics_url.replace("127.0.0.1", "localhost")
+        assert url.startswith("https://")
+        context = _tls_context(pki)
+        status, body = _scrape(url, context=context)
+        assert status == 401 and "Authorization: Bearer" in body and "cvtasks_requests_total" not in body
+        assert _scrape(url, token="not-the-token-0123456789", context=context)[0] == 401
+        for token in (USER, ADMIN):  # a user or an admin token
+            status, body = _scrape(url, token=token, context=context)
+            assert status == 200 and 'cvtasks_requests_total{method="/cvtasks.v1.GenerationService/Generate"' in body
+        with pytest.raises(OSError):  # plain HTTP gets no answer from the TLS port (reset, or URLError)
+            urllib.request.urlopen(url.replace("https://", "http://"), timeout=10)
+
+
+def test_metrics_under_mutual_tls_need_a_client_certificate(generator_store, pki):
+
+    security = SecurityConfig(tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"),
+                              tls_client_ca=str(pki / "ca.crt"))
+    with running_server(task="generation", model_store=generator_store, security=security,
+                        metrics_port=0) as address:
+        url = address.metrics_url.replace("127.0.0.1", "localhost")
+        status, body = _scrape(url, context=_tls_context(pki, client=True))
+        assert status == 200 and "cvtasks_queue_depth" in body
+        with pytest.raises(OSError):  # URLError, SSLError: the handshake or the first read fails
+            _scrape(url, context=_tls_context(pki))
+
+
+def test_without_tokens_or_tls_metrics_are_plain_http(generator_store):
+    with running_server(task="generation", model_store=generator_store, metrics_port=0) as address:
+        assert address.metrics_url.startswith("http://")
+        status, body = _scrape(address.metrics_url)
+        assert status == 200 and "cvtasks_queue_depth" in body
+
+
+def test_under_mutual_tls_the_health_port_answers_probes_without_a_certificate(generator_store, pki, monkeypatch):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from services.healthcheck import main
+
+    security = SecurityConfig(tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"),
+                              tls_client_ca=str(pki / "ca.crt"))
+    with running_server(task="generation", model_store=generator_store, security=security,
+                        health_port=0) as address:
+        health = address.health_address
+        assert health and health != address
+        with CvtasksClient(health, timeout=10) as plain:
+            assert plain.health() == "SERVING" and plain.health("cvtasks.v1.GenerationService") == "SERVING"
+            code, _ = _code(lambda: plain.generate(count=1))
+            assert code == grpc.StatusCode.UNIMPLEMENTED  # health only: nothing else is open on that port
+            code, _ = _code(lambda: plain.list_models())
+            assert code == grpc.StatusCode.UNIMPLEMENTED
+        with grpc.insecure_channel(health) as channel:  # a bad request there is the client's error too
+            call = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None,
+                                       response_deserializer=None)
+            code, _ = _code(lambda: call(b"\xff\xff garbage", timeout=10))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            stub = health_pb2_grpc.HealthStub(channel)
+            serving = health_pb2.HealthCheckResponse.SERVING
+            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == serving
+        # The container health check: the main port wants a client certificate, the health port does not.
+        monkeypatch.setenv("CVTASKS_TLS_CERT", str(pki / "server.crt"))
+        monkeypatch.setenv("CVTASKS_TLS_CA", str(pki / "ca.crt"))
+        monkeypatch.setenv("CVTASKS_PORT", address.rsplit(":", 1)[1])
+        assert main([]) == 1
+        monkeypatch.setenv("CVTASKS_HEALTH_PORT", health.rsplit(":", 1)[1])
+        assert main([]) == 0
+        assert main(["--plaintext", health]) == 0

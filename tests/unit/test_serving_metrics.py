@@ -21,8 +21,8 @@ from services.metrics import (
     gpu_memory,
     note_model,
     observe_stages,
-    start_metrics_endpoint,
 )
+from services.metrics_http import start_metrics_endpoint
 from services.pipeline import stage_seconds
 from services.typed import timings_proto
 
