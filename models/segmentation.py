@@ -255,8 +255,8 @@ class SegmentationTask(Task[SegmentOptions]):
     """Semantic segmentation: an image -> a Segmentation (label map at the input's size). Batch
     jobs write ``masks/<input>.png`` (pixel value = class id) and with ``include_overlay``
     ``overlays/<input>.png``; rows ``{"width", "height", "mask", "processing", "classes": {name:
-    {"pixels", "fraction"}}}``; ``segments.jsonl`` and ``segments.csv`` (a column of area
-    fractions per class)."""
+    {"pixels", "fraction"}}}`` (with ``include_contours`` also ``"contours": {name: [[[x, y],
+    ...], ...]}``); ``segments.jsonl`` and ``segments.csv`` (a column of area fractions per class)."""
 
     name, Options, results = "segmentation", SegmentOptions, "segments"
 
@@ -290,6 +290,9 @@ class SegmentationTask(Task[SegmentOptions]):
         if options.include_overlay and pixels is not None:
             blended = overlay_labels(pixels, labels, alpha=options.overlay_alpha)
             row["overlay"] = out.write("overlays", key, ".png", encode_image(blended, "png"))
+        if options.include_contours:
+            row["contours"] = {name: [poly.tolist() for poly in polygons]
+                               for _, name, polygons in class_contours(labels, config.classes)}
         return row
 
     def finish(self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig,

@@ -34,7 +34,7 @@ class LoadedModelInfo:
 class ModelSource(Protocol):
     """What ModelService needs of a task's models (a ModelHost): list, (re)load, unload."""
 
-    task: str
+    task: Any  # the task object (models/task.py); its ``name`` is the task's name
     store: Path
 
     def list_models(self) -> list[LoadedModelInfo]: ...
@@ -82,10 +82,10 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
     def _source_for(self, task: str) -> ModelSource:
         for source in self.sources:
-            if source.task == task:
+            if source.task.name == task:
                 return source
         raise InvalidInputError(f"this server does not serve {task} models; it serves "
-                                f"{sorted(s.task for s in self.sources)}")
+                                f"{sorted(s.task.name for s in self.sources)}")
 
     async def LoadModel(self, request: models_pb2.LoadModelRequest, context: grpc.aio.ServicerContext):
         if not request.name or not self.sources:

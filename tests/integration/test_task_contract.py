@@ -56,7 +56,7 @@ CONTRACTS = {
     "detection": Contract(
         "random-detector", lambda c, img, m: c.detect(img, model=m, score_threshold=0.0), "detect_stream",
         lambda c, img: c.detect(img, score_threshold=1.5), "score_threshold", lambda r: len(r.detections),
-        lambda r: int(r.as_numpy("COUNT")[0]), _encoded),
+        lambda r: int(r.as_numpy("COUNT")[0]), _encoded, {"score_threshold": 0.0}),
     "segmentation": Contract(
         "tiny-segmenter", lambda c, img, m: c.segment(img, model=m), "segment_stream",
         lambda c, img: c.segment(img, max_side=10), "max_side",
