@@ -48,6 +48,20 @@ async def _flood(call, count: int) -> list[tuple[str, float]]:
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
+def _status_of(rpc, request):
+    """An async call of ``rpc(request)`` that answers its status name ("OK" when it succeeded)."""
+    import grpc
+
+    async def call() -> str:
+        try:
+            await rpc(request, timeout=600)
+            return "OK"
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+
+    return call
+
+
 def _typed(address: str, image: bytes, model: str = ""):
     import grpc
 
@@ -55,17 +69,8 @@ def _typed(address: str, image: bytes, model: str = ""):
     from services.pb import detection_pb2_grpc
 
     channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
-    stub = detection_pb2_grpc.DetectionServiceStub(channel)
-    request = detect_request(image, model=model)
-
-    async def call() -> str:
-        try:
-            await stub.Detect(request, timeout=600)
-            return "OK"
-        except grpc.aio.AioRpcError as exc:
-            return exc.code().name
-
-    return channel, call
+    return channel, _status_of(detection_pb2_grpc.DetectionServiceStub(channel).Detect,
+                               detect_request(image, model=model))
 
 
 def _kserve(address: str, image: bytes, model: str):
@@ -74,19 +79,10 @@ def _kserve(address: str, image: bytes, model: str):
     from tritonclient.grpc import service_pb2_grpc
 
     channel = grpc.aio.insecure_channel(address)
-    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
     request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name="IMAGE", datatype="BYTES", shape=[1])
     request.raw_input_contents.append(len(image).to_bytes(4, "little") + image)
-
-    async def call() -> str:
-        try:
-            await stub.ModelInfer(request, timeout=600)
-            return "OK"
-        except grpc.aio.AioRpcError as exc:
-            return exc.code().name
-
-    return channel, call
+    return channel, _status_of(service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer, request)
 
 
 def _summary(results: list[tuple[str, float]]) -> dict[str, float | int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 
 import grpc
 
@@ -15,21 +14,11 @@ from services.typed import TypedService, image_data, model_ref, timings_proto
 
 
 class CaptioningServicer(captioning_pb2_grpc.CaptioningServiceServicer, TypedService):
-    task = "captioning"
+    task, Response = "captioning", captioning_pb2.CaptionResponse
     service_name = captioning_pb2.DESCRIPTOR.services_by_name["CaptioningService"].full_name
-    Response = captioning_pb2.CaptionResponse
+    add_servicer = staticmethod(captioning_pb2_grpc.add_CaptioningServiceServicer_to_server)
+    unary_rpcs, stream_rpcs = {"Caption": "call"}, {"CaptionStream": "call"}
     client_stream, options_message = "caption_stream", captioning_pb2.CaptionOptions
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        captioning_pb2_grpc.add_CaptioningServiceServicer_to_server(self, server)
-
-    async def Caption(self, request: captioning_pb2.CaptionRequest, context: grpc.aio.ServicerContext):
-        return await self.unary(request, context)
-
-    async def CaptionStream(self, request_iterator: AsyncIterator[captioning_pb2.CaptionRequest],
-                            context: grpc.aio.ServicerContext) -> AsyncIterator[captioning_pb2.CaptionResponse]:
-        async for response in self.stream(request_iterator, context):
-            yield response
 
     def call(self, request: captioning_pb2.CaptionRequest) -> Call:
         return Call(options=options_from_proto(CaptionOptions, request.options), images=[image_data(request.image)])

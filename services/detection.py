@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 
 import grpc
 
@@ -14,22 +13,11 @@ from services.typed import TypedService, image_data, model_ref, timings_proto
 
 
 class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer, TypedService):
-    task = "detection"
+    task, Response, stream_window = "detection", detection_pb2.DetectResponse, 32
     service_name = detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name
-    Response = detection_pb2.DetectResponse
-    stream_window = 32
+    add_servicer = staticmethod(detection_pb2_grpc.add_DetectionServiceServicer_to_server)
+    unary_rpcs, stream_rpcs = {"Detect": "call"}, {"DetectStream": "call"}
     client_stream, options_message = "detect_stream", detection_pb2.DetectOptions
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        detection_pb2_grpc.add_DetectionServiceServicer_to_server(self, server)
-
-    async def Detect(self, request: detection_pb2.DetectRequest, context: grpc.aio.ServicerContext):
-        return await self.unary(request, context)
-
-    async def DetectStream(self, request_iterator: AsyncIterator[detection_pb2.DetectRequest],
-                           context: grpc.aio.ServicerContext) -> AsyncIterator[detection_pb2.DetectResponse]:
-        async for response in self.stream(request_iterator, context):
-            yield response
 
     def call(self, request: detection_pb2.DetectRequest) -> Call:
         return Call(options=options_from_proto(DetectOptions, request.options), images=[image_data(request.image)])

@@ -39,18 +39,10 @@ def images_proto(pixels: np.ndarray, z: torch.Tensor, fmt: int) -> list[generati
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer, TypedService):
-    task = "generation"
+    task, Response = "generation", generation_pb2.GenerateResponse
     service_name = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
-    Response = generation_pb2.GenerateResponse
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        generation_pb2_grpc.add_GenerationServiceServicer_to_server(self, server)
-
-    async def Generate(self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext):
-        return await self.unary(request, context, call=self.generate_call)
-
-    async def Interpolate(self, request: generation_pb2.InterpolateRequest, context: grpc.aio.ServicerContext):
-        return await self.unary(request, context, call=self.interpolate_call)
+    add_servicer = staticmethod(generation_pb2_grpc.add_GenerationServiceServicer_to_server)
+    unary_rpcs = {"Generate": "generate_call", "Interpolate": "interpolate_call"}
 
     def generate_call(self, request: generation_pb2.GenerateRequest) -> Call:
         """``count`` latents of ``seed`` from the model's prior, or the request's own latents."""

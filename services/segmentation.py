@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 
 import grpc
 
@@ -17,21 +16,11 @@ from services.typed import TypedService, image_data, model_ref, timings_proto
 
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer, TypedService):
-    task = "segmentation"
+    task, Response = "segmentation", segmentation_pb2.SegmentResponse
     service_name = segmentation_pb2.DESCRIPTOR.services_by_name["SegmentationService"].full_name
-    Response = segmentation_pb2.SegmentResponse
+    add_servicer = staticmethod(segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server)
+    unary_rpcs, stream_rpcs = {"Segment": "call"}, {"SegmentStream": "call"}
     client_stream, options_message = "segment_stream", segmentation_pb2.SegmentOptions
-
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(self, server)
-
-    async def Segment(self, request: segmentation_pb2.SegmentRequest, context: grpc.aio.ServicerContext):
-        return await self.unary(request, context)
-
-    async def SegmentStream(self, request_iterator: AsyncIterator[segmentation_pb2.SegmentRequest],
-                            context: grpc.aio.ServicerContext) -> AsyncIterator[segmentation_pb2.SegmentResponse]:
-        async for response in self.stream(request_iterator, context):
-            yield response
 
     def call(self, request: segmentation_pb2.SegmentRequest) -> Call:
         return Call(options=options_from_proto(SegmentOptions, request.options), images=[image_data(request.image)])

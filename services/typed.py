@@ -2,8 +2,9 @@
 
 A task's servicer (services/detection.py, ...) subclasses its generated servicer and
 ``TypedService``: it maps its request to a ``Call`` (``call``) and an ``Answer`` to its response
-(``respond``); each RPC method is one line handing off to ``unary`` or ``stream`` here, which run
-the request through services/pipeline.py. Streams answer in request order, with a failed item's
+(``respond``), and names its RPCs (``unary_rpcs``, ``stream_rpcs``: RPC -> the method that makes
+its Call); the RPC methods themselves are made here, and run the request through
+services/pipeline.py. Streams answer in request order, with a failed item's
 ``error`` set and the stream going on (services/streaming.py).
 """
 
@@ -48,20 +49,54 @@ def timings_proto(s: Mapping[str, float]) -> common_pb2.Timings:
                               total_ms=s["total"] * MS)
 
 
+def _unary(builder: str) -> Callable:
+    async def rpc(self: TypedService, request: Any, context: grpc.aio.ServicerContext) -> Message:
+        return await self.handle(request, deadline_of(context, self.pipeline.limits), getattr(self, builder))
+
+    return rpc
+
+
+def _stream(builder: str) -> Callable:
+    async def rpc(self: TypedService, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+                  ) -> AsyncIterator[Message]:
+        deadline, call = deadline_of(context), getattr(self, builder)
+        async for response in ordered_stream(requests, lambda r: self.handle(r, deadline, call), on_error=self.failed,
+                                             window=self.stream_window):
+            yield response
+
+    return rpc
+
+
 class TypedService:
-    """Base of a task's typed servicer (mixed into its generated ``*ServiceServicer``)."""
+    """Base of a task's typed servicer (mixed into its generated ``*ServiceServicer``).
+
+    Unary RPCs run under the server's deadline policy (services/streaming.py ``deadline_of``);
+    streams keep the client's deadline and answer in order, a failed item with ``error`` set."""
 
     task: ClassVar[str]
     service_name: ClassVar[str]
+    add_servicer: ClassVar[Callable[[Any, grpc.aio.Server], None]]  # the generated add_*_to_server
     Response: ClassVar[type[Message]]  # what a stream answers a failed item with (``error`` set)
+    unary_rpcs: ClassVar[dict[str, str]] = {}  # RPC name -> the method making its Call
+    stream_rpcs: ClassVar[dict[str, str]] = {}
     stream_window: ClassVar[int] = 16  # stream items in flight at once (so the batcher can batch them)
     # Remote batch jobs (services/batch_remote.py): the client's stream method, the RPC's options
     # message (which of a job's options its requests carry) and ``output_of`` below.
     client_stream: ClassVar[str] = ""
     options_message: ClassVar[type[Message] | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for rpc, builder in cls.unary_rpcs.items():
+            setattr(cls, rpc, _unary(builder))
+        for rpc, builder in cls.stream_rpcs.items():
+            setattr(cls, rpc, _stream(builder))
+
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        self.add_servicer(self, server)
 
     def call(self, request: Any) -> Call:
         """The request as the pipeline takes it (the task's wire options and image)."""
@@ -78,19 +113,6 @@ class TypedService:
 
     def failed(self, request: Any, error: common_pb2.ItemError) -> Message:
         return self.Response(request_id=request.request_id, error=error)
-
-    async def unary(self, request: Any, context: grpc.aio.ServicerContext, *,
-                    call: Callable[[Any], Call] | None = None) -> Message:
-        """One request under the server's unary deadline policy; ``call`` overrides ``self.call``
-        (a service with several request kinds, like GenerationService)."""
-        return await self.handle(request, deadline_of(context, self.pipeline.limits), call or self.call)
-
-    async def stream(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-                     ) -> AsyncIterator[Message]:
-        deadline = deadline_of(context)
-        async for response in ordered_stream(requests, lambda r: self.handle(r, deadline, self.call),
-                                             on_error=self.failed, window=self.stream_window):
-            yield response
 
     async def handle(self, request: Any, deadline: float | None, call: Callable[[Any], Call]) -> Message:
         loaded = self.pipeline.model(self.task, request.model.name)
