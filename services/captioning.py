@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-
-import grpc
-
 from models.captioning import CaptionText
-from models.options import CaptionOptions
 from services.pb import captioning_pb2, captioning_pb2_grpc
-from services.pipeline import Answer, Call
-from services.proto_options import options_from_proto
-from services.typed import TypedService, image_data, model_ref, timings_proto
+from services.pipeline import Answer
+from services.typed import TypedService, model_ref, timings_proto
 
 
 class CaptioningServicer(captioning_pb2_grpc.CaptioningServiceServicer, TypedService):
@@ -19,9 +14,6 @@ class CaptioningServicer(captioning_pb2_grpc.CaptioningServiceServicer, TypedSer
     add_servicer = staticmethod(captioning_pb2_grpc.add_CaptioningServiceServicer_to_server)
     unary_rpcs, stream_rpcs = {"Caption": "call"}, {"CaptionStream": "call"}
     client_stream, options_message = "caption_stream", captioning_pb2.CaptionOptions
-
-    def call(self, request: captioning_pb2.CaptionRequest) -> Call:
-        return Call(options=options_from_proto(CaptionOptions, request.options), images=[image_data(request.image)])
 
     def respond(self, request: captioning_pb2.CaptionRequest, answer: Answer) -> captioning_pb2.CaptionResponse:
         height, width = answer.images[0].shape[:2]

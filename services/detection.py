@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-
-import grpc
-
-from models.options import DetectOptions
 from services.pb import common_pb2, detection_pb2, detection_pb2_grpc
-from services.pipeline import Answer, Call
-from services.proto_options import options_from_proto
-from services.typed import TypedService, image_data, model_ref, timings_proto
+from services.pipeline import Answer
+from services.typed import TypedService, model_ref, timings_proto
 
 
 class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer, TypedService):
@@ -18,9 +13,6 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer, TypedServic
     add_servicer = staticmethod(detection_pb2_grpc.add_DetectionServiceServicer_to_server)
     unary_rpcs, stream_rpcs = {"Detect": "call"}, {"DetectStream": "call"}
     client_stream, options_message = "detect_stream", detection_pb2.DetectOptions
-
-    def call(self, request: detection_pb2.DetectRequest) -> Call:
-        return Call(options=options_from_proto(DetectOptions, request.options), images=[image_data(request.image)])
 
     def respond(self, request: detection_pb2.DetectRequest, answer: Answer) -> detection_pb2.DetectResponse:
         height, width = answer.images[0].shape[:2]

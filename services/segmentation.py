@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-
-import grpc
-
-from models.options import SegmentOptions
 from models.preprocessing import encode_image
 from models.segmentation import Segmentation, class_areas, class_contours, labels_from_png
 from models.visualize import overlay_labels
 from services.pb import segmentation_pb2, segmentation_pb2_grpc
-from services.pipeline import Answer, Call
-from services.proto_options import options_from_proto
-from services.typed import TypedService, image_data, model_ref, timings_proto
+from services.pipeline import Answer
+from services.typed import TypedService, model_ref, timings_proto
 
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer, TypedService):
@@ -21,9 +16,6 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer, Ty
     add_servicer = staticmethod(segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server)
     unary_rpcs, stream_rpcs = {"Segment": "call"}, {"SegmentStream": "call"}
     client_stream, options_message = "segment_stream", segmentation_pb2.SegmentOptions
-
-    def call(self, request: segmentation_pb2.SegmentRequest) -> Call:
-        return Call(options=options_from_proto(SegmentOptions, request.options), images=[image_data(request.image)])
 
     def respond(self, request: segmentation_pb2.SegmentRequest, answer: Answer) -> segmentation_pb2.SegmentResponse:
         """The label map PNG, class areas, and the overlay and contours when asked for."""

@@ -18,9 +18,11 @@ from google.protobuf.message import Message
 
 from models.checkpoints import ModelConfig
 from models.errors import InvalidInputError
+from models.options import TASK_OPTIONS
 from services.imaging import ImageData, RawPixels
 from services.pb import common_pb2
 from services.pipeline import Answer, Call, Pipeline
+from services.proto_options import options_from_proto
 from services.streaming import deadline_of, ordered_stream
 
 MS = 1000.0
@@ -99,8 +101,10 @@ class TypedService:
         self.add_servicer(self, server)
 
     def call(self, request: Any) -> Call:
-        """The request as the pipeline takes it (the task's wire options and image)."""
-        raise NotImplementedError
+        """The request as the pipeline takes it: its options message (the task's options, by
+        name) and its image. A task whose requests are not one image overrides this."""
+        return Call(options=options_from_proto(TASK_OPTIONS[self.task], request.options),
+                    images=[image_data(request.image)])
 
     def respond(self, request: Any, answer: Answer) -> Message:
         """The response to ``request`` (run in the decode pool)."""
