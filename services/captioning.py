@@ -9,11 +9,8 @@ from services.typed import TypedService, model_ref, timings_proto
 
 
 class CaptioningServicer(captioning_pb2_grpc.CaptioningServiceServicer, TypedService):
-    task, Response = "captioning", captioning_pb2.CaptionResponse
-    service_name = captioning_pb2.DESCRIPTOR.services_by_name["CaptioningService"].full_name
-    add_servicer = staticmethod(captioning_pb2_grpc.add_CaptioningServiceServicer_to_server)
+    task, client_stream = "captioning", "caption_stream"
     unary_rpcs, stream_rpcs = {"Caption": "call"}, {"CaptionStream": "call"}
-    client_stream, options_message = "caption_stream", captioning_pb2.CaptionOptions
 
     def respond(self, request: captioning_pb2.CaptionRequest, answer: Answer) -> captioning_pb2.CaptionResponse:
         height, width = answer.images[0].shape[:2]

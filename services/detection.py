@@ -8,11 +8,8 @@ from services.typed import TypedService, model_ref, timings_proto
 
 
 class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer, TypedService):
-    task, Response, stream_window = "detection", detection_pb2.DetectResponse, 32
-    service_name = detection_pb2.DESCRIPTOR.services_by_name["DetectionService"].full_name
-    add_servicer = staticmethod(detection_pb2_grpc.add_DetectionServiceServicer_to_server)
+    task, client_stream, stream_window = "detection", "detect_stream", 32
     unary_rpcs, stream_rpcs = {"Detect": "call"}, {"DetectStream": "call"}
-    client_stream, options_message = "detect_stream", detection_pb2.DetectOptions
 
     def respond(self, request: detection_pb2.DetectRequest, answer: Answer) -> detection_pb2.DetectResponse:
         height, width = answer.images[0].shape[:2]

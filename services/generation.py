@@ -39,9 +39,7 @@ def images_proto(pixels: np.ndarray, z: torch.Tensor, fmt: int) -> list[generati
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer, TypedService):
-    task, Response = "generation", generation_pb2.GenerateResponse
-    service_name = generation_pb2.DESCRIPTOR.services_by_name["GenerationService"].full_name
-    add_servicer = staticmethod(generation_pb2_grpc.add_GenerationServiceServicer_to_server)
+    task = "generation"
     unary_rpcs = {"Generate": "generate_call", "Interpolate": "interpolate_call"}
 
     def generate_call(self, request: generation_pb2.GenerateRequest) -> Call:

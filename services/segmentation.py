@@ -11,11 +11,8 @@ from services.typed import TypedService, model_ref, timings_proto
 
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer, TypedService):
-    task, Response = "segmentation", segmentation_pb2.SegmentResponse
-    service_name = segmentation_pb2.DESCRIPTOR.services_by_name["SegmentationService"].full_name
-    add_servicer = staticmethod(segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server)
+    task, client_stream = "segmentation", "segment_stream"
     unary_rpcs, stream_rpcs = {"Segment": "call"}, {"SegmentStream": "call"}
-    client_stream, options_message = "segment_stream", segmentation_pb2.SegmentOptions
 
     def respond(self, request: segmentation_pb2.SegmentRequest, answer: Answer) -> segmentation_pb2.SegmentResponse:
         """The label map PNG, class areas, and the overlay and contours when asked for."""

@@ -10,10 +10,12 @@ services/pipeline.py. Streams answer in request order, with a failed item's
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from models.checkpoints import ModelConfig
@@ -76,19 +78,30 @@ class TypedService:
     streams keep the client's deadline and answer in order, a failed item with ``error`` set."""
 
     task: ClassVar[str]
-    service_name: ClassVar[str]
-    add_servicer: ClassVar[Callable[[Any, grpc.aio.Server], None]]  # the generated add_*_to_server
-    Response: ClassVar[type[Message]]  # what a stream answers a failed item with (``error`` set)
     unary_rpcs: ClassVar[dict[str, str]] = {}  # RPC name -> the method making its Call
     stream_rpcs: ClassVar[dict[str, str]] = {}
     stream_window: ClassVar[int] = 16  # stream items in flight at once (so the batcher can batch them)
-    # Remote batch jobs (services/batch_remote.py): the client's stream method, the RPC's options
-    # message (which of a job's options its requests carry) and ``output_of`` below.
-    client_stream: ClassVar[str] = ""
-    options_message: ClassVar[type[Message] | None] = None
+    client_stream: ClassVar[str] = ""  # the client's method for the stream RPC (remote batch jobs)
+    # Set from the generated code (__init_subclass__):
+    service_name: ClassVar[str]
+    add_servicer: ClassVar[Callable[[Any, grpc.aio.Server], None]]
+    Response: ClassVar[type[Message]]  # what a stream answers a failed item with (``error`` set)
+    options_message: ClassVar[type[Message] | None]  # which of a batch job's options its requests carry
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """The RPC methods, and what the generated code already says: the service's name, how to
+        add it to a server, its response and options message types."""
         super().__init_subclass__(**kwargs)
+        generated = next(b for b in cls.__bases__ if b.__name__.endswith("ServiceServicer"))
+        grpc_module = sys.modules[generated.__module__]  # services/pb/<task>_pb2_grpc.py
+        service = sys.modules[generated.__module__.removesuffix("_grpc")].DESCRIPTOR.services_by_name[
+            generated.__name__.removesuffix("Servicer")]
+        cls.service_name = service.full_name
+        cls.add_servicer = staticmethod(getattr(grpc_module, f"add_{generated.__name__}_to_server"))
+        method = service.methods_by_name[next(iter(cls.unary_rpcs))]
+        cls.Response = message_factory.GetMessageClass(method.output_type)
+        options = method.input_type.fields_by_name.get("options")
+        cls.options_message = message_factory.GetMessageClass(options.message_type) if options else None
         for rpc, builder in cls.unary_rpcs.items():
             setattr(cls, rpc, _unary(builder))
         for rpc, builder in cls.stream_rpcs.items():
