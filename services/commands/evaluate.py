@@ -4,44 +4,44 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from services.commands.train import ANNOTATIONS, CAPTIONS, MASKS, add_data_args, data_paths
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    task_sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
-    p = task_sub.add_parser("detection", help="COCO AP, AP50, AP75 (pycocotools) of a stored detector")
+def _task(task_sub: argparse._SubParsersAction, task: str, help_: str, out_help: str,
+          run: Callable) -> argparse.ArgumentParser:
+    """The sub-command of one task with the arguments every evaluation takes."""
+    p = task_sub.add_parser(task, help=help_)
     p.add_argument("--model", required=True, help="model name in the store")
     p.add_argument("--model-store", default="model_store")
-    add_data_args(p, ANNOTATIONS, splits=("test",))
     p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help=out_help)
+    p.set_defaults(run=run)
+    return p
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    task_sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    p = _task(task_sub, "detection", "COCO AP, AP50, AP75 (pycocotools) of a stored detector",
+              "also write the metrics JSON here", run_detection)
+    add_data_args(p, ANNOTATIONS, splits=("test",))
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--out", default=None, help="also write the metrics JSON here")
-    p.set_defaults(run=run_detection)
 
-    s = task_sub.add_parser("segmentation", help="mIoU, per-class IoU/Dice, pixel accuracy, confusion matrix")
-    s.add_argument("--model", required=True)
-    s.add_argument("--model-store", default="model_store")
+    s = _task(task_sub, "segmentation", "mIoU, per-class IoU/Dice, pixel accuracy, confusion matrix",
+              "folder for metrics.json and confusion.png", run_segmentation)
     add_data_args(s, MASKS, splits=("test",))
-    s.add_argument("--device", default=None)
-    s.add_argument("--out", default=None, help="folder for metrics.json and confusion.png")
-    s.set_defaults(run=run_segmentation)
 
-    c = task_sub.add_parser("captioning", help="corpus BLEU-1..4 and CIDEr-D against all reference captions")
-    c.add_argument("--model", required=True)
-    c.add_argument("--model-store", default="model_store")
+    c = _task(task_sub, "captioning", "corpus BLEU-1..4 and CIDEr-D against all reference captions",
+              "folder for metrics.json, captions.json and examples.png", run_captioning)
     add_data_args(c, CAPTIONS, splits=("test",))
     c.add_argument("--beam-sizes", type=int, nargs="+", default=[1, 3],
                    help="decode with each beam size and report each (1 = greedy)")
     c.add_argument("--max-length", type=int, default=None, help="default: the model's training max_length")
-    c.add_argument("--device", default=None)
-    c.add_argument("--out", default=None, help="folder for metrics.json, captions.json and examples.png")
-    c.set_defaults(run=run_captioning)
 
-    g = task_sub.add_parser("generation", help="Fréchet distance and recognised share vs an untrained baseline")
-    g.add_argument("--model", required=True)
-    g.add_argument("--model-store", default="model_store")
+    g = _task(task_sub, "generation", "Fréchet distance and recognised share vs an untrained baseline",
+              "folder for metrics.json and sample grids", run_generation)
     g.add_argument("--data", required=True,
                    help="labelled real images in the `cvtasks data synth` layout (images/<split>/, "
                         "annotations/<split>.json; each image labelled by its largest box)")
@@ -51,8 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the samples and of the untrained baseline")
     g.add_argument("--confidence", type=float, default=0.9, help="top class probability that counts as recognised")
     g.add_argument("--classifier-epochs", type=int, default=8)
-    g.add_argument("--out", default=None, help="folder for metrics.json and sample grids")
-    g.set_defaults(run=run_generation)
 
 
 def run_detection(args: argparse.Namespace) -> int:
