@@ -114,10 +114,12 @@ class TrainTask(ABC):
 
     @abstractmethod
     def networks(self) -> dict[str, nn.Module]:
-        """The modules trained: put in train mode each epoch, saved and restored in last.pt by these names."""
+        """The modules trained, saved and restored in last.pt by these names."""
 
     def train_modules(self) -> dict[str, nn.Module]:
-        """The modules the loop wraps in DDP and ``Run.nets`` holds (default: ``networks``)."""
+        """The modules the steps run forward passes through: put in train mode each epoch, wrapped in DDP
+        when distributed, in ``Run.nets`` by these names. Default: ``networks``; a task whose loss is
+        not its network's forward wraps the network in a module whose forward is the loss."""
         return self.networks()
 
     def optimizers(self, settings: Settings, steps_per_epoch: int) -> dict[str, Any]:
