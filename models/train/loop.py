@@ -177,10 +177,10 @@ class Outcome:
     seconds: float
 
 
-def fit(task: TrainTask, settings: Settings, *, started: float | None = None) -> Outcome:
-    """Train ``task`` for ``settings.epochs`` (or until ``patience`` runs out); ``started`` (a
-    ``time.perf_counter()``) counts into the outcome's seconds."""
-    started = time.perf_counter() if started is None else started
+def fit(task: TrainTask, settings: Settings) -> Outcome:
+    """Train ``task`` for ``settings.epochs`` (or until ``patience`` runs out) in this process, or
+    in each of the processes torchrun started."""
+    started = time.perf_counter()
     procs = Processes.from_environment()
     device, own_group = procs.start(settings.device)
     try:
