@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch import nn
+from torch.utils.data import Dataset
 
 from models import checkpoints
 from models.caption_data import load_captions
@@ -19,7 +17,7 @@ from models.caption_metrics import caption_scores
 from models.captioning import Captioner, beam_search, image_input, words_loss
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, caption_train_transform, read_image
 from models.text import Vocabulary, tokenize
-from models.train import common
+from models.train import loop
 
 
 class CaptionDataset(Dataset):
@@ -141,68 +139,82 @@ def score_captions(candidates: dict[str, str], references: dict[str, list[str]])
                           {n: [tokenize(r) for r in references[n]] for n in candidates})
 
 
+class TeacherForcedLoss(nn.Module):
+    """The captioner's training loss as one forward pass (so that DDP sees it): cross-entropy of each
+    next word given the reference's previous ones, plus ``words_weight`` x the bag-of-words loss."""
+
+    def __init__(self, model: Captioner, *, pad_id: int, words_weight: float) -> None:
+        super().__init__()
+        self.model, self.pad_id, self.words_weight = model, pad_id, words_weight
+
+    def forward(self, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S), captions (B, T) ids starting with <start> -> the scalar loss."""
+        features = self.model.encoder(images)
+        logits = self.model.decoder(features, captions)  # (B, T, V): position t predicts captions[:, t]
+        loss = F.cross_entropy(logits[:, 1:].reshape(-1, logits.shape[-1]), captions[:, 1:].reshape(-1),
+                               ignore_index=self.pad_id)
+        if self.words_weight > 0:
+            loss = loss + self.words_weight * words_loss(self.model.words(features), captions)
+        return loss
+
+
+class CaptioningTask(loop.TrainTask):
+    """The loop's hooks for Show and Tell: teacher forcing, clipped steps, greedy validation BLEU-4."""
+
+    best_metric = "BLEU-4"
+
+    def __init__(self, cfg: CaptioningTrainConfig) -> None:
+        self.cfg = cfg
+        self.title = f"{cfg.name} (Show and Tell, {cfg.backbone})"
+        # without the bag-of-words loss its head gets no gradient, which DDP must be told
+        self.ddp_options = {"model": {"find_unused_parameters": cfg.words_weight <= 0}}
+
+    def build(self, device: torch.device, rank: int) -> loop.TrainData:
+        cfg = self.cfg
+        train_refs, self.val_refs = load_captions(cfg.train_captions), load_captions(cfg.val_captions)
+        self.vocab = Vocabulary.build((c for cs in train_refs.values() for c in cs), min_count=cfg.min_count)
+        transform = caption_train_transform(size=cfg.image_size, seed=cfg.seed + rank) if cfg.augment else None
+        train_set = CaptionDataset(cfg.train_images, train_refs, self.vocab, size=cfg.image_size,
+                                   max_length=cfg.max_length, transform=transform)
+        self.val_set = CaptionDataset(cfg.val_images, self.val_refs, self.vocab, size=cfg.image_size,
+                                      max_length=cfg.max_length)
+        self.model = Captioner(vocab_size=len(self.vocab), trainable_encoder=cfg.trainable_encoder,
+                               encoder_weights_path=cfg.encoder_weights_path, **model_args(cfg)).to(device)
+        return loop.TrainData(train_set, collate_fn=collate_captions, drop_last=False)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def train_modules(self) -> dict[str, nn.Module]:
+        return {"model": TeacherForcedLoss(self.model, pad_id=self.vocab.pad_id, words_weight=self.cfg.words_weight)}
+
+    def step(self, batch: Any, run: loop.Run) -> dict[str, float]:
+        loss = run.nets["model"](batch[0].to(run.device), batch[1].to(run.device))
+        run.update(loss)
+        return {"loss": loss.item()}
+
+    def evaluate(self, run: loop.Run) -> dict[str, float]:
+        return evaluate_captioner(self.model, self.val_set, self.val_refs, self.vocab, device=run.device,
+                                  max_length=self.cfg.max_length)
+
+    def epoch_line(self, losses: dict[str, float], metrics: dict[str, float]) -> str:
+        return f"loss {losses['loss']:.3f}  val BLEU-4 {metrics['BLEU-4']:.3f}  CIDEr-D {metrics['CIDEr-D']:.3f}"
+
+    def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
+        cfg = self.cfg
+        return self.model, checkpoints.ModelConfig(
+            name=cfg.name, task="captioning", architecture="show_and_tell", classes=(),
+            model_args=model_args(cfg), input_size=cfg.image_size,
+            normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, metrics=metrics,
+            version=version, extra={"vocab": self.vocab.to_json(), "max_length": cfg.max_length,
+                                    "train_config": asdict(cfg)})
+
+
 def train_captioning(cfg: CaptioningTrainConfig) -> dict[str, Any]:
     """Train; greedy-decode the validation images each epoch; keep the best BLEU-4 in the store."""
-    started = time.perf_counter()
-    common.seed_everything(cfg.seed)
-    device = common.pick_device(cfg.device)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    train_refs, val_refs = load_captions(cfg.train_captions), load_captions(cfg.val_captions)
-    vocab = Vocabulary.build((c for cs in train_refs.values() for c in cs), min_count=cfg.min_count)
-    transform = caption_train_transform(size=cfg.image_size, seed=cfg.seed) if cfg.augment else None
-    train_set = CaptionDataset(cfg.train_images, train_refs, vocab, size=cfg.image_size, max_length=cfg.max_length,
-                               transform=transform)
-    val_set = CaptionDataset(cfg.val_images, val_refs, vocab, size=cfg.image_size, max_length=cfg.max_length)
-    model = Captioner(vocab_size=len(vocab), trainable_encoder=cfg.trainable_encoder,
-                      encoder_weights_path=cfg.encoder_weights_path, **model_args(cfg)).to(device)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_captions)
-    optimizer = common.build_optimizer(model.parameters(), name="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = common.warmup_cosine(optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.epochs * len(loader))
-    history: dict[str, list[float]] = defaultdict(list)
-    start_epoch, best, stale = 1, -1.0, 0
-    version = checkpoints.next_version(cfg.model_store, cfg.name)
-    if cfg.resume and (state := common.load_resume_state(run_dir)) is not None:
-        start_epoch, best, version = common.restore_resume_state(
-            state, model=model, optimizer=optimizer, scheduler=scheduler, history=history)
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        total = 0.0
-        for images, captions in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if cfg.progress else True):
-            images, captions = images.to(device), captions.to(device)
-            features = model.encoder(images)
-            logits = model.decoder(features, captions)  # (B, T, V): position t predicts captions[:, t]
-            loss = F.cross_entropy(logits[:, 1:].reshape(-1, logits.shape[-1]), captions[:, 1:].reshape(-1),
-                                   ignore_index=vocab.pad_id)
-            if cfg.words_weight > 0:
-                loss = loss + cfg.words_weight * words_loss(model.words(features), captions)
-            common.optimizer_step(loss, optimizer, scheduler, None, clip_grad=cfg.clip_grad)
-            total += loss.item()
-        metrics = evaluate_captioner(model, val_set, val_refs, vocab, device=device, max_length=cfg.max_length)
-        history["loss"].append(total / max(1, len(loader)))
-        for k, v in metrics.items():
-            history[k].append(v)
-        if cfg.progress:
-            print(f"epoch {epoch}/{cfg.epochs}: loss {history['loss'][-1]:.3f}  val BLEU-4 {metrics['BLEU-4']:.3f}  "
-                  f"CIDEr-D {metrics['CIDEr-D']:.3f}", flush=True)
-        if metrics["BLEU-4"] > best:
-            best, stale = metrics["BLEU-4"], 0
-            config = checkpoints.ModelConfig(
-                name=cfg.name, task="captioning", architecture="show_and_tell", classes=(),
-                model_args=model_args(cfg), input_size=cfg.image_size,
-                normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, metrics=metrics,
-                version=version, extra={"vocab": vocab.to_json(), "max_length": cfg.max_length,
-                                        "train_config": asdict(cfg)})
-            checkpoints.save_model(model, config, Path(cfg.model_store) / cfg.name)
-        else:
-            stale += 1
-        common.save_resume_state(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-                                 history=history, best=best, version=version)
-        common.plot_history(history, run_dir / "curves.png", title=f"{cfg.name} (Show and Tell, {cfg.backbone})")
-        if stale >= cfg.patience:
-            break
-    return {"model_dir": Path(cfg.model_store) / cfg.name, "best_bleu4": best, "history": dict(history),
-            "plot": run_dir / "curves.png", "seconds": time.perf_counter() - started}
+    outcome = loop.fit(CaptioningTask(cfg), loop.Settings.of(cfg))
+    return {"model_dir": outcome.model_dir, "best_bleu4": outcome.best, "history": outcome.history,
+            "plot": outcome.plot, "seconds": outcome.seconds}
 
 
 def quickstart_config(data_dir: str | Path, out_dir: str | Path, **overrides: Any) -> CaptioningTrainConfig:

@@ -1,4 +1,4 @@
-"""Faster R-CNN training: config, ``train_one_epoch``, and ``train_detection`` (the loop).
+"""Faster R-CNN training: config, the loop's hooks (``DetectionTask``), and ``train_detection``.
 
 Data: COCO JSON + an image folder for train and validation. Every epoch: train, COCO-evaluate
 on validation (AP, AP50, AP75), write ``last.pt`` (for ``--resume``), the history plot, and the
@@ -8,22 +8,18 @@ best model so far into the model store.
 from __future__ import annotations
 
 import json
-import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from models import checkpoints, detection
 from models.datasets import CocoDetectionDataset, collate_detection
 from models.evaluation import coco_from_dict, evaluate_detector
 from models.preprocessing import detection_train_transform, seed_augmentations_in_worker
-from models.train import common
+from models.train import loop
 
 
 @dataclass(frozen=True)
@@ -74,37 +70,6 @@ class TrainResult:
     plot: Path
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    device: torch.device,
-    *,
-    epoch: int,
-    scaler: torch.amp.GradScaler | None = None,
-    progress: bool = True,
-) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of each torchvision loss term and their sum."""
-    model.train()
-    sums: dict[str, float] = defaultdict(float)
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True)
-    for step, (images, targets) in enumerate(bar, 1):
-        images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, enabled=scaler is not None):
-            losses = model(images, targets)
-            loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch} step {step}; lower --lr")
-        common.optimizer_step(loss, optimizer, scheduler, scaler)
-        for k, v in losses.items():
-            sums[k] += v.item()
-        sums["loss"] += loss.item()
-        bar.set_postfix(loss=f"{sums['loss'] / step:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4f}")
-    return {k: v / max(1, len(loader)) for k, v in sums.items()}
-
-
 def _initial_model(cfg: DetectionTrainConfig, class_names: list[str]) -> nn.Module:
     num_classes = len(class_names) + 1
     if cfg.pretrained is None:
@@ -142,73 +107,62 @@ def _store_config(
     )
 
 
+class DetectionTask(loop.TrainTask):
+    """The loop's hooks for Faster R-CNN: torchvision's loss terms, COCO AP on validation, best AP50."""
+
+    best_metric = "AP50"
+
+    def __init__(self, cfg: DetectionTrainConfig) -> None:
+        self.cfg = cfg
+        self.title = f"{cfg.name} ({cfg.architecture})"
+
+    def build(self, device: torch.device, rank: int) -> loop.TrainData:
+        cfg = self.cfg
+        augment = detection_train_transform(size=cfg.image_size, seed=cfg.seed + rank) if cfg.augment else None
+        train_set = CocoDetectionDataset(cfg.train_images, cfg.train_annotations, transform=augment)
+        self.val_set = CocoDetectionDataset(cfg.val_images, cfg.val_annotations)
+        self.classes = list(train_set.class_names)
+        if list(self.val_set.class_names) != self.classes:
+            raise ValueError(f"train classes {self.classes} differ from validation classes "
+                             f"{list(self.val_set.class_names)}")
+        self.gt = coco_from_dict(json.loads(Path(cfg.val_annotations).read_text()))
+        self.model = _initial_model(cfg, self.classes).to(device)
+        return loop.TrainData(train_set, collate_fn=collate_detection, worker_init_fn=seed_augmentations_in_worker)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def step(self, batch: Any, run: loop.Run) -> dict[str, float]:
+        """Images and targets to the device; the sum of torchvision's loss terms, each term and the sum."""
+        images = [im.to(run.device, non_blocking=True) for im in batch[0]]
+        targets = [{k: v.to(run.device) if torch.is_tensor(v) else v for k, v in t.items()} for t in batch[1]]
+        with run.autocast():
+            losses = run.nets["model"](images, targets)
+            loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {run.epoch} step {run.step}; lower --lr")
+        run.update(loss)
+        return {**{k: v.item() for k, v in losses.items()}, "loss": loss.item()}
+
+    def evaluate(self, run: loop.Run) -> dict[str, float]:
+        return evaluate_detector(self.model, self.val_set, gt=self.gt, label_to_category=self.val_set.label_to_category,
+                                 device=run.device, batch_size=self.cfg.batch_size, progress=self.cfg.progress)
+
+    def epoch_line(self, losses: dict[str, float], metrics: dict[str, float]) -> str:
+        return (f"loss {losses['loss']:.3f}  AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}  "
+                f"AP75 {metrics['AP75']:.3f}")
+
+    def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
+        return self.model, _store_config(self.cfg, self.model, self.classes, metrics, version)
+
+
 def train_detection(cfg: DetectionTrainConfig) -> TrainResult:
     """Train, validate every epoch, keep the best-AP50 model in the store; returns the result."""
-    started = time.perf_counter()
-    common.seed_everything(cfg.seed)
-    device = common.pick_device(cfg.device)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    augment = detection_train_transform(size=cfg.image_size, seed=cfg.seed) if cfg.augment else None
-    train_set = CocoDetectionDataset(cfg.train_images, cfg.train_annotations, transform=augment)
-    val_set = CocoDetectionDataset(cfg.val_images, cfg.val_annotations)
-    classes = list(train_set.class_names)
-    if list(val_set.class_names) != classes:
-        raise ValueError(f"train classes {classes} differ from validation classes {list(val_set.class_names)}")
-    gt = coco_from_dict(json.loads(Path(cfg.val_annotations).read_text()))
-
-    model = _initial_model(cfg, classes).to(device)
-    loader = DataLoader(
-        train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_detection,
-        num_workers=cfg.workers, drop_last=len(train_set) > cfg.batch_size,
-        worker_init_fn=seed_augmentations_in_worker,
-    )
-    optimizer = common.build_optimizer(
-        model.parameters(), name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
-    scheduler = common.warmup_cosine(
-        optimizer, warmup_steps=cfg.warmup_steps, total_steps=cfg.epochs * len(loader)
-    )
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
-    history: dict[str, list[float]] = defaultdict(list)
-    start_epoch, best = 1, -1.0
-    # One store version per training run; a resumed run keeps the version it started with.
-    version = checkpoints.next_version(cfg.model_store, cfg.name)
-    if cfg.resume and (state := common.load_resume_state(run_dir)) is not None:
-        start_epoch, best, version = common.restore_resume_state(
-            state, model=model, optimizer=optimizer, scheduler=scheduler, history=history)
-
-    model_dir = Path(cfg.model_store) / cfg.name
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        losses = train_one_epoch(
-            model, loader, optimizer, scheduler, device, epoch=epoch, scaler=scaler, progress=cfg.progress
-        )
-        metrics = evaluate_detector(
-            model, val_set, gt=gt, label_to_category=val_set.label_to_category, device=device,
-            batch_size=cfg.batch_size, progress=cfg.progress,
-        )
-        for k, v in {**losses, **metrics}.items():
-            history[k].append(v)
-        if cfg.progress:
-            print(f"epoch {epoch}/{cfg.epochs}: loss {losses['loss']:.3f}  "
-                  f"AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}  AP75 {metrics['AP75']:.3f}", flush=True)
-        if metrics["AP50"] > best:
-            best = metrics["AP50"]
-            checkpoints.save_model(model, _store_config(cfg, model, classes, metrics, version), model_dir)
-        common.save_resume_state(
-            run_dir, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch, history=history, best=best,
-            version=version,
-        )
-        common.plot_history(history, run_dir / "curves.png", title=f"{cfg.name} ({cfg.architecture})")
-
+    outcome = loop.fit(DetectionTask(cfg), loop.Settings.of(cfg))
+    model_dir = outcome.model_dir
     final = checkpoints.load_config(model_dir) if (model_dir / checkpoints.CONFIG_FILE).is_file() else None
-    return TrainResult(
-        model_dir=model_dir,
-        metrics=dict(final.metrics) if final else {},
-        history=dict(history),
-        seconds=time.perf_counter() - started,
-        plot=run_dir / "curves.png",
-    )
+    return TrainResult(model_dir=model_dir, metrics=dict(final.metrics) if final else {}, history=outcome.history,
+                       seconds=outcome.seconds, plot=outcome.plot)
 
 
 QUICKSTART_SPLITS = {"train": 600, "val": 60, "test": 100}

@@ -6,8 +6,6 @@ and D losses."""
 from __future__ import annotations
 
 import copy
-import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,15 +13,15 @@ from typing import Any
 import cv2
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch import nn
+from torch.utils.data import Dataset
 
 from models import checkpoints
 from models.datasets import IMAGE_SUFFIXES
 from models.errors import DatasetError
 from models.generation import Discriminator, Generator, LatentPrior, image_grid, to_uint8
 from models.preprocessing import center_crop_resize, encode_image, read_image
-from models.train import common
+from models.train import loop
 
 
 def image_files(folder: str | Path) -> list[Path]:
@@ -176,83 +174,105 @@ def ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) -
         avg.copy_(live)
 
 
-def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
-    """Train G and D; after every epoch write a sample grid and keep the generator in the store."""
+def check_config(cfg: GenerationTrainConfig) -> LatentPrior:
+    """Bad options fail before any image is read; returns the latent prior of ``cfg``."""
     if not 0.0 <= cfg.label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
     if cfg.lr_decay_from < 0:
         raise ValueError(f"lr_decay_from must be 0 (no decay) or an epoch >= 1, got {cfg.lr_decay_from}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1) (0: no average), got {cfg.ema_decay}")
-    augmentations(cfg.augment)  # an unknown name fails now, not after loading the data
-    prior = LatentPrior.of(model_args(cfg))  # so do bad latent options
-    started = time.perf_counter()
-    common.seed_everything(cfg.seed)
-    device = common.pick_device(cfg.device)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dataset = ImageFolder(cfg.images, size=cfg.image_size, channels=cfg.channels)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size)
-    generator = Generator(**model_args(cfg)).to(device)
-    discriminator = Discriminator(image_size=cfg.image_size, channels=cfg.channels, ndf=cfg.ndf).to(device)
-    betas = (cfg.beta1, 0.999)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=betas)
-    parts = {"generator": generator, "discriminator": discriminator, "opt_g": opt_g, "opt_d": opt_d}
-    average = None
-    if cfg.ema_decay:
-        average = parts["generator_ema"] = copy.deepcopy(generator).eval().requires_grad_(False)
-    served = average if average is not None else generator
-    noise = prior.sample(cfg.sample_seed, cfg.sample_count).to(device)
-    history: dict[str, list[float]] = defaultdict(list)
-    start_epoch, version = 1, checkpoints.next_version(cfg.model_store, cfg.name)
-    if cfg.resume and (state := common.load_resume_state(run_dir)) is not None:
-        start_epoch, _, version = common.restore_parts(state, parts, history=history)
-    real_target = 1.0 - cfg.label_smoothing
-    grid = None
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        for optimizer in (opt_g, opt_d):
+    augmentations(cfg.augment)
+    return LatentPrior.of(model_args(cfg))
+
+
+class GenerationTask(loop.TrainTask):
+    """The loop's hooks for a DCGAN: two networks and two Adam optimisers, one step that updates D
+    then G, a fixed-noise sample grid after every epoch, and the generator stored after every epoch."""
+
+    plot_file = "losses.png"
+
+    def __init__(self, cfg: GenerationTrainConfig) -> None:
+        self.cfg, self.prior = cfg, check_config(cfg)
+        self.title = f"{cfg.name} (DCGAN {cfg.image_size} px)"
+        self.grid: Path | None = None
+
+    def build(self, device: torch.device, rank: int) -> loop.TrainData:
+        cfg = self.cfg
+        dataset = ImageFolder(cfg.images, size=cfg.image_size, channels=cfg.channels)
+        self.generator = Generator(**model_args(cfg)).to(device)
+        self.discriminator = Discriminator(image_size=cfg.image_size, channels=cfg.channels, ndf=cfg.ndf).to(device)
+        self.average = copy.deepcopy(self.generator).eval().requires_grad_(False) if cfg.ema_decay else None
+        self.noise = self.prior.sample(cfg.sample_seed, cfg.sample_count).to(device)
+        return loop.TrainData(dataset)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def optimizers(self, settings: loop.Settings, steps_per_epoch: int) -> dict[str, Any]:
+        betas = (self.cfg.beta1, 0.999)
+        return {"opt_g": torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr, betas=betas),
+                "opt_d": torch.optim.Adam(self.discriminator.parameters(), lr=self.cfg.lr, betas=betas)}
+
+    def extra_parts(self) -> dict[str, Any]:
+        return {"generator_ema": self.average} if self.average is not None else {}
+
+    def begin_epoch(self, run: loop.Run) -> None:
+        for optimizer in run.optimizers.values():
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, epoch)
-        sums: dict[str, float] = defaultdict(float)
-        batches = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if cfg.progress else True)
-        for step, real in enumerate(batches, start=(epoch - 1) * len(loader)):
-            real = real.to(device)
-            z = prior.draw(real.shape[0], device)
-            fake = generator(z)
-            d_real = discriminator(diff_augment(real, cfg.augment))
-            d_fake = discriminator(diff_augment(fake.detach(), cfg.augment))
-            loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, real_target))
-                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            d_on_fake = discriminator(diff_augment(fake, cfg.augment))
-            loss_g = F.binary_cross_entropy_with_logits(d_on_fake, torch.ones_like(d_on_fake))
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            if average is not None:  # a short memory at first, so the average forgets the random start
-                ema_update(average, generator, min(cfg.ema_decay, (1 + step) / (10 + step)))
-            sums["d_loss"] += loss_d.item()
-            sums["g_loss"] += loss_g.item()
-            sums["D(x)"] += torch.sigmoid(d_real).mean().item()
-            sums["D(G(z))"] += torch.sigmoid(d_fake).mean().item()
-        for key, total in sums.items():
-            history[key].append(total / max(1, len(loader)))
-        grid = _sample_grid(served, noise, run_dir / "samples" / f"epoch_{epoch:03d}.png")
-        if cfg.progress:
-            print(f"epoch {epoch}/{cfg.epochs}: D loss {history['d_loss'][-1]:.3f}  G loss {history['g_loss'][-1]:.3f}  "
-                  f"D(x) {history['D(x)'][-1]:.2f}  D(G(z)) {history['D(G(z))'][-1]:.2f}  samples {grid}", flush=True)
-        config = checkpoints.ModelConfig(
+                group["lr"] = learning_rate(self.cfg, run.epoch)
+
+    def step(self, batch: torch.Tensor, run: loop.Run) -> dict[str, float]:
+        """One D update on real and generated images, then one G update; the EMA follows G."""
+        generator, discriminator = run.nets["generator"], run.nets["discriminator"]
+        opt_g, opt_d, policy = run.optimizers["opt_g"], run.optimizers["opt_d"], self.cfg.augment
+        real = batch.to(run.device)
+        fake = generator(self.prior.draw(real.shape[0], run.device))
+        d_real = discriminator(diff_augment(real, policy))
+        d_fake = discriminator(diff_augment(fake.detach(), policy))
+        loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, 1.0 - self.cfg.label_smoothing))
+                  + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        d_on_fake = discriminator(diff_augment(fake, policy))
+        loss_g = F.binary_cross_entropy_with_logits(d_on_fake, torch.ones_like(d_on_fake))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        if self.average is not None:  # a short memory at first, so the average forgets the random start
+            step = (run.epoch - 1) * run.steps_per_epoch + run.step - 1
+            ema_update(self.average, self.generator, min(self.cfg.ema_decay, (1 + step) / (10 + step)))
+        return {"d_loss": loss_d.item(), "g_loss": loss_g.item(), "D(x)": torch.sigmoid(d_real).mean().item(),
+                "D(G(z))": torch.sigmoid(d_fake).mean().item()}
+
+    def served(self) -> Generator:
+        return self.average if self.average is not None else self.generator
+
+    def evaluate(self, run: loop.Run) -> dict[str, float]:
+        """No metric: the epoch's sample grid of the fixed noise."""
+        path = Path(self.cfg.run_dir) / "samples" / f"epoch_{run.epoch:03d}.png"
+        self.grid = _sample_grid(self.served(), self.noise, path)
+        return {}
+
+    def epoch_line(self, losses: dict[str, float], metrics: dict[str, float]) -> str:
+        return (f"D loss {losses['d_loss']:.3f}  G loss {losses['g_loss']:.3f}  D(x) {losses['D(x)']:.2f}  "
+                f"D(G(z)) {losses['D(G(z))']:.2f}  samples {self.grid}")
+
+    def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
+        cfg = self.cfg
+        return self.served(), checkpoints.ModelConfig(
             name=cfg.name, task="generation", architecture="dcgan", classes=(), model_args=model_args(cfg),
             input_size=cfg.image_size, normalization={"mean": [0.5] * cfg.channels, "std": [0.5] * cfg.channels},
             version=version, extra={"train_config": asdict(cfg), "epochs_trained": epoch})
-        checkpoints.save_model(served, config, Path(cfg.model_store) / cfg.name)
-        common.save_parts(run_dir, parts, epoch=epoch, history=history, best=0.0, version=version)
-        common.plot_history(history, run_dir / "losses.png", title=f"{cfg.name} (DCGAN {cfg.image_size} px)")
-    return {"model_dir": Path(cfg.model_store) / cfg.name, "history": dict(history), "samples": grid,
-            "plot": run_dir / "losses.png", "seconds": time.perf_counter() - started}
+
+
+def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
+    """Train G and D; after every epoch write a sample grid and keep the generator in the store."""
+    task = GenerationTask(cfg)
+    outcome = loop.fit(task, loop.Settings.of(cfg))
+    return {"model_dir": outcome.model_dir, "history": outcome.history, "samples": task.grid,
+            "plot": outcome.plot, "seconds": outcome.seconds}
 
 
 # The quickstart generator learns single shapes on solid backgrounds at 32 px, i.e.

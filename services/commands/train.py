@@ -44,6 +44,14 @@ def data_paths(args: argparse.Namespace, labels: Labels, split: str) -> tuple[st
     return images, second
 
 
+def report(result: dict[str, Any]) -> None:
+    """Print a finished run's summary as JSON: once, by rank 0, when torchrun started several processes."""
+    from models.train.distributed import process_rank
+
+    if process_rank() == 0:
+        print(json.dumps(result, indent=2))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     task_sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     _add_detection(task_sub)
@@ -98,8 +106,8 @@ def run_detection(args: argparse.Namespace) -> int:
         workers=args.workers, resume=args.resume,
     )
     result = train_detection(cfg)
-    print(json.dumps({"model": str(result.model_dir), "metrics": result.metrics,
-                      "plot": str(result.plot), "seconds": round(result.seconds, 1)}, indent=2))
+    report({"model": str(result.model_dir), "metrics": result.metrics,
+            "plot": str(result.plot), "seconds": round(result.seconds, 1)})
     return 0
 
 
@@ -164,8 +172,8 @@ def run_segmentation(args: argparse.Namespace) -> int:
         amp=not args.no_amp, seed=args.seed, workers=args.workers, resume=args.resume,
     )
     result = train_segmentation(cfg)
-    print(json.dumps({"model": str(result.model_dir), "metrics": result.metrics, "plot": str(result.plot),
-                      "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1)}, indent=2))
+    report({"model": str(result.model_dir), "metrics": result.metrics, "plot": str(result.plot),
+            "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1)})
     return 0
 
 
@@ -250,8 +258,8 @@ def run_captioning(args: argparse.Namespace) -> int:
         settings = under_recipe(settings, CaptioningTrainConfig, {
             **QUICKSTART_RECIPE, "encoder_weights_path": str(Path(args.model_store) / QUICKSTART_ENCODER_FROM)})
     result = train_captioning(CaptioningTrainConfig(**settings))
-    print(json.dumps({"model": str(result["model_dir"]), "best_val_bleu4": round(result["best_bleu4"], 4),
-                      "plot": str(result["plot"]), "seconds": round(result["seconds"], 1)}, indent=2))
+    report({"model": str(result["model_dir"]), "best_val_bleu4": round(result["best_bleu4"], 4),
+            "plot": str(result["plot"]), "seconds": round(result["seconds"], 1)})
     return 0
 
 
@@ -315,6 +323,6 @@ def run_generation(args: argparse.Namespace) -> int:
     if args.quickstart:
         settings = under_recipe(settings, GenerationTrainConfig, QUICKSTART_RECIPE)
     result = train_generation(GenerationTrainConfig(**settings))
-    print(json.dumps({"model": str(result["model_dir"]), "samples": str(result["samples"]),
-                      "plot": str(result["plot"]), "seconds": round(result["seconds"], 1)}, indent=2))
+    report({"model": str(result["model_dir"]), "samples": str(result["samples"]),
+            "plot": str(result["plot"]), "seconds": round(result["seconds"], 1)})
     return 0
