@@ -41,9 +41,19 @@ class Spec:
     kserve: bool = True
 
 
-def option(default: Any, help: str, **spec: Any) -> Any:
-    """A dataclass field for an ``Options`` class (see Spec for ``spec``)."""
-    return dataclasses.field(default=default, metadata={"spec": Spec(help, **spec)})
+_REQUIRED = object()
+
+
+def option(default: Any = _REQUIRED, help: str = "", **spec: Any) -> Any:
+    """A dataclass field declared with its default, bounds and help (see Spec): the options of a
+    task (``Options``) and the settings of a training run (models/train/) alike. A dict or list
+    default is copied for each instance; no default makes the field required."""
+    metadata = {"spec": Spec(help, **spec)}
+    if default is _REQUIRED:
+        return dataclasses.field(metadata=metadata)
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def spec_of(field: dataclasses.Field) -> Spec:
@@ -51,13 +61,13 @@ def spec_of(field: dataclasses.Field) -> Spec:
 
 
 def base_type(field: dataclasses.Field, owner: type) -> type:
-    """The field's type without ``| None``: bool, int, float, str or tuple (of strings)."""
+    """The field's type without ``| None``: bool, int, float, str, tuple (of strings) or dict."""
     hint = typing.get_type_hints(owner)[field.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = args[0]
     origin = typing.get_origin(hint)
-    return tuple if origin is tuple else hint
+    return origin if origin in (tuple, dict, list) else hint
 
 
 def _range_text(spec: Spec, kind: type) -> str:

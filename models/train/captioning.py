@@ -14,9 +14,10 @@ from torch.utils.data import Dataset
 from models import checkpoints
 from models.caption_data import load_captions
 from models.caption_metrics import caption_scores
-from models.captioning import Captioner, beam_search, image_input, words_loss
+from models.captioning import ENCODERS, POOLINGS, Captioner, beam_search, image_input, words_loss
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, caption_train_transform, read_image
 from models.text import Vocabulary, tokenize
+from models.options import option
 from models.train import loop
 
 
@@ -62,34 +63,38 @@ class CaptioningTrainConfig:
     train_captions: str
     val_images: str
     val_captions: str
-    run_dir: str = "runs/captioner"
-    model_store: str = "model_store"
-    name: str = "captioner"
-    backbone: str = "resnet18"
-    embed_size: int = 256
-    hidden_size: int = 512
-    num_layers: int = 1
-    dropout: float = 0.3
-    pooling: str = "avg"
-    grid: int = 3
-    stages: int = 4  # residual stages of the ResNet kept (4 = all)
-    trainable_encoder: bool = True
-    encoder_weights_path: str | None = None  # a local torchvision ResNet state dict
-    min_count: int = 1
-    max_length: int = 20
-    image_size: int = 128
-    augment: bool = False  # preprocessing.caption_train_transform: shrink + shift + colour jitter (no hue)
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 30
-    clip_grad: float = 5.0
-    words_weight: float = 0.0  # weight of the bag-of-words loss on the image embedding (0 = plain Show and Tell)
-    patience: int = 4
-    device: str | None = None
-    seed: int = 0
-    resume: bool = False
+    run_dir: str = option("runs/captioner", "checkpoints and plots (the command line's default: runs/<name>)")
+    model_store: str = option("model_store", "where the trained model is stored")
+    name: str = option("captioner", "model name in the store")
+    backbone: str = option("resnet18", f"encoder: {', '.join(ENCODERS)}")
+    embed_size: int = option(256, "image embedding and word embedding size")
+    hidden_size: int = option(512, "LSTM size")
+    num_layers: int = option(1, "LSTM layers")
+    dropout: float = option(0.3, "dropout")
+    pooling: str = option("avg", "avg: Show and Tell's global average; grid: keep where things are", choices=POOLINGS)
+    grid: int = option(3, "grid pooling: cells per side")
+    stages: int = option(4, "ResNet residual stages kept, 1..4")
+    trainable_encoder: bool = option(True, "train only the projection and the decoder", flag="freeze_encoder")
+    encoder_weights_path: str | None = option(
+        None, "initialise the ResNet from a local torchvision state dict file, or from the encoder of a stored "
+              "model (a model-store folder, e.g. a U-Net with a resnet18 encoder)", flag="encoder_weights")
+    min_count: int = option(1, "rarer words become <unk>")
+    max_length: int = option(20, "words per caption (longer are cut)")
+    image_size: int = option(128, "input side (pixels)")
+    augment: bool = option(False, "shrink + shift + colour jitter (no flips, no hue: captions say left/right and "
+                                  "colours)")
+    epochs: int = option(10, "epochs")
+    batch_size: int = option(32, "captions per step (per process under torchrun)")
+    lr: float = option(2e-3, "peak learning rate (warmup, then cosine)")
+    weight_decay: float = option(1e-4, "weight decay")
+    warmup_steps: int = option(30, "linear warmup steps")
+    clip_grad: float = option(5.0, "gradient-norm clipping")
+    words_weight: float = option(0.0, "weight of the auxiliary bag-of-words loss on the image embedding "
+                                      "(0 = plain Show and Tell)")
+    patience: int = option(4, "early stopping: epochs without a better validation BLEU-4")
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
+    seed: int = option(0, "random seed")
+    resume: bool = option(False, "continue from <run-dir>/last.pt")
     progress: bool = True
 
 

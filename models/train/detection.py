@@ -19,6 +19,7 @@ from models import checkpoints, detection
 from models.datasets import CocoDetectionDataset, collate_detection
 from models.evaluation import coco_from_dict, evaluate_detector
 from models.preprocessing import detection_train_transform, seed_augmentations_in_worker
+from models.options import option
 from models.train import loop
 
 
@@ -30,27 +31,28 @@ class DetectionTrainConfig:
     train_annotations: str
     val_images: str
     val_annotations: str
-    run_dir: str = "runs/detection"
-    model_store: str = "model_store"
-    name: str = "detector"
-    architecture: str = "fasterrcnn_tiny"
-    model_args: dict[str, Any] = field(default_factory=dict)
-    pretrained: str | None = None  # None, "coco" (torchvision weights from a local file) or a model-store folder
-    weights_path: str | None = None  # explicit path of the COCO weights file
-    trainable_backbone_layers: int | None = None
-    epochs: int = 12
-    batch_size: int = 8
-    optimizer: str = "sgd"
-    lr: float = 0.02
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    augment: bool = True
-    image_size: int = 128  # augmentation output size (pixels, square)
-    device: str | None = None
-    amp: bool = True  # mixed precision, used only on CUDA
-    seed: int = 0
-    workers: int = 0
-    resume: bool = False
+    run_dir: str = option("runs/detection", "checkpoints and plots (the command line's default: runs/<name>)")
+    model_store: str = option("model_store", "where the trained model is stored")
+    name: str = option("detector", "model name in the store")
+    architecture: str = option("fasterrcnn_tiny", "architecture (see `cvtasks weights list`)", flag="arch")
+    model_args: dict[str, Any] = option({}, 'extra builder arguments as JSON, e.g. \'{"image_size": 160}\'')
+    pretrained: str | None = option(None, "'coco' (torchvision COCO weights from a local file) or a model-store "
+                                          "folder to fine-tune")
+    weights_path: str | None = option(None, "explicit path of the COCO weights file")
+    trainable_backbone_layers: int | None = option(None, "fine-tuning: backbone blocks left trainable")
+    epochs: int = option(12, "epochs")
+    batch_size: int = option(8, "images per step (per process under torchrun)")
+    optimizer: str = option("sgd", "optimiser", choices=("sgd", "adamw"))
+    lr: float = option(0.02, "peak learning rate (warmup, then cosine)")
+    weight_decay: float = option(1e-4, "weight decay")
+    warmup_steps: int = option(50, "linear warmup steps")
+    augment: bool = option(True, "augmentation (flip, scale, colour)")
+    image_size: int = option(128, "augmentation crop size (pixels, square)")
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
+    amp: bool = option(True, "mixed precision (used only on CUDA)")
+    seed: int = option(0, "random seed")
+    workers: int = option(0, "data-loading worker processes")
+    resume: bool = option(False, "continue from <run-dir>/last.pt")
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -19,8 +19,9 @@ from torch.utils.data import Dataset
 from models import checkpoints
 from models.datasets import IMAGE_SUFFIXES
 from models.errors import DatasetError
-from models.generation import Discriminator, Generator, LatentPrior, image_grid, to_uint8
+from models.generation import CHANNELS, IMAGE_SIZES, Discriminator, Generator, LatentPrior, image_grid, to_uint8
 from models.preprocessing import center_crop_resize, encode_image, read_image
+from models.options import option
 from models.train import loop
 
 
@@ -64,40 +65,39 @@ class ImageFolder(Dataset):
 
 @dataclass(frozen=True)
 class GenerationTrainConfig:
-    images: str
-    run_dir: str = "runs/generator"
-    model_store: str = "model_store"
-    name: str = "generator"
-    image_size: int = 64
-    channels: int = 3
-    nz: int = 100
-    ngf: int = 64
-    ndf: int = 64
-    # 0: latents from N(0, I), as in the paper. K: from a fixed mixture of K unit Gaussians whose
-    # means are spread N(0, latent_spread^2) (models.generation.LatentPrior), which lets G keep
-    # distinct kinds of image apart instead of drawing hybrids between them.
-    latent_components: int = 0
-    latent_spread: float = 1.0
-    epochs: int = 25
-    batch_size: int = 64
-    lr: float = 2e-4
-    beta1: float = 0.5
-    label_smoothing: float = 0.0  # one-sided: real targets are 1 - this; fake targets stay 0
-    # 0: constant learning rate. E: epochs E..`epochs` lower both rates linearly, reaching lr / (epochs - E + 1)
-    # in the last one (as pix2pix and CycleGAN do), which stills the GAN's wandering at the end of training.
-    # An E past `epochs` (a recipe cut short) never decays.
-    lr_decay_from: int = 0
-    # > 0: serve (and draw the sample grids from) an exponential moving average of the generator's
-    # weights with this decay per step (Yazici et al. 2019), not the last step's weights.
-    ema_decay: float = 0.0
-    # Differentiable augmentation of every image D sees, real and generated alike (Zhao et al. 2020,
-    # "DiffAugment"): a comma list of "translation" and "color". Empty: none.
-    augment: str = ""
-    sample_seed: int = 0  # the fixed noise of the per-epoch sample grid
+    images: str = option(help="folder of images (any size: centre-cropped and resized)")
+    run_dir: str = option("runs/generator", "checkpoints, sample grids and the loss plot (the command line's "
+                                            "default: runs/<name>)")
+    model_store: str = option("model_store", "where the trained generator is stored")
+    name: str = option("generator", "model name in the store")
+    image_size: int = option(64, "image side (pixels)", choices=IMAGE_SIZES)
+    channels: int = option(3, "1 = grayscale", choices=CHANNELS)
+    nz: int = option(100, "latent size")
+    ngf: int = option(64, "generator feature width")
+    ndf: int = option(64, "discriminator feature width")
+    # A fixed mixture of K unit Gaussians (models.generation.LatentPrior) lets G keep distinct kinds
+    # of image apart instead of drawing hybrids between them.
+    latent_components: int = option(0, "draw latents from a fixed mixture of K unit Gaussians (GM-GAN) instead of "
+                                       "N(0, I); helps when the images are of distinct kinds (0 = N(0, I))")
+    latent_spread: float = option(1.0, "the mixture's means are drawn from N(0, spread^2)")
+    epochs: int = option(25, "epochs")
+    batch_size: int = option(64, "images per step (per process under torchrun)")
+    lr: float = option(2e-4, "learning rate of both networks")
+    beta1: float = option(0.5, "Adam's beta1")
+    label_smoothing: float = option(0.0, "one-sided: real targets are 1 - this (e.g. 0.1); fake targets stay 0")
+    # Epochs E..`epochs` reach lr / (epochs - E + 1) in the last one (as pix2pix and CycleGAN do),
+    # which stills the GAN's wandering at the end; an E past `epochs` (a recipe cut short) never decays.
+    lr_decay_from: int = option(0, "from this epoch on, lower both learning rates linearly towards 0 at the last "
+                                   "epoch (0 = constant)")
+    ema_decay: float = option(0.0, "store and draw samples from a moving average of G's weights with this decay "
+                                   "per step, e.g. 0.999 (0 = the last step's weights; Yazici et al. 2019)")
+    augment: str = option("", "differentiable augmentation of every image D sees (DiffAugment, Zhao et al. 2020): "
+                              "a comma list of translation, color (empty = none)")
+    sample_seed: int = option(0, "fixed noise of the per-epoch sample grid")
     sample_count: int = 64
-    device: str | None = None
-    seed: int = 0
-    resume: bool = False
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
+    seed: int = option(0, "random seed")
+    resume: bool = option(False, "continue from <run-dir>/last.pt")
     progress: bool = True
 
 

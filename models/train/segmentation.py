@@ -11,9 +11,10 @@ from torch import nn
 
 from models import checkpoints, segmentation
 from models.evaluation import evaluate_segmenter
-from models.losses import build_loss
+from models.losses import SPECS, build_loss
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, seed_augmentations_in_worker, segmentation_train_transform
 from models.seg_datasets import IGNORE_INDEX, SegmentationDataset, read_class_names
+from models.options import option
 from models.train import loop
 
 
@@ -26,28 +27,28 @@ class SegmentationTrainConfig:
     val_images: str
     val_masks: str
     classes_file: str
-    run_dir: str = "runs/segmenter"
-    model_store: str = "model_store"
-    name: str = "segmenter"
-    architecture: str = "unet"
-    encoder: str = "resnet18"
-    model_args: dict[str, Any] = field(default_factory=dict)
-    loss: str = "dice+focal"
-    dice_weight: float = 1.0
-    focal_weight: float = 1.0
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 30
-    patience: int = 5  # early stopping: epochs without a better validation mIoU
-    image_size: int = 128
-    augment: bool = True
-    device: str | None = None
-    amp: bool = True  # CUDA only
-    seed: int = 0
-    workers: int = 0
-    resume: bool = False
+    run_dir: str = option("runs/segmenter", "checkpoints and plots (the command line's default: runs/<name>)")
+    model_store: str = option("model_store", "where the trained model is stored")
+    name: str = option("segmenter", "model name in the store")
+    architecture: str = option("unet", "unet, deeplabv3plus, deeplabv3, fpn", flag="arch")
+    encoder: str = option("resnet18", f"encoder name, e.g. {', '.join(segmentation.ENCODERS)}")
+    model_args: dict[str, Any] = option({}, 'extra smp arguments as JSON, e.g. \'{"decoder_channels": 64}\'')
+    loss: str = option("dice+focal", "training loss", choices=tuple(SPECS))
+    dice_weight: float = option(1.0, "weight of the Dice term")
+    focal_weight: float = option(1.0, "weight of the focal term")
+    epochs: int = option(10, "epochs")
+    batch_size: int = option(8, "images per step (per process under torchrun)")
+    lr: float = option(1e-3, "peak learning rate (warmup, then cosine)")
+    weight_decay: float = option(1e-4, "weight decay")
+    warmup_steps: int = option(30, "linear warmup steps")
+    patience: int = option(5, "early stopping: epochs without a better validation mIoU")
+    image_size: int = option(128, "augmentation crop size (pixels)")
+    augment: bool = option(True, "augmentation (flip, scale, colour)")
+    device: str | None = option(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
+    amp: bool = option(True, "mixed precision (used only on CUDA)")
+    seed: int = option(0, "random seed")
+    workers: int = option(0, "data-loading worker processes")
+    resume: bool = option(False, "continue from <run-dir>/last.pt")
     progress: bool = True
 
     def __post_init__(self) -> None:
