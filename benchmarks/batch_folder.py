@@ -56,15 +56,17 @@ from bench_models import RANDOM_STORES  # noqa: E402
 
 from models import checkpoints  # noqa: E402
 from models.batch.engine import file_work, run_local  # noqa: E402
-from models.batch.store import InputFile, Manifest, list_inputs  # noqa: E402
 from models.batch.job import BatchJob, build_job  # noqa: E402
+from models.batch.store import InputFile, Manifest, list_inputs  # noqa: E402
 from models.preprocessing import decode_image, encode_image  # noqa: E402
 from models.synth import generate_shapes  # noqa: E402
 from models.train.common import pick_device  # noqa: E402
 
-MODES = {"model_only": "model only (pre-decoded, batched)", "engine": "local engine end to end",
-         "naive": "naive loop (read, decode, infer 1, write)"}
-
+MODES = {
+    "model_only": "model only (pre-decoded, batched)",
+    "engine": "local engine end to end",
+    "naive": "naive loop (read, decode, infer 1, write)",
+}
 
 
 def synth_jpeg_folder(folder: Path, n: int, size: int, seed: int = 7) -> Path:
@@ -83,33 +85,48 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def model_only_seconds(task: BatchJob, model: nn.Module, inputs: list[torch.Tensor], batch: int,
-                       device: torch.device) -> float:
+def model_only_seconds(
+    task: BatchJob, model: nn.Module, inputs: list[torch.Tensor], batch: int, device: torch.device
+) -> float:
     """``task.infer`` over pre-prepared inputs already on ``device``, in batches of ``batch``."""
     _sync(device)
     start = time.perf_counter()
     for i in range(0, len(inputs), batch):
-        task.infer(model, inputs[i:i + batch])
+        task.infer(model, inputs[i : i + batch])
     _sync(device)
     return time.perf_counter() - start
 
 
-def engine_seconds(make_task: Callable[[Path], BatchJob], model: nn.Module, files: list[InputFile], out: Path,
-                   batch: int, decode_workers: int) -> float:
+def engine_seconds(
+    make_task: Callable[[Path], BatchJob],
+    model: nn.Module,
+    files: list[InputFile],
+    out: Path,
+    batch: int,
+    decode_workers: int,
+) -> float:
     """``run_local`` into the fresh folder ``out``; checks that every input succeeded."""
     task = make_task(out)
     start = time.perf_counter()
-    summary = run_local(task, model, file_work(task, files), Manifest(out, task.job()), batch_size=batch,
-                        decode_workers=decode_workers, progress=False)
+    summary = run_local(
+        task,
+        model,
+        file_work(task, files),
+        Manifest(out, task.job()),
+        batch_size=batch,
+        decode_workers=decode_workers,
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     if (summary.processed, summary.failed) != (len(files), 0):
-        raise RuntimeError(f"the engine processed {summary.processed} and failed {summary.failed} of {len(files)} "
-                           f"inputs; see {out / 'errors.jsonl'}")
+        raise RuntimeError(
+            f"the engine processed {summary.processed} and failed {summary.failed} of {len(files)} "
+            f"inputs; see {out / 'errors.jsonl'}"
+        )
     return seconds
 
 
-def naive_seconds(make_task: Callable[[Path], BatchJob], model: nn.Module, files: list[InputFile],
-                  out: Path) -> float:
+def naive_seconds(make_task: Callable[[Path], BatchJob], model: nn.Module, files: list[InputFile], out: Path) -> float:
     """One file at a time: read, prepare, infer alone, record; then the results files."""
     task = make_task(out)
     start = time.perf_counter()
@@ -122,22 +139,30 @@ def naive_seconds(make_task: Callable[[Path], BatchJob], model: nn.Module, files
     return time.perf_counter() - start
 
 
-def measure(args: argparse.Namespace, model: nn.Module, config: checkpoints.ModelConfig, files: list[InputFile],
-            device: torch.device, work: Path) -> dict[str, list[float]]:
+def measure(
+    args: argparse.Namespace,
+    model: nn.Module,
+    config: checkpoints.ModelConfig,
+    files: list[InputFile],
+    device: torch.device,
+    work: Path,
+) -> dict[str, list[float]]:
     """Seconds of each mode's runs, in interleaved rounds after a warm-up."""
+
     def make_task(out: Path) -> BatchJob:
         return build_job(args.task, config, out)
 
     task = make_task(work / "model-only")  # writes nothing
     inputs = [task.prepare(f.path.read_bytes())[1].to(device) for f in files]
-    task.infer(model, inputs[:args.batch_size])  # warm-up: a full batch, then the batch-1 path
+    task.infer(model, inputs[: args.batch_size])  # warm-up: a full batch, then the batch-1 path
     task.infer(model, inputs[:1])
     _sync(device)
     runs: dict[str, list[float]] = {mode: [] for mode in MODES}
     for r in range(args.repeat):
         runs["model_only"].append(model_only_seconds(task, model, inputs, args.batch_size, device))
-        runs["engine"].append(engine_seconds(make_task, model, files, work / f"engine-{r}", args.batch_size,
-                                             args.decode_workers))
+        runs["engine"].append(
+            engine_seconds(make_task, model, files, work / f"engine-{r}", args.batch_size, args.decode_workers)
+        )
         runs["naive"].append(naive_seconds(make_task, model, files, work / f"naive-{r}"))
         shutil.rmtree(work / f"engine-{r}")  # not timed
         shutil.rmtree(work / f"naive-{r}")
@@ -156,36 +181,58 @@ def cpu_model() -> str:
 
 def threads(args: argparse.Namespace) -> dict[str, int]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-    return {"cpu_cores": cores, "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(), "opencv_threads": cv2.getNumThreads(),
-            "decode_workers": args.decode_workers}
+    return {
+        "cpu_cores": cores,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "opencv_threads": cv2.getNumThreads(),
+        "decode_workers": args.decode_workers,
+    }
 
 
 def report(runs: dict[str, list[float]], n: int, header: str, out: str | Path, extra: dict[str, Any]) -> None:
     """Print the median images/s of each mode and the ratios; write everything as JSON to ``out``."""
     rates = {mode: [n / s for s in seconds] for mode, seconds in runs.items()}
     median = {mode: statistics.median(r) for mode, r in rates.items()}
-    ratios = {"engine_to_model_only": median["engine"] / median["model_only"],
-              "engine_to_naive": median["engine"] / median["naive"]}
+    ratios = {
+        "engine_to_model_only": median["engine"] / median["model_only"],
+        "engine_to_naive": median["engine"] / median["naive"],
+    }
     print(header)
     print(f"{'':44s} {'images/s':>9s}   runs (images/s)")
     for mode, label in MODES.items():
         print(f"{label:44s} {median[mode]:9.2f}   " + " ".join(f"{r:.2f}" for r in rates[mode]))
-    print(f"ratio engine / model only: {ratios['engine_to_model_only']:.2f}   "
-          f"ratio engine / naive: {ratios['engine_to_naive']:.2f}   (medians of {len(runs['engine'])} runs)")
+    print(
+        f"ratio engine / model only: {ratios['engine_to_model_only']:.2f}   "
+        f"ratio engine / naive: {ratios['engine_to_naive']:.2f}   (medians of {len(runs['engine'])} runs)"
+    )
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        **extra, "statistic": "median", **{f"{m}_images_per_s": v for m, v in median.items()}, **ratios,
-        "runs_images_per_s": rates, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                **extra,
+                "statistic": "median",
+                **{f"{m}_images_per_s": v for m, v in median.items()},
+                **ratios,
+                "runs_images_per_s": rates,
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"results written to {path}")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="segmentation", choices=sorted(RANDOM_STORES))
-    parser.add_argument("--input-dir", default=None, help="a folder of images (read recursively) instead of "
-                                                          "synthetic ones; --images then takes the first N")
+    parser.add_argument(
+        "--input-dir",
+        default=None,
+        help="a folder of images (read recursively) instead of synthetic ones; --images then takes the first N",
+    )
     parser.add_argument("--images", type=int, default=None, help="number of images (synthetic default 128)")
     parser.add_argument("--size", type=int, default=384, help="side of the synthetic images, px")
     parser.add_argument("--model-store", default=None)
@@ -213,26 +260,44 @@ def main() -> None:
         work = Path(tmp)
         if args.input_dir:
             folder, what = Path(args.input_dir), f"from {args.input_dir}"
-            files = list_inputs(folder, recursive=True)[:args.images]
+            files = list_inputs(folder, recursive=True)[: args.images]
         else:
             folder = synth_jpeg_folder(work / "data", args.images or 128, args.size)
             what = f"synthetic JPEG, {args.size} px"
             files = list_inputs(folder)
         if not files:
             raise SystemExit(f"no images in {folder}")
-        store, name = ((Path(args.model_store), args.model) if args.model_store
-                       else RANDOM_STORES[args.task](work / "store"))
+        store, name = (
+            (Path(args.model_store), args.model) if args.model_store else RANDOM_STORES[args.task](work / "store")
+        )
         model, config = checkpoints.load_model(store / name, device=device)
         runs = measure(args, model, config, files, device, work)
     counts = threads(args)
     cpu = cpu_model()
-    header = (f"device: {device_name(device)}; CPU: {cpu}; " + ", ".join(f"{k} {v}" for k, v in counts.items())
-              + f"\nmodel: {name} ({args.task}); {len(files)} images ({what}); "
-              f"batch {args.batch_size}; median of {args.repeat} interleaved rounds")
-    report(runs, len(files), header, args.out, {
-        "device": device_name(device), "cpu": cpu, **counts, "task": args.task, "model": name,
-        "images": len(files), "image_size": args.size if not args.input_dir else None,
-        "input_dir": args.input_dir, "batch": args.batch_size, "repeat": args.repeat})
+    header = (
+        f"device: {device_name(device)}; CPU: {cpu}; "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + f"\nmodel: {name} ({args.task}); {len(files)} images ({what}); "
+        f"batch {args.batch_size}; median of {args.repeat} interleaved rounds"
+    )
+    report(
+        runs,
+        len(files),
+        header,
+        args.out,
+        {
+            "device": device_name(device),
+            "cpu": cpu,
+            **counts,
+            "task": args.task,
+            "model": name,
+            "images": len(files),
+            "image_size": args.size if not args.input_dir else None,
+            "input_dir": args.input_dir,
+            "batch": args.batch_size,
+            "repeat": args.repeat,
+        },
+    )
 
 
 if __name__ == "__main__":

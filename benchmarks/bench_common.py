@@ -26,8 +26,9 @@ def synth_png_images(n: int, size: int, seed: int = 7) -> list[bytes]:
         return [p.read_bytes() for p in sorted((Path(tmp) / "images" / "test").glob("*.png"))]
 
 
-def service_throughput(make_client: Callable[[], Any], call: Callable[[Any, bytes], Any], images: list[bytes],
-                       concurrency: int) -> dict[str, float]:
+def service_throughput(
+    make_client: Callable[[], Any], call: Callable[[Any, bytes], Any], images: list[bytes], concurrency: int
+) -> dict[str, float]:
     """images/s and p50/p99 latency (ms) with ``concurrency`` client threads sharing ``images``."""
     latencies: list[float] = []
     lock = threading.Lock()
@@ -49,8 +50,11 @@ def service_throughput(make_client: Callable[[], Any], call: Callable[[Any, byte
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    return {"images_per_s": len(images) / elapsed, "p50_ms": float(np.percentile(latencies, 50)),
-            "p99_ms": float(np.percentile(latencies, 99))}
+    return {
+        "images_per_s": len(images) / elapsed,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+    }
 
 
 def device_name(device: torch.device) -> str:
@@ -59,31 +63,54 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def report(name: str, raw: float, rows: dict[int, dict[str, float]], header: str, out: str | Path,
-           extra: dict[str, Any]) -> None:
+def report(
+    name: str, raw: float, rows: dict[int, dict[str, float]], header: str, out: str | Path, extra: dict[str, Any]
+) -> None:
     """Print raw vs service images/s with ratios, and write them as JSON to ``out``."""
     print(header)
     print(f"raw in-process model          : {raw:8.1f} images/s")
     for concurrency, row in rows.items():
         row["ratio_to_raw"] = row["images_per_s"] / raw
-        print(f"gRPC {name:9s} concurrency {concurrency:2d} : {row['images_per_s']:8.1f} images/s   "
-              f"ratio {row['ratio_to_raw']:.2f}   p50 {row['p50_ms']:.1f} ms   p99 {row['p99_ms']:.1f} ms")
+        print(
+            f"gRPC {name:9s} concurrency {concurrency:2d} : {row['images_per_s']:8.1f} images/s   "
+            f"ratio {row['ratio_to_raw']:.2f}   p50 {row['p50_ms']:.1f} ms   p99 {row['p99_ms']:.1f} ms"
+        )
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**extra, "raw_images_per_s": raw, "service": {str(k): v for k, v in rows.items()},
-                                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                **extra,
+                "raw_images_per_s": raw,
+                "service": {str(k): v for k, v in rows.items()},
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"results written to {path}")
 
 
-def measure_service(task: str, store: Path, name: str, images: list[bytes], call: Callable[[Any, bytes], Any], *,
-                    device: torch.device, batch: int, concurrencies: tuple[int, ...] = (1, 4, 16)
-                    ) -> dict[int, dict[str, float]]:
+def measure_service(
+    task: str,
+    store: Path,
+    name: str,
+    images: list[bytes],
+    call: Callable[[Any, bytes], Any],
+    *,
+    device: torch.device,
+    batch: int,
+    concurrencies: tuple[int, ...] = (1, 4, 16),
+) -> dict[int, dict[str, float]]:
     """Serve ``name`` from ``store`` on a free port (max batch ``batch``) and measure ``call``
     from each number of concurrent clients."""
     from services.client import CvtasksClient
     from services.launch import running_server
 
-    with running_server(task=task, model_store=store, models=[name], device=str(device),
-                        max_batch_size=batch) as address:
-        return {c: service_throughput(lambda: CvtasksClient(address, timeout=120), call, images, c)
-                for c in concurrencies}
+    with running_server(
+        task=task, model_store=store, models=[name], device=str(device), max_batch_size=batch
+    ) as address:
+        return {
+            c: service_throughput(lambda: CvtasksClient(address, timeout=120), call, images, c) for c in concurrencies
+        }

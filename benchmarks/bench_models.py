@@ -24,18 +24,35 @@ def detector_store(root: Path) -> tuple[Path, str]:
     from models.detection import build_detector
 
     torch.manual_seed(0)
-    return _store(build_detector("fasterrcnn_tiny", num_classes=4),
-                  checkpoints.ModelConfig(name="bench-detector", task="detection", architecture="fasterrcnn_tiny",
-                                          classes=SHAPE_CLASSES, input_size=128), root)
+    return _store(
+        build_detector("fasterrcnn_tiny", num_classes=4),
+        checkpoints.ModelConfig(
+            name="bench-detector",
+            task="detection",
+            architecture="fasterrcnn_tiny",
+            classes=SHAPE_CLASSES,
+            input_size=128,
+        ),
+        root,
+    )
 
 
 def _segmenter_store(root: Path, name: str, args: dict) -> tuple[Path, str]:
     from models.segmentation import build_segmenter
 
     torch.manual_seed(0)
-    return _store(build_segmenter("unet", num_classes=len(SEGMENT_CLASSES), **args),
-                  checkpoints.ModelConfig(name=name, task="segmentation", architecture="unet", classes=SEGMENT_CLASSES,
-                                          model_args=args, input_size=128), root)
+    return _store(
+        build_segmenter("unet", num_classes=len(SEGMENT_CLASSES), **args),
+        checkpoints.ModelConfig(
+            name=name,
+            task="segmentation",
+            architecture="unet",
+            classes=SEGMENT_CLASSES,
+            model_args=args,
+            input_size=128,
+        ),
+        root,
+    )
 
 
 def segmenter_store(root: Path) -> tuple[Path, str]:
@@ -48,8 +65,9 @@ def segmenter_store(root: Path) -> tuple[Path, str]:
 
 def tiny_segmenter_store(root: Path) -> tuple[Path, str]:
     """A small U-Net (MobileNetV3-small encoder), as the tests use."""
-    return _segmenter_store(root, "bench-tiny-unet", {"encoder": "tu-mobilenetv3_small_100",
-                                                      "decoder_channels": [32, 16, 16, 8, 8]})
+    return _segmenter_store(
+        root, "bench-tiny-unet", {"encoder": "tu-mobilenetv3_small_100", "decoder_channels": [32, 16, 16, 8, 8]}
+    )
 
 
 def captioner_store(root: Path) -> tuple[Path, str]:
@@ -63,10 +81,15 @@ def captioner_store(root: Path) -> tuple[Path, str]:
     vocab = Vocabulary.build([f"a {c} {k} to the left of and right" for c in COLORS for k in CLASSES])
     args = model_args(quickstart_config(".", "."))
     config = checkpoints.ModelConfig(
-        name="bench-captioner", task="captioning", architecture="show_and_tell", classes=(), model_args=args,
-        input_size=QUICKSTART_RECIPE["image_size"], normalization={"mean": list(IMAGENET_MEAN),
-                                                                  "std": list(IMAGENET_STD)},
-        extra={"vocab": vocab.to_json(), "max_length": 20})
+        name="bench-captioner",
+        task="captioning",
+        architecture="show_and_tell",
+        classes=(),
+        model_args=args,
+        input_size=QUICKSTART_RECIPE["image_size"],
+        normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        extra={"vocab": vocab.to_json(), "max_length": 20},
+    )
     return _store(Captioner(vocab_size=len(vocab), **args), config, root)
 
 
@@ -75,9 +98,18 @@ def generator_store(root: Path, size: int = 64) -> tuple[Path, str]:
 
     torch.manual_seed(0)
     args = {"image_size": size, "channels": 3, "nz": 100, "ngf": 64}
-    return _store(Generator(**args), checkpoints.ModelConfig(name="bench-generator", task="generation",
-                                                             architecture="dcgan", classes=(), model_args=args,
-                                                             input_size=size), root)
+    return _store(
+        Generator(**args),
+        checkpoints.ModelConfig(
+            name="bench-generator",
+            task="generation",
+            architecture="dcgan",
+            classes=(),
+            model_args=args,
+            input_size=size,
+        ),
+        root,
+    )
 
 
 # task -> a random model of it in a store (what batch_folder.py runs without --model-store)

@@ -44,37 +44,56 @@ def kserve_detect(name: str):
     return call
 
 
-def measure(store: Path, name: str, images: list[bytes], *, device: str, batch: int,
-            concurrencies: list[int]) -> dict[int, dict[str, dict[str, float]]]:
+def measure(
+    store: Path, name: str, images: list[bytes], *, device: str, batch: int, concurrencies: list[int]
+) -> dict[int, dict[str, dict[str, float]]]:
     import tritonclient.grpc as grpcclient
 
     from services.client import CvtasksClient
     from services.launch import running_server
 
     rows: dict[int, dict[str, dict[str, float]]] = {}
-    with running_server(task="detection", model_store=store, models=[name], device=device,
-                        max_batch_size=batch) as address:
+    with running_server(
+        task="detection", model_store=store, models=[name], device=device, max_batch_size=batch
+    ) as address:
         for c in concurrencies:
             typed = service_throughput(lambda: CvtasksClient(address, timeout=120), typed_detect, images, c)
-            kserve = service_throughput(lambda: grpcclient.InferenceServerClient(address), kserve_detect(name),
-                                        images, c)
-            rows[c] = {"typed_detect": typed, "kserve_model_infer": kserve,
-                       "ratio_kserve_to_typed": kserve["images_per_s"] / typed["images_per_s"]}
+            kserve = service_throughput(
+                lambda: grpcclient.InferenceServerClient(address), kserve_detect(name), images, c
+            )
+            rows[c] = {
+                "typed_detect": typed,
+                "kserve_model_infer": kserve,
+                "ratio_kserve_to_typed": kserve["images_per_s"] / typed["images_per_s"],
+            }
     return rows
 
 
 def report(rows: dict[int, dict], header: str, out: Path, extra: dict) -> None:
     print(header)
-    print(f"{'conc':>4}  {'typed Detect img/s':>18} {'p50':>7} {'p99':>7}   {'KServe ModelInfer img/s':>23} "
-          f"{'p50':>7} {'p99':>7}   ratio")
+    print(
+        f"{'conc':>4}  {'typed Detect img/s':>18} {'p50':>7} {'p99':>7}   {'KServe ModelInfer img/s':>23} "
+        f"{'p50':>7} {'p99':>7}   ratio"
+    )
     for c, row in rows.items():
         t, k = row["typed_detect"], row["kserve_model_infer"]
-        print(f"{c:4d}  {t['images_per_s']:18.1f} {t['p50_ms']:6.1f}ms {t['p99_ms']:6.1f}ms   "
-              f"{k['images_per_s']:23.1f} {k['p50_ms']:6.1f}ms {k['p99_ms']:6.1f}ms   "
-              f"{row['ratio_kserve_to_typed']:.2f}")
+        print(
+            f"{c:4d}  {t['images_per_s']:18.1f} {t['p50_ms']:6.1f}ms {t['p99_ms']:6.1f}ms   "
+            f"{k['images_per_s']:23.1f} {k['p50_ms']:6.1f}ms {k['p99_ms']:6.1f}ms   "
+            f"{row['ratio_kserve_to_typed']:.2f}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**extra, "by_concurrency": {str(c): r for c, r in rows.items()},
-                               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                **extra,
+                "by_concurrency": {str(c): r for c, r in rows.items()},
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"results written to {out}")
 
 
@@ -95,10 +114,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store, name = (Path(args.model_store), args.model) if args.model_store else detector_store(Path(tmp))
         rows = measure(store, name, images, device=str(device), batch=args.batch, concurrencies=args.concurrency)
-    header = (f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px, one per "
-              f"request; server max batch {args.batch}")
-    report(rows, header, Path(args.out), {"device": device_name(device), "model": name, "images": len(images),
-                                          "image_size": args.size, "batch": args.batch})
+    header = (
+        f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px, one per "
+        f"request; server max batch {args.batch}"
+    )
+    report(
+        rows,
+        header,
+        Path(args.out),
+        {
+            "device": device_name(device),
+            "model": name,
+            "images": len(images),
+            "image_size": args.size,
+            "batch": args.batch,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from bench_models import detector_store  # noqa: E402
 from models.preprocessing import encode_image  # noqa: E402
 from models.train.common import pick_device  # noqa: E402
 
-
 EXTRA: list[str] = []  # extra `cvtasks serve` flags (--serve-args)
 
 
@@ -69,8 +68,9 @@ def _typed(address: str, image: bytes, model: str = ""):
     from services.pb import detection_pb2_grpc
 
     channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
-    return channel, _status_of(detection_pb2_grpc.DetectionServiceStub(channel).Detect,
-                               detect_request(image, model=model))
+    return channel, _status_of(
+        detection_pb2_grpc.DetectionServiceStub(channel).Detect, detect_request(image, model=model)
+    )
 
 
 def _kserve(address: str, image: bytes, model: str):
@@ -102,10 +102,12 @@ async def _measure(address: str, image: bytes, model: str, count: int) -> dict[s
     """Each path flooded with ``count`` requests at once; first the same flood naming a model the
     server lacks (NOT_FOUND: the cheapest answer a server can give, what transport alone costs)."""
     rows = {}
-    paths = (("typed Detect, unknown model", _typed(address, image, "no-such-model")),
-             ("typed Detect", _typed(address, image)),
-             ("KServe ModelInfer, unknown model", _kserve(address, image, "no-such-model")),
-             ("KServe ModelInfer", _kserve(address, image, model)))
+    paths = (
+        ("typed Detect, unknown model", _typed(address, image, "no-such-model")),
+        ("typed Detect", _typed(address, image)),
+        ("KServe ModelInfer, unknown model", _kserve(address, image, "no-such-model")),
+        ("KServe ModelInfer", _kserve(address, image, model)),
+    )
     for path, (channel, call) in paths:
         async with channel:
             await call()  # connect and warm up
@@ -121,10 +123,26 @@ async def _measure(address: str, image: bytes, model: str, count: int) -> dict[s
 @contextlib.contextmanager
 def _server(store: Path, device) -> Iterator[str]:
     """`cvtasks serve` in a subprocess on a free port; yields its address once it is serving."""
-    command = [sys.executable, "-m", "services.cli", "serve", "--task", "detection", "--model-store", str(store),
-               "--host", "127.0.0.1", "--port", "0", "--device", str(device), *EXTRA]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
+    command = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "serve",
+        "--task",
+        "detection",
+        "--model-store",
+        str(store),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--device",
+        str(device),
+        *EXTRA,
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
     try:
         line = proc.stdout.readline()
         if "serving" not in line:
@@ -155,20 +173,37 @@ def main() -> None:
         store, name = detector_store(Path(tmp))
         with _server(store, device) as address:
             rows = asyncio.run(_measure(address, image, name, args.factor * capacity))
-    print(f"device: {device_name(device)}; {args.factor} x capacity ({capacity}) = {args.factor * capacity} "
-          f"requests of a {args.size} px PNG ({len(image) // 1024} KiB) at once")
+    print(
+        f"device: {device_name(device)}; {args.factor} x capacity ({capacity}) = {args.factor * capacity} "
+        f"requests of a {args.size} px PNG ({len(image) // 1024} KiB) at once"
+    )
     for path, row in rows.items():
-        print(f"{path:33s}: {row['refused']:3d} refused, p50 {row.get('refused_p50_ms', 0):7.1f} ms, "
-              f"p99 {row.get('refused_p99_ms', 0):7.1f} ms | {row['accepted']:3d} accepted, p50 "
-              f"{row.get('accepted_p50_ms', 0):7.1f} ms | idle request {row['idle_ms']:5.1f} ms")
+        print(
+            f"{path:33s}: {row['refused']:3d} refused, p50 {row.get('refused_p50_ms', 0):7.1f} ms, "
+            f"p99 {row.get('refused_p99_ms', 0):7.1f} ms | {row['accepted']:3d} accepted, p50 "
+            f"{row.get('accepted_p50_ms', 0):7.1f} ms | idle request {row['idle_ms']:5.1f} ms"
+        )
         if "refused_to_not_found_p50" in row:
-            print(f"{'':35s}refused / accepted p50 {row.get('refused_to_accepted_p50', float('nan')):.2f}, "
-                  f"refused / unknown-model p50 {row['refused_to_not_found_p50']:.2f}")
+            print(
+                f"{'':35s}refused / accepted p50 {row.get('refused_to_accepted_p50', float('nan')):.2f}, "
+                f"refused / unknown-model p50 {row['refused_to_not_found_p50']:.2f}"
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": device_name(device), "capacity": capacity, "factor": args.factor,
-                               "image_size": args.size, "paths": rows,
-                               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "device": device_name(device),
+                "capacity": capacity,
+                "factor": args.factor,
+                "image_size": args.size,
+                "paths": rows,
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"results written to {out}")
 
 

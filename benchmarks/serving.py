@@ -50,10 +50,15 @@ class Bench:
 BENCHES = {
     "detection": Bench(detector_store, "quickstart-detector", "Detect", lambda c, d, a: c.detect(d)),
     "segmentation": Bench(segmenter_store, "quickstart-unet", "Segment", lambda c, d, a: c.segment(d)),
-    "captioning": Bench(captioner_store, "quickstart-captioner", "Caption",
-                        lambda c, d, a: c.caption(d, beam_size=a.beam)),
-    "generation": Bench(lambda root: generator_store(root, 64), "quickstart-generator", "Generate",
-                        lambda c, d, a: c.generate(count=a.count, seed=next(SEEDS))),
+    "captioning": Bench(
+        captioner_store, "quickstart-captioner", "Caption", lambda c, d, a: c.caption(d, beam_size=a.beam)
+    ),
+    "generation": Bench(
+        lambda root: generator_store(root, 64),
+        "quickstart-generator",
+        "Generate",
+        lambda c, d, a: c.generate(count=a.count, seed=next(SEEDS)),
+    ),
 }
 SEEDS = itertools.count()
 
@@ -62,8 +67,9 @@ def _options(task: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"captioning": {"beam_size": args.beam}, "generation": {"count": args.count}}.get(task, {})
 
 
-def raw_images_per_s(store: Path, name: str, images: list[bytes], args: argparse.Namespace,
-                     device: torch.device) -> float:
+def raw_images_per_s(
+    store: Path, name: str, images: list[bytes], args: argparse.Namespace, device: torch.device
+) -> float:
     """Images/s of the task's run_batch alone, on inputs made before the clock starts."""
     model, config = checkpoints.load_model(store / name, device=device)
     task = get_task(config.task)
@@ -72,8 +78,10 @@ def raw_images_per_s(store: Path, name: str, images: list[bytes], args: argparse
         inputs = [task.model_input(decode_image(b), config) for b in images]
         per_input, batch = 1, args.batch
     else:  # one input of --count latents per call, as the service gets them
-        inputs = [task.inputs_of(config, task.options(config, {**_options(task.name, args), "seed": i}))[0]
-                  for i in range(len(images))]
+        inputs = [
+            task.inputs_of(config, task.options(config, {**_options(task.name, args), "seed": i}))[0]
+            for i in range(len(images))
+        ]
         per_input, batch = args.count, max(1, args.batch // args.count)
     with torch.inference_mode():
         task.run_batch(model, config, inputs[:batch], [options] * len(inputs[:batch]))  # warm-up
@@ -81,7 +89,7 @@ def raw_images_per_s(store: Path, name: str, images: list[bytes], args: argparse
             torch.cuda.synchronize()
         start = time.perf_counter()
         for i in range(0, len(inputs), batch):
-            part = inputs[i:i + batch]
+            part = inputs[i : i + batch]
             task.run_batch(model, config, part, [options] * len(part))
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -107,19 +115,34 @@ def main() -> None:
     calls = max(1, args.images // args.count) if generating else args.images
     images = [b""] * calls if generating else synth_png_images(calls, args.size)
     with tempfile.TemporaryDirectory() as tmp:
-        store, name = ((Path(args.model_store), args.model or bench.model) if args.model_store
-                       else bench.store(Path(tmp)))
+        store, name = (
+            (Path(args.model_store), args.model or bench.model) if args.model_store else bench.store(Path(tmp))
+        )
         raw = raw_images_per_s(store, name, images, args, device)
-        rows = measure_service(args.task, store, name, images, lambda client, data: bench.call(client, data, args),
-                               device=device, batch=args.batch)
+        rows = measure_service(
+            args.task,
+            store,
+            name,
+            images,
+            lambda client, data: bench.call(client, data, args),
+            device=device,
+            batch=args.batch,
+        )
     per_call = args.count if generating else 1
     for row in rows.values():  # measure_service counts calls
         row["images_per_s"] *= per_call
-    header = (f"device: {device_name(device)}; model: {name}; {calls * per_call} images"
-              f"{f' of {args.size} px' if not generating else f', {per_call} per call'}; batch {args.batch}")
-    extra = {"device": device_name(device), "model": name, "images": calls * per_call, "batch": args.batch,
-             **({"image_size": args.size} if not generating else {"count": args.count}),
-             **({"beam_size": args.beam} if args.task == "captioning" else {})}
+    header = (
+        f"device: {device_name(device)}; model: {name}; {calls * per_call} images"
+        f"{f' of {args.size} px' if not generating else f', {per_call} per call'}; batch {args.batch}"
+    )
+    extra = {
+        "device": device_name(device),
+        "model": name,
+        "images": calls * per_call,
+        "batch": args.batch,
+        **({"image_size": args.size} if not generating else {"count": args.count}),
+        **({"beam_size": args.beam} if args.task == "captioning" else {}),
+    }
     report(bench.rpc, raw, rows, header, args.out or RESULTS_DIR / f"{args.task}_serving.json", extra)
 
 

@@ -27,9 +27,7 @@ def _as_boxes(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
     return array
 
 
-def convert_boxes(
-    boxes: np.ndarray, *, src: str, dst: str, width: float, height: float
-) -> np.ndarray:
+def convert_boxes(boxes: np.ndarray, *, src: str, dst: str, width: float, height: float) -> np.ndarray:
     """Convert float (N, 4) boxes between formats; returns a new float64 (N, 4) array.
 
     Formats: "pascal_voc" (x1, y1, x2, y2 pixels), "coco" (x, y, w, h pixels),

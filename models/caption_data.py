@@ -38,7 +38,7 @@ def _jsonl(path: Path) -> dict[str, list[str]]:
             raise DatasetError(f"{path}:{line_no}: not JSON ({exc.msg})") from None
         texts = row.get("captions", [row["caption"]] if "caption" in row else None)
         if "image" not in row or not texts or not all(isinstance(t, str) for t in texts):
-            raise DatasetError(f"{path}:{line_no}: needs \"image\" and \"caption\" (or a \"captions\" list)")
+            raise DatasetError(f'{path}:{line_no}: needs "image" and "caption" (or a "captions" list)')
         captions[row["image"]].extend(texts)
     return dict(captions)
 

@@ -22,11 +22,12 @@ Tokens = Sequence[str]
 
 
 def ngrams(tokens: Tokens, n: int) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
-def corpus_bleu(candidates: Mapping[str, Tokens], references: Mapping[str, Sequence[Tokens]],
-                *, max_n: int = 4) -> dict[str, float]:
+def corpus_bleu(
+    candidates: Mapping[str, Tokens], references: Mapping[str, Sequence[Tokens]], *, max_n: int = 4
+) -> dict[str, float]:
     """{"BLEU-1": .., ..., "BLEU-4": ..} for one candidate per image against all its references."""
     matched = [0] * max_n
     total = [0] * max_n
@@ -62,8 +63,9 @@ def _norm(vec: Mapping[tuple, float]) -> float:
     return math.sqrt(sum(v * v for v in vec.values()))
 
 
-def cider_d(candidates: Mapping[str, Tokens], references: Mapping[str, Sequence[Tokens]],
-            *, max_n: int = 4, sigma: float = 6.0) -> float:
+def cider_d(
+    candidates: Mapping[str, Tokens], references: Mapping[str, Sequence[Tokens]], *, max_n: int = 4, sigma: float = 6.0
+) -> float:
     """Corpus CIDEr-D (mean over images), in coco-caption's scale (x10)."""
     keys = list(candidates)
     if not keys:
@@ -90,7 +92,7 @@ def cider_d(candidates: Mapping[str, Tokens], references: Mapping[str, Sequence[
                 dot = sum(min(c_vec[g], r_vec[g]) * r_vec[g] for g in c_vec if g in r_vec)
                 denom = _norm(c_vec) * _norm(r_vec)
                 sim = dot / denom if denom else 0.0
-                per_ref += sim * math.exp(-((len(cand) - len(r)) ** 2) / (2 * sigma ** 2))
+                per_ref += sim * math.exp(-((len(cand) - len(r)) ** 2) / (2 * sigma**2))
             score += per_ref / len(refs)
         total += score / max_n * 10.0
     return total / num_docs

@@ -74,9 +74,11 @@ def load_trunk_weights(resnet: nn.Module, source: str | os.PathLike, *, stages: 
     missing = [k for k in own if k not in state]
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or mismatched:
-        raise ValueError(f"encoder weights {path} do not fit a {type(resnet).__name__} with {stages} stages: "
-                         f"{len(missing)} missing (e.g. {missing[:2]}), {len(mismatched)} of another shape "
-                         f"(e.g. {mismatched[:2]})")
+        raise ValueError(
+            f"encoder weights {path} do not fit a {type(resnet).__name__} with {stages} stages: "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(mismatched)} of another shape "
+            f"(e.g. {mismatched[:2]})"
+        )
     resnet.load_state_dict({k: state[k] for k in own}, strict=False)
 
 
@@ -92,9 +94,17 @@ class ImageEncoder(nn.Module):
     of resnet18's compute and parameters gone, which suits small images and small data.
     """
 
-    def __init__(self, *, backbone: str = "resnet18", embed_size: int = 256, trainable: bool = True,
-                 weights_path: str | os.PathLike | None = None, pooling: str = "avg", grid: int = 3,
-                 stages: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet18",
+        embed_size: int = 256,
+        trainable: bool = True,
+        weights_path: str | os.PathLike | None = None,
+        pooling: str = "avg",
+        grid: int = 3,
+        stages: int = 4,
+    ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -106,7 +116,7 @@ class ImageEncoder(nn.Module):
         if weights_path is not None:
             load_trunk_weights(resnet, weights_path, stages=stages)
         # stem (conv1, bn1, relu, maxpool) + the first `stages` residual stages: the feature map
-        self.trunk = nn.Sequential(*list(resnet.children())[:4 + stages])
+        self.trunk = nn.Sequential(*list(resnet.children())[: 4 + stages])
         with torch.no_grad():
             features = self.trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
         self.trunk.train()
@@ -122,14 +132,22 @@ class ImageEncoder(nn.Module):
 class CaptionDecoder(nn.Module):
     """Embedding + LSTM + vocabulary projection."""
 
-    def __init__(self, *, vocab_size: int, embed_size: int = 256, hidden_size: int = 512, num_layers: int = 1,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        embed_size: int = 256,
+        hidden_size: int = 512,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if not 1 <= num_layers <= MAX_LSTM_LAYERS:
             raise ValueError(f"num_layers must be in 1..{MAX_LSTM_LAYERS}, got {num_layers}")
         self.embed = nn.Embedding(vocab_size, embed_size, padding_idx=0)
-        self.lstm = nn.LSTM(embed_size, hidden_size, num_layers, batch_first=True,
-                            dropout=dropout if num_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            embed_size, hidden_size, num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        )
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, vocab_size)
 
@@ -155,15 +173,38 @@ class Captioner(nn.Module):
     starts from random weights, as it does offline. Decoding never uses it.
     """
 
-    def __init__(self, *, vocab_size: int, backbone: str = "resnet18", embed_size: int = 256,
-                 hidden_size: int = 512, num_layers: int = 1, dropout: float = 0.0, trainable_encoder: bool = True,
-                 encoder_weights_path: str | None = None, pooling: str = "avg", grid: int = 3,
-                 stages: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        backbone: str = "resnet18",
+        embed_size: int = 256,
+        hidden_size: int = 512,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        trainable_encoder: bool = True,
+        encoder_weights_path: str | None = None,
+        pooling: str = "avg",
+        grid: int = 3,
+        stages: int = 4,
+    ) -> None:
         super().__init__()
-        self.encoder = ImageEncoder(backbone=backbone, embed_size=embed_size, trainable=trainable_encoder,
-                                    weights_path=encoder_weights_path, pooling=pooling, grid=grid, stages=stages)
-        self.decoder = CaptionDecoder(vocab_size=vocab_size, embed_size=embed_size, hidden_size=hidden_size,
-                                      num_layers=num_layers, dropout=dropout)
+        self.encoder = ImageEncoder(
+            backbone=backbone,
+            embed_size=embed_size,
+            trainable=trainable_encoder,
+            weights_path=encoder_weights_path,
+            pooling=pooling,
+            grid=grid,
+            stages=stages,
+        )
+        self.decoder = CaptionDecoder(
+            vocab_size=vocab_size,
+            embed_size=embed_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout,
+        )
         self.words = nn.Linear(embed_size, vocab_size)
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
@@ -181,8 +222,10 @@ def words_loss(word_logits: torch.Tensor, captions: torch.Tensor, *, first_word_
 def build_from_config(config: ModelConfig) -> nn.Module:
     """A stored captioner: the vocabulary size comes from ``extra["vocab"]``."""
     if config.architecture != "show_and_tell":
-        raise InvalidInputError(f"model `{config.name}`: unknown captioning architecture `{config.architecture}` "
-                                f"(this version builds `show_and_tell`)")
+        raise InvalidInputError(
+            f"model `{config.name}`: unknown captioning architecture `{config.architecture}` "
+            f"(this version builds `show_and_tell`)"
+        )
     vocab = config.extra.get("vocab")
     words = vocab.get("words") if isinstance(vocab, dict) else None
     if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
@@ -201,14 +244,21 @@ class Caption:
 
 def check_options(beam_size: int, max_length: int, num_captions: int, length_penalty: float = 1.0) -> None:
     """InvalidInputError (-> INVALID_ARGUMENT) naming the bad option and its allowed range."""
-    CaptionOptions(beam_size=beam_size, max_length=max_length, num_captions=num_captions,
-                   length_penalty=length_penalty)
+    CaptionOptions(beam_size=beam_size, max_length=max_length, num_captions=num_captions, length_penalty=length_penalty)
 
 
 @torch.inference_mode()
-def beam_search(model: Captioner, images: torch.Tensor, *, beam_size: int = 3, max_length: int = 20,
-                num_captions: int = 1, length_penalty: float = 1.0, start_id: int = 1,
-                end_id: int = 2) -> list[list[Caption]]:
+def beam_search(
+    model: Captioner,
+    images: torch.Tensor,
+    *,
+    beam_size: int = 3,
+    max_length: int = 20,
+    num_captions: int = 1,
+    length_penalty: float = 1.0,
+    start_id: int = 1,
+    end_id: int = 2,
+) -> list[list[Caption]]:
     """Batched beam search over (B, 3, H, W) images -> per image the ``num_captions`` best captions.
 
     beam_size 1 is greedy decoding. Finished beams (that emitted <end>) keep their score; a beam
@@ -231,8 +281,9 @@ def beam_search(model: Captioner, images: torch.Tensor, *, beam_size: int = 3, m
         log_probs, state = dec.step(dec.embed(tokens), state)  # (B*k, V)
         vocab = log_probs.shape[-1]
         if step == max_length:  # out of room: every open beam ends here, with <end>'s probability
-            log_probs = torch.where(torch.arange(vocab, device=device) == end_id, log_probs,
-                                    torch.full_like(log_probs, float("-inf")))
+            log_probs = torch.where(
+                torch.arange(vocab, device=device) == end_id, log_probs, torch.full_like(log_probs, float("-inf"))
+            )
         # A finished beam may only continue with <pad> at no cost.
         log_probs = torch.where(finished[:, None], torch.full_like(log_probs, float("-inf")), log_probs)
         log_probs[finished, 0] = 0.0
@@ -252,8 +303,16 @@ def beam_search(model: Captioner, images: torch.Tensor, *, beam_size: int = 3, m
     return _best(history, scores, lengths, batch, k, num_captions, length_penalty, end_id)
 
 
-def _best(history: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor, batch: int, k: int,
-          num_captions: int, length_penalty: float, end_id: int) -> list[list[Caption]]:
+def _best(
+    history: torch.Tensor,
+    scores: torch.Tensor,
+    lengths: torch.Tensor,
+    batch: int,
+    k: int,
+    num_captions: int,
+    length_penalty: float,
+    end_id: int,
+) -> list[list[Caption]]:
     ranked = scores.view(-1) / lengths.clamp_min(1).float() ** length_penalty
     results = []
     for b in range(batch):
@@ -283,8 +342,14 @@ def caption_batch(model: Captioner, images: torch.Tensor, options: list[CaptionO
         groups.setdefault(s, []).append(i)
     results: list[list[Caption] | None] = [None] * len(options)
     for s, indices in groups.items():
-        found = beam_search(model, images[indices], beam_size=s.beam_size, max_length=s.max_length,
-                            num_captions=s.num_captions, length_penalty=s.length_penalty)
+        found = beam_search(
+            model,
+            images[indices],
+            beam_size=s.beam_size,
+            max_length=s.max_length,
+            num_captions=s.num_captions,
+            length_penalty=s.length_penalty,
+        )
         for i, captions in zip(indices, found):
             results[i] = captions
     return results  # type: ignore[return-value]
@@ -319,9 +384,10 @@ def vocabulary_of(config: ModelConfig) -> Vocabulary:
 
 def caption_row(captions: Sequence[CaptionText]) -> dict[str, Any]:
     """``{"caption": the best, "captions": [{"text", "log_prob", "score"}]}`` (rounded)."""
-    return {"caption": captions[0].text if captions else "",
-            "captions": [{"text": c.text, "log_prob": round(c.log_prob, 4), "score": round(c.score, 4)}
-                         for c in captions]}
+    return {
+        "caption": captions[0].text if captions else "",
+        "captions": [{"text": c.text, "log_prob": round(c.log_prob, 4), "score": round(c.score, 4)} for c in captions],
+    }
 
 
 class CaptioningTask(Task[CaptionOptions]):
@@ -347,18 +413,22 @@ class CaptioningTask(Task[CaptionOptions]):
         side = config.input_size or 224
         return torch.zeros(3, side, side)
 
-    def run_batch(self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor],
-                  options: Sequence[CaptionOptions]) -> list[list[CaptionText]]:
+    def run_batch(
+        self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor], options: Sequence[CaptionOptions]
+    ) -> list[list[CaptionText]]:
         images = torch.stack(list(inputs)).to(device_of(model), non_blocking=True)
         vocab = vocabulary_of(config)
-        return [[CaptionText(vocab.decode(c.tokens), c.log_prob, c.score) for c in captions]
-                for captions in caption_batch(model, images, list(options))]
+        return [
+            [CaptionText(vocab.decode(c.tokens), c.log_prob, c.score) for c in captions]
+            for captions in caption_batch(model, images, list(options))
+        ]
 
     def to_row(self, output: list[CaptionText], config: ModelConfig, options: CaptionOptions) -> dict[str, Any]:
         return caption_row(output)
 
-    def finish(self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig,
-               options: CaptionOptions) -> list[Path]:
+    def finish(
+        self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig, options: CaptionOptions
+    ) -> list[Path]:
         table = [[r["input"], r["caption"], r["captions"][0]["score"] if r["captions"] else ""] for r in rows]
         csv_path = write_csv(out.root / "captions.csv", ["input", "caption", "score"], table)
         return [*super().finish(out, rows, config, options), csv_path]

@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,23 @@ from torch import nn
 
 from models.errors import InvalidInputError, ModelStoreError, UnknownModelError
 from models.files import atomic_write_with
+from models.store_checks import (
+    FIX_CONFIG,
+    MAX_CONFIG_BYTES,
+    check_config_json,
+    check_name,
+    check_size,
+    check_weights,
+    short,
+)
 from models.tasks import TASKS
-from models.store_checks import (FIX_CONFIG, MAX_CONFIG_BYTES, check_config_json, check_name, check_size,
-                                 check_weights, short)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 
 log = logging.getLogger("cvtasks.store")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -64,7 +72,7 @@ class ModelConfig:
         return {"format_version": FORMAT_VERSION, **asdict(self), "classes": list(self.classes)}
 
     @classmethod
-    def from_json(cls, data: Any) -> "ModelConfig":
+    def from_json(cls, data: Any) -> ModelConfig:
         """The config of parsed config.json ``data``; ValueError says which field is wrong."""
         check_config_json(data, format_version=FORMAT_VERSION)
         known = set(cls.__dataclass_fields__)
@@ -85,9 +93,11 @@ def save_model(model: nn.Module, config: ModelConfig, directory: str | os.PathLi
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     if not config.created:
-        config = replace(config, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        config = replace(config, created=datetime.now(UTC).isoformat(timespec="seconds"))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_with(out / WEIGHTS_FILE, lambda p: safetensors.torch.save_file(state, p, metadata={"task": config.task}))
+    atomic_write_with(
+        out / WEIGHTS_FILE, lambda p: safetensors.torch.save_file(state, p, metadata={"task": config.task})
+    )
     text = json.dumps(config.to_json(), indent=2, sort_keys=True)
     atomic_write_with(out / CONFIG_FILE, lambda p: Path(p).write_text(text + "\n"))
     return out
@@ -102,8 +112,9 @@ def _has_config(folder: Path) -> bool:
     try:
         return (folder / CONFIG_FILE).is_file()
     except OSError as exc:  # e.g. a folder this process may not enter
-        raise ModelStoreError(f"{_where(folder, CONFIG_FILE)} cannot be read ({exc.strerror}): check the "
-                              "folder's permissions") from None
+        raise ModelStoreError(
+            f"{_where(folder, CONFIG_FILE)} cannot be read ({exc.strerror}): check the folder's permissions"
+        ) from None
 
 
 def _read_json(path: Path) -> Any:
@@ -148,9 +159,11 @@ def _planned_shapes(config: ModelConfig, folder: Path) -> dict[str, tuple[int, .
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in builder(config).state_dict().items()}
     except Exception as exc:  # noqa: BLE001 — any builder's complaint about the config
-        raise ModelStoreError(f"{where}: its model_args do not build a {config.task} `{config.architecture}` model "
-                              f"({type(exc).__name__}: {str(exc)[:300]}); fix model_args or the architecture, "
-                              "or retrain the model") from exc
+        raise ModelStoreError(
+            f"{where}: its model_args do not build a {config.task} `{config.architecture}` model "
+            f"({type(exc).__name__}: {str(exc)[:300]}); fix model_args or the architecture, "
+            "or retrain the model"
+        ) from exc
     try:
         check_size(shapes)
     except ValueError as exc:
@@ -161,8 +174,10 @@ def _planned_shapes(config: ModelConfig, folder: Path) -> dict[str, tuple[int, .
 def _check_weights_file(folder: Path, shapes: dict[str, tuple[int, ...]]) -> None:
     path, where = folder / WEIGHTS_FILE, _where(folder, WEIGHTS_FILE)
     if not path.is_file():
-        raise ModelStoreError(f"{where}: no such file: the folder has a {CONFIG_FILE} but no weights; restore "
-                              "the file or retrain the model")
+        raise ModelStoreError(
+            f"{where}: no such file: the folder has a {CONFIG_FILE} but no weights; restore "
+            "the file or retrain the model"
+        )
     try:
         check_weights(path, shapes)
     except ValueError as exc:
@@ -182,8 +197,10 @@ def _filled_model(config: ModelConfig, folder: Path) -> nn.Module:
         return _build_and_fill(config, folder / WEIGHTS_FILE)
     except Exception as exc:  # noqa: BLE001 — the checks passed, so this is a rarer fault of the folder
         fault = f"{type(exc).__name__}: {str(exc)[:300]}"
-    raise ModelStoreError(f"{_where(folder, WEIGHTS_FILE)}: does not load into the model {CONFIG_FILE} "
-                          f"describes ({fault}); restore the folder or retrain the model")
+    raise ModelStoreError(
+        f"{_where(folder, WEIGHTS_FILE)}: does not load into the model {CONFIG_FILE} "
+        f"describes ({fault}); restore the folder or retrain the model"
+    )
 
 
 def load_model(directory: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig]:
@@ -201,7 +218,7 @@ def load_model(directory: str | os.PathLike, *, device: str | torch.device = "cp
 
 
 def next_version(store: str | os.PathLike, name: str) -> str:
-    """"1" for a new name, else the stored integer version + 1."""
+    """ "1" for a new name, else the stored integer version + 1."""
     try:
         return str(int(load_config(Path(store) / name).version) + 1)
     except (UnknownModelError, ValueError):
@@ -243,9 +260,11 @@ def find(store: str | os.PathLike, name: str) -> Path | None:
     if not _has_config(folder):
         return None
     if (named := load_config(folder).name) != name:
-        raise InvalidInputError(f"model folder `{name}` holds a model named `{named}` in its {CONFIG_FILE}: a "
-                                f"model's folder must carry its name (rename the folder, or the name in "
-                                f"{CONFIG_FILE})")
+        raise InvalidInputError(
+            f"model folder `{name}` holds a model named `{named}` in its {CONFIG_FILE}: a "
+            f"model's folder must carry its name (rename the folder, or the name in "
+            f"{CONFIG_FILE})"
+        )
     return folder
 
 

@@ -125,8 +125,9 @@ def _image_size(path: Path) -> tuple[int, int]:
     return size
 
 
-def voc_to_coco(xml_dir: str | Path, images_dir: str | Path, out_file: str | Path, *,
-                classes: Sequence[str] | None = None) -> dict[str, Any]:
+def voc_to_coco(
+    xml_dir: str | Path, images_dir: str | Path, out_file: str | Path, *, classes: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Pascal VOC XML files (one per image) -> COCO JSON written to ``out_file``.
 
     VOC boxes are 1-based inclusive pixels; COCO's are 0-based [x, y, w, h].
@@ -156,8 +157,14 @@ def voc_to_coco(xml_dir: str | Path, images_dir: str | Path, out_file: str | Pat
             if name not in names:
                 raise DatasetError(f"{file_name}: class {name!r} is not in the given classes {names}")
             bbox = [x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1]
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": names.index(name) + 1,
-                   "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": difficult}
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": names.index(name) + 1,
+                "bbox": bbox,
+                "area": bbox[2] * bbox[3],
+                "iscrowd": difficult,
+            }
             _check_box(ann, images[-1])
             annotations.append(ann)
     coco = _coco(images, annotations, names)
@@ -165,8 +172,9 @@ def voc_to_coco(xml_dir: str | Path, images_dir: str | Path, out_file: str | Pat
     return coco
 
 
-def yolo_to_coco(labels_dir: str | Path, images_dir: str | Path, classes_file: str | Path,
-                 out_file: str | Path) -> dict[str, Any]:
+def yolo_to_coco(
+    labels_dir: str | Path, images_dir: str | Path, classes_file: str | Path, out_file: str | Path
+) -> dict[str, Any]:
     """YOLO txt labels (``class cx cy w h`` normalised, one file per image) -> COCO JSON."""
     names = [line.strip() for line in Path(classes_file).read_text().splitlines() if line.strip()]
     images, annotations = [], []
@@ -182,10 +190,17 @@ def yolo_to_coco(labels_dir: str | Path, images_dir: str | Path, classes_file: s
                 continue
             if len(parts) != 5 or not parts[0].isdigit() or int(parts[0]) >= len(names):
                 raise DatasetError(f"{label_file}:{line_no}: expected 'class cx cy w h' with class < {len(names)}")
-            xywh = convert_boxes(np.array([[float(v) for v in parts[1:]]]), src="yolo", dst="coco",
-                                 width=width, height=height)[0]
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(parts[0]) + 1,
-                   "bbox": [round(float(v), 3) for v in xywh], "area": float(xywh[2] * xywh[3]), "iscrowd": 0}
+            xywh = convert_boxes(
+                np.array([[float(v) for v in parts[1:]]]), src="yolo", dst="coco", width=width, height=height
+            )[0]
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(parts[0]) + 1,
+                "bbox": [round(float(v), 3) for v in xywh],
+                "area": float(xywh[2] * xywh[3]),
+                "iscrowd": 0,
+            }
             _check_box(ann, images[-1])
             annotations.append(ann)
     coco = _coco(images, annotations, names)

@@ -236,8 +236,9 @@ def postprocess(
 MIN_RESIZED_SIDE = 32
 
 
-def fit_for_model(image: torch.Tensor, *, max_size: int, min_side: int = MIN_RESIZED_SIDE
-                  ) -> tuple[torch.Tensor, float]:
+def fit_for_model(
+    image: torch.Tensor, *, max_size: int, min_side: int = MIN_RESIZED_SIDE
+) -> tuple[torch.Tensor, float]:
     """(image, scale) that the detector's resize (long side to at most ``max_size``) can take: an
     image whose short side would end up under ``min_side`` px is shrunk here to a long side of
     ``max_size`` and zero-padded at the bottom/right to a short side of ``min_side``; a point (x, y)
@@ -289,8 +290,12 @@ def predict(
 
 def detection_row(detections: Sequence[Detection]) -> dict[str, Any]:
     """``{"detections": [{"box": [x1, y1, x2, y2] pixels, "score", "label", "class"}]}`` (rounded)."""
-    return {"detections": [{"box": [round(v, 2) for v in d.box], "score": round(d.score, 4), "label": d.label,
-                            "class": d.class_name} for d in detections]}
+    return {
+        "detections": [
+            {"box": [round(v, 2) for v in d.box], "score": round(d.score, 4), "label": d.label, "class": d.class_name}
+            for d in detections
+        ]
+    }
 
 
 def coco_results(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> dict[str, Any]:
@@ -299,13 +304,20 @@ def coco_results(rows: Sequence[dict[str, Any]], class_names: Sequence[str]) -> 
     ``annotations`` with bbox [x, y, w, h], area and score."""
     images, annotations = [], []
     for image_id, row in enumerate(rows, start=1):
-        images.append({"id": image_id, "file_name": row["input"], "width": row["width"],
-                       "height": row["height"]})
+        images.append({"id": image_id, "file_name": row["input"], "width": row["width"], "height": row["height"]})
         for d in row["detections"]:
             x1, y1, x2, y2 = d["box"]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": d["label"],
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                                "score": d["score"], "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": d["label"],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "score": d["score"],
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": i, "name": name} for i, name in enumerate(class_names, start=1)]
     return {"images": images, "categories": categories, "annotations": annotations}
 
@@ -331,8 +343,9 @@ class DetectionTask(Task[DetectOptions]):
         side = config.input_size or 320
         return torch.zeros(3, side, side)
 
-    def run_batch(self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor],
-                  options: Sequence[DetectOptions]) -> list[list[Detection]]:
+    def run_batch(
+        self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor], options: Sequence[DetectOptions]
+    ) -> list[list[Detection]]:
         device = device_of(model)
         images = [x.to(device, non_blocking=True) for x in inputs]
         return predict(model, images, class_names=config.classes, options=list(options))
@@ -343,16 +356,25 @@ class DetectionTask(Task[DetectOptions]):
     def needs_pixels(self, options: DetectOptions) -> bool:
         return options.annotate
 
-    def record(self, out: OutputFolder, key: str, output: list[Detection], size: tuple[int, int],
-               pixels: np.ndarray | None, config: ModelConfig, options: DetectOptions) -> dict[str, Any]:
+    def record(
+        self,
+        out: OutputFolder,
+        key: str,
+        output: list[Detection],
+        size: tuple[int, int],
+        pixels: np.ndarray | None,
+        config: ModelConfig,
+        options: DetectOptions,
+    ) -> dict[str, Any]:
         row = super().record(out, key, output, size, pixels, config, options)
         if options.annotate and pixels is not None:
             drawn = encode_image(draw_detections(pixels, output), "jpeg", quality=90)
             row["annotated"] = out.write("annotated", key, ".jpg", drawn)
         return row
 
-    def finish(self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig,
-               options: DetectOptions) -> list[Path]:
+    def finish(
+        self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig, options: DetectOptions
+    ) -> list[Path]:
         coco = json.dumps(coco_results(rows, config.classes))
         return [*super().finish(out, rows, config, options), atomic_write(out.root / "detections_coco.json", coco)]
 

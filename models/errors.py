@@ -60,4 +60,3 @@ class ModelStoreError(CvtasksError, ValueError):
 
 class DatasetError(CvtasksError, ValueError):
     """A dataset file is malformed (e.g. a degenerate box); the message names the record."""
-

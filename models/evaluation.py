@@ -110,19 +110,26 @@ class SegmentationReport:
     confusion: np.ndarray  # (K, K) int64
 
     def to_json(self) -> dict[str, Any]:
-        return {"mIoU": self.miou, "pixel_accuracy": self.pixel_accuracy, "iou": self.iou, "dice": self.dice,
-                "classes": list(self.class_names), "confusion": self.confusion.tolist()}
+        return {
+            "mIoU": self.miou,
+            "pixel_accuracy": self.pixel_accuracy,
+            "iou": self.iou,
+            "dice": self.dice,
+            "classes": list(self.class_names),
+            "confusion": self.confusion.tolist(),
+        }
 
     def confusion_text(self) -> str:
         width = max(8, *(len(n) for n in self.class_names)) + 1
-        lines = ["true \\ pred".ljust(width) + "".join(n[:width - 1].rjust(width) for n in self.class_names)]
+        lines = ["true \\ pred".ljust(width) + "".join(n[: width - 1].rjust(width) for n in self.class_names)]
         for name, row in zip(self.class_names, self.confusion):
             lines.append(name.ljust(width) + "".join(str(int(v)).rjust(width) for v in row))
         return "\n".join(lines)
 
 
 def segmentation_report(
-    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], confusion: np.ndarray,
+    stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    confusion: np.ndarray,
     class_names: Sequence[str],
 ) -> SegmentationReport:
     """Per-class IoU / Dice from summed (tp, fp, fn, tn) of shape (1, K), plus the confusion matrix."""
@@ -166,8 +173,14 @@ class SegmentationAccumulator:
 
 
 def evaluate_segmenter(
-    model: nn.Module, dataset: Dataset, *, device: torch.device | str = "cpu", mean: Sequence[float],
-    std: Sequence[float], ignore_index: int = 255, progress: bool = True,
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: torch.device | str = "cpu",
+    mean: Sequence[float],
+    std: Sequence[float],
+    ignore_index: int = 255,
+    progress: bool = True,
 ) -> SegmentationReport:
     """Predict every (image, mask) of ``dataset`` one image at a time (sizes may differ)."""
     from models.segmentation import forward_any_size, logits_to_labels, normalize_batch
@@ -199,8 +212,15 @@ def plot_confusion(report: SegmentationReport, path: str | os.PathLike) -> Path:
     ax.set_yticks(range(len(names)), names)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{rows[i, j]:.2f}\n{report.confusion[i, j]}", ha="center", va="center", fontsize=8,
-                    color="white" if rows[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{rows[i, j]:.2f}\n{report.confusion[i, j]}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if rows[i, j] > 0.5 else "black",
+            )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"mIoU {report.miou:.3f}, pixel accuracy {report.pixel_accuracy:.3f}")

@@ -47,12 +47,22 @@ class ShapeClassifier(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
-                    nn.MaxPool2d(2)]
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(True),
+                nn.MaxPool2d(2),
+            ]
 
-        self.body = nn.Sequential(*block(channels, width), *block(width, width * 2), *block(width * 2, width * 4),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(width * 4, feature_size), nn.ReLU(True))
+        self.body = nn.Sequential(
+            *block(channels, width),
+            *block(width, width * 2),
+            *block(width * 2, width * 4),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(width * 4, feature_size),
+            nn.ReLU(True),
+        )
         self.head = nn.Linear(feature_size, num_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -62,8 +72,16 @@ class ShapeClassifier(nn.Module):
         return self.head(self.body(images))
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, epochs: int = 8,
-                     batch_size: int = 32, lr: float = 2e-3, seed: int = 0) -> ShapeClassifier:
+def train_classifier(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_classes: int,
+    epochs: int = 8,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> ShapeClassifier:
     """Fit a ShapeClassifier on real images (N, C, S, S) in [-1, 1] with integer labels (N,)."""
     torch.manual_seed(seed)
     model = ShapeClassifier(num_classes=num_classes, channels=images.shape[1])
@@ -72,7 +90,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes:
     for _ in range(epochs):
         order = torch.randperm(len(images))
         for start in range(0, len(images), batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             loss = F.cross_entropy(model(images[index]), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -81,13 +99,14 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes:
 
 
 @torch.no_grad()
-def classifier_outputs(model: ShapeClassifier, images: torch.Tensor, *, batch_size: int = 128
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def classifier_outputs(
+    model: ShapeClassifier, images: torch.Tensor, *, batch_size: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, F), class probabilities (N, K)) of images in [-1, 1]."""
     model.eval()
     feats, probs = [], []
     for start in range(0, len(images), batch_size):
-        f = model.features(images[start:start + batch_size])
+        f = model.features(images[start : start + batch_size])
         feats.append(f.numpy())
         probs.append(torch.softmax(model.head(f), dim=1).numpy())
     return np.concatenate(feats), np.concatenate(probs)
@@ -98,27 +117,36 @@ def accuracy(model: ShapeClassifier, images: torch.Tensor, labels: torch.Tensor)
     return float((probs.argmax(1) == labels.numpy()).mean())
 
 
-def score_samples(model: ShapeClassifier, real: torch.Tensor, generated: torch.Tensor, *,
-                  confidence: float = 0.9, class_names: Sequence[str] = ()) -> dict[str, float]:
+def score_samples(
+    model: ShapeClassifier,
+    real: torch.Tensor,
+    generated: torch.Tensor,
+    *,
+    confidence: float = 0.9,
+    class_names: Sequence[str] = (),
+) -> dict[str, float]:
     """Fréchet distance (classifier features) between real and generated images, and the share of
     generated images whose top class probability is at least ``confidence``."""
     real_feats, _ = classifier_outputs(model, real)
     gen_feats, gen_probs = classifier_outputs(model, generated)
     top = gen_probs.max(1)
-    result = {"frechet_distance": frechet_distance(real_feats, gen_feats),
-              "recognised_share": float((top >= confidence).mean())}
+    result = {
+        "frechet_distance": frechet_distance(real_feats, gen_feats),
+        "recognised_share": float((top >= confidence).mean()),
+    }
     for k, name in enumerate(class_names):
         result[f"share_{name}"] = float(((gen_probs.argmax(1) == k) & (top >= confidence)).mean())
     return result
 
 
-def labelled_images(images_dir: str | Path, annotations: str | Path, *, size: int, channels: int
-                    ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+def labelled_images(
+    images_dir: str | Path, annotations: str | Path, *, size: int, channels: int
+) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
     """Real images (N, C, size, size) in [-1, 1] as a generator sees them, each labelled with the
     category of its largest box in a COCO file (images without boxes are skipped), and the class
     names in label order."""
-    from models.train.generation import gan_input
     from models.preprocessing import read_image
+    from models.train.generation import gan_input
 
     data = json.loads(Path(annotations).read_text())
     categories = sorted(data["categories"], key=lambda c: c["id"])
@@ -145,13 +173,22 @@ def samples(generator: nn.Module, count: int, *, seed: int, batch_size: int = 64
     generator.eval()
     device = next(generator.parameters()).device
     z = generator.prior.sample(seed, count)
-    return torch.cat([generator(z[i:i + batch_size].to(device)).cpu() for i in range(0, count, batch_size)])
+    return torch.cat([generator(z[i : i + batch_size].to(device)).cpu() for i in range(0, count, batch_size)])
 
 
-def evaluate_generator(generator: nn.Module | None, model_args: dict[str, Any], data: str | Path, *,
-                       train_split: str = "train", test_split: str = "test", count: int = 500, seed: int = 0,
-                       confidence: float = 0.9, classifier_epochs: int = 8,
-                       generated: torch.Tensor | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def evaluate_generator(
+    generator: nn.Module | None,
+    model_args: dict[str, Any],
+    data: str | Path,
+    *,
+    train_split: str = "train",
+    test_split: str = "test",
+    count: int = 500,
+    seed: int = 0,
+    confidence: float = 0.9,
+    classifier_epochs: int = 8,
+    generated: torch.Tensor | None = None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The generator's samples against labelled real images in the `cvtasks data synth` layout,
     next to an untrained DCGAN of the same architecture (the baseline).
 
@@ -168,22 +205,32 @@ def evaluate_generator(generator: nn.Module | None, model_args: dict[str, Any], 
         raise ValueError("give the generator or its samples (generated=)")
     size, channels = int(model_args["image_size"]), int(model_args["channels"])
     root = Path(data)
-    train_x, train_y, names = labelled_images(root / "images" / train_split, root / "annotations" / f"{train_split}.json",
-                                              size=size, channels=channels)
-    test_x, test_y, _ = labelled_images(root / "images" / test_split, root / "annotations" / f"{test_split}.json",
-                                        size=size, channels=channels)
+    train_x, train_y, names = labelled_images(
+        root / "images" / train_split, root / "annotations" / f"{train_split}.json", size=size, channels=channels
+    )
+    test_x, test_y, _ = labelled_images(
+        root / "images" / test_split, root / "annotations" / f"{test_split}.json", size=size, channels=channels
+    )
     classifier = train_classifier(train_x, train_y, num_classes=len(names), epochs=classifier_epochs, seed=seed)
     if generated is None:
         generated = samples(generator, count, seed=seed)
     torch.manual_seed(seed)
     baseline = Generator(**model_args)  # the same architecture, DCGAN-initialised, never trained
     drawn = {"model": generated, "untrained baseline": samples(baseline, len(generated), seed=seed)}
-    scores = {k: score_samples(classifier, test_x, v, confidence=confidence, class_names=names)
-              for k, v in drawn.items()}
-    report = {"samples": len(generated),
-              "feature_classifier": {"classes": list(names), "train_images": len(train_x),
-                                     "test_accuracy": accuracy(classifier, test_x, test_y)},
-              "real_images_compared": len(test_x), "confidence": confidence, **scores,
-              "frechet_ratio_to_baseline": scores["model"]["frechet_distance"]
-              / max(1e-12, scores["untrained baseline"]["frechet_distance"])}
+    scores = {
+        k: score_samples(classifier, test_x, v, confidence=confidence, class_names=names) for k, v in drawn.items()
+    }
+    report = {
+        "samples": len(generated),
+        "feature_classifier": {
+            "classes": list(names),
+            "train_images": len(train_x),
+            "test_accuracy": accuracy(classifier, test_x, test_y),
+        },
+        "real_images_compared": len(test_x),
+        "confidence": confidence,
+        **scores,
+        "frechet_ratio_to_baseline": scores["model"]["frechet_distance"]
+        / max(1e-12, scores["untrained baseline"]["frechet_distance"]),
+    }
     return report, drawn

@@ -68,18 +68,32 @@ class Generator(nn.Module):
     feature width of the last hidden layer (64 in the paper).
     """
 
-    def __init__(self, *, image_size: int = 64, channels: int = 3, nz: int = 100, ngf: int = 64,
-                 latent_components: int = 0, latent_spread: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        image_size: int = 64,
+        channels: int = 3,
+        nz: int = 100,
+        ngf: int = 64,
+        latent_components: int = 0,
+        latent_spread: float = 1.0,
+    ) -> None:
         super().__init__()
         _check(image_size, channels, nz, ngf)
         self.image_size, self.channels, self.nz = image_size, channels, nz
         self.prior = LatentPrior(nz, latent_components, latent_spread)  # what its latents are drawn from
         mult = image_size // 8  # 64 px: 8 (ngf*8 at 4x4), as in the paper
-        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, ngf * mult, 4, 1, 0, bias=False),
-                                   nn.BatchNorm2d(ngf * mult), nn.ReLU(True)]
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(nz, ngf * mult, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(ngf * mult),
+            nn.ReLU(True),
+        ]
         while mult > 1:
-            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(ngf * mult // 2), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(ngf * mult // 2),
+                nn.ReLU(True),
+            ]
             mult //= 2
         layers += [nn.ConvTranspose2d(ngf, channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -103,8 +117,11 @@ class Discriminator(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         side, width = image_size // 2, ndf
         while side > 4:
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [
+                nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width * 2),
+                nn.LeakyReLU(0.2, True),
+            ]
             side, width = side // 2, width * 2
         layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=False)]
         self.net = nn.Sequential(*layers)
@@ -117,8 +134,10 @@ class Discriminator(nn.Module):
 def build_from_config(config: ModelConfig) -> nn.Module:
     """A stored generator (the discriminator lives only in the training run's resume state)."""
     if config.architecture != "dcgan":
-        raise InvalidInputError(f"model `{config.name}`: unknown generation architecture `{config.architecture}` "
-                                f"(this version builds `dcgan`)")
+        raise InvalidInputError(
+            f"model `{config.name}`: unknown generation architecture `{config.architecture}` "
+            f"(this version builds `dcgan`)"
+        )
     return Generator(**config.model_args)
 
 
@@ -147,16 +166,21 @@ class LatentPrior:
 
     def __post_init__(self) -> None:
         if not 0 <= self.components <= MAX_LATENT_COMPONENTS:
-            raise ValueError(f"latent_components must be 0 (one standard normal) or a count of mixture components "
-                             f"up to {MAX_LATENT_COMPONENTS}, got {self.components}")
+            raise ValueError(
+                f"latent_components must be 0 (one standard normal) or a count of mixture components "
+                f"up to {MAX_LATENT_COMPONENTS}, got {self.components}"
+            )
         if not self.spread > 0:
             raise ValueError(f"latent_spread must be > 0, got {self.spread}")
 
     @classmethod
     def of(cls, model_args: Mapping[str, Any]) -> LatentPrior:
         """The prior of a stored generator's ``model_args`` (older ones name only nz)."""
-        return cls(int(model_args.get("nz", 100)), int(model_args.get("latent_components", 0)),
-                   float(model_args.get("latent_spread", 1.0)))
+        return cls(
+            int(model_args.get("nz", 100)),
+            int(model_args.get("latent_components", 0)),
+            float(model_args.get("latent_spread", 1.0)),
+        )
 
     @property
     def means(self) -> torch.Tensor | None:
@@ -192,15 +216,18 @@ def interpolate(start: torch.Tensor, end: torch.Tensor, steps: int, *, mode: str
     if steps < 2:
         raise InvalidInputError(f"steps must be >= 2 (both ends are included), got {steps}")
     if start.shape != end.shape or start.dim() != 1:
-        raise InvalidInputError(f"start and end must be vectors of one size, got {tuple(start.shape)}, "
-                                f"{tuple(end.shape)}")
+        raise InvalidInputError(
+            f"start and end must be vectors of one size, got {tuple(start.shape)}, {tuple(end.shape)}"
+        )
     t = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)[:, None]
     a, b = start.double(), end.double()
     if mode == "spherical":
         cos = torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12)
         omega = torch.arccos(cos.clamp(-1.0, 1.0))
         if float(torch.sin(omega).abs()) > 1e-6:
-            return _with_ends((torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega), start, end)
+            return _with_ends(
+                (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega), start, end
+            )
     return _with_ends((1 - t) * a + t * b, start, end)
 
 
@@ -226,7 +253,7 @@ def image_grid(images: np.ndarray, *, columns: int | None = None, pad: int = 2) 
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
         y, x = pad + r * (height + pad), pad + c * (width + pad)
-        grid[y:y + height, x:x + width] = image
+        grid[y : y + height, x : x + width] = image
     return grid
 
 
@@ -249,14 +276,16 @@ def given_latents(prior: LatentPrior, rows: Sequence[Sequence[float]]) -> torch.
     return torch.stack([_vector(v, prior.nz, f"latents[{i}]") for i, v in enumerate(rows)])
 
 
-def path_latents(prior: LatentPrior, ends: Sequence[tuple[str, int | Sequence[float]]], steps: int,
-                 mode: str) -> torch.Tensor:
+def path_latents(
+    prior: LatentPrior, ends: Sequence[tuple[str, int | Sequence[float]]], steps: int, mode: str
+) -> torch.Tensor:
     """``steps`` latents from the first end to the second, both included; each end is (its name,
     a seed or a latent vector): a seed stands for its first latent."""
     if not 2 <= steps <= MAX_IMAGES:
         raise InvalidInputError(f"steps must be in 2..{MAX_IMAGES} (both ends included), got {steps}")
-    start, end = (prior.sample(value, 1)[0] if isinstance(value, int) else _vector(value, prior.nz, name)
-                  for name, value in ends)
+    start, end = (
+        prior.sample(value, 1)[0] if isinstance(value, int) else _vector(value, prior.nz, name) for name, value in ends
+    )
     return interpolate(start, end, steps, mode=mode)
 
 
@@ -287,8 +316,9 @@ class GenerationTask(Task[GenerateOptions]):
     def warmup_input(self, config: ModelConfig) -> torch.Tensor:
         return LatentPrior.of(config.model_args).sample(0, 1)
 
-    def run_batch(self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor],
-                  options: Sequence[GenerateOptions]) -> list[np.ndarray]:
+    def run_batch(
+        self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor], options: Sequence[GenerateOptions]
+    ) -> list[np.ndarray]:
         device = device_of(model)
         return [to_uint8(model(z.to(device))) for z in inputs]
 
@@ -305,15 +335,27 @@ class GenerationTask(Task[GenerateOptions]):
         """Image i's input: the seed's i-th latent, (1, nz) (the same on every device)."""
         return list(LatentPrior.of(config.model_args).sample(options.seed, count)[:, None])
 
-    def record(self, out: OutputFolder, key: str, output: np.ndarray, size: tuple[int, int],
-               pixels: np.ndarray | None, config: ModelConfig, options: GenerateOptions) -> dict[str, Any]:
+    def record(
+        self,
+        out: OutputFolder,
+        key: str,
+        output: np.ndarray,
+        size: tuple[int, int],
+        pixels: np.ndarray | None,
+        config: ModelConfig,
+        options: GenerateOptions,
+    ) -> dict[str, Any]:
         seed, index = key.split("/")
         image = output[0] if output.ndim == 4 else output
-        return {"seed": int(seed), "index": int(index), "image": out.write("images", key, ".png",
-                                                                            encode_image(image, "png"))}
+        return {
+            "seed": int(seed),
+            "index": int(index),
+            "image": out.write("images", key, ".png", encode_image(image, "png")),
+        }
 
-    def finish(self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig,
-               options: GenerateOptions) -> list[Path]:
+    def finish(
+        self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig, options: GenerateOptions
+    ) -> list[Path]:
         paths = [write_jsonl(out.root / f"{self.results}.jsonl", rows)]
         shown = [decode_image((out.root / r["image"]).read_bytes()) for r in rows[:GRID_IMAGES]]
         if shown:

@@ -79,8 +79,9 @@ class DiceFocalLoss(nn.Module):
         self.config = config
         weights = torch.tensor(config.class_weights, dtype=torch.float32) if config.class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
-        self.dice = _WeightedDice(config.mode, from_logits=True, ignore_index=config.ignore_index,
-                                  smooth=config.smooth, class_weights=weights)
+        self.dice = _WeightedDice(
+            config.mode, from_logits=True, ignore_index=config.ignore_index, smooth=config.smooth, class_weights=weights
+        )
         self.last_terms: dict[str, float] = {}
 
     def _check(self, logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -91,23 +92,30 @@ class DiceFocalLoss(nn.Module):
         b, c, h, w = logits.shape
         if cfg.mode == "multiclass":
             if tuple(target.shape) != (b, h, w):
-                raise ValueError(f"multiclass targets must be (B, H, W) = {(b, h, w)} class ids, got {tuple(target.shape)}")
+                raise ValueError(
+                    f"multiclass targets must be (B, H, W) = {(b, h, w)} class ids, got {tuple(target.shape)}"
+                )
             if target.dtype.is_floating_point or target.dtype == torch.bool:
                 raise ValueError(f"multiclass targets must be integer class ids, got {target.dtype}")
             if self.class_weights is not None and len(self.class_weights) != c:
                 raise ValueError(f"{len(self.class_weights)} class_weights for {c} classes")
             ids = target[target != cfg.ignore_index] if cfg.ignore_index is not None else target
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= c):
-                raise ValueError(f"target class ids must be in 0..{c - 1}"
-                                 + (f" or {cfg.ignore_index} (ignored)" if cfg.ignore_index is not None else "")
-                                 + f", got {int(ids.min())}..{int(ids.max())}")
+                raise ValueError(
+                    f"target class ids must be in 0..{c - 1}"
+                    + (f" or {cfg.ignore_index} (ignored)" if cfg.ignore_index is not None else "")
+                    + f", got {int(ids.min())}..{int(ids.max())}"
+                )
         elif cfg.mode == "binary":
             if c != 1 or tuple(target.shape) not in ((b, h, w), (b, 1, h, w)):
-                raise ValueError(f"binary mode needs (B, 1, H, W) logits and (B, H, W) or (B, 1, H, W) targets, "
-                                 f"got {tuple(logits.shape)} and {tuple(target.shape)}")
+                raise ValueError(
+                    f"binary mode needs (B, 1, H, W) logits and (B, H, W) or (B, 1, H, W) targets, "
+                    f"got {tuple(logits.shape)} and {tuple(target.shape)}"
+                )
         elif target.shape != logits.shape:
-            raise ValueError(f"multilabel targets must have the logits' shape {tuple(logits.shape)}, "
-                             f"got {tuple(target.shape)}")
+            raise ValueError(
+                f"multilabel targets must have the logits' shape {tuple(logits.shape)}, got {tuple(target.shape)}"
+            )
 
     def _focal(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -121,7 +129,9 @@ class DiceFocalLoss(nn.Module):
             valid = target != cfg.ignore_index if cfg.ignore_index is not None else torch.ones_like(target, dtype=bool)
             safe = torch.where(valid, target, torch.zeros_like(target))
             log_p = -F.binary_cross_entropy_with_logits(logits, safe, reduction="none")
-            alpha = (cfg.focal_alpha * safe + (1 - cfg.focal_alpha) * (1 - safe)) if cfg.focal_alpha is not None else 1.0
+            alpha = (
+                (cfg.focal_alpha * safe + (1 - cfg.focal_alpha) * (1 - safe)) if cfg.focal_alpha is not None else 1.0
+            )
         loss = -alpha * (1 - log_p.exp()) ** cfg.focal_gamma * log_p
         weight = valid.float()
         if self.class_weights is not None:  # multiclass only (SegLossConfig checks)
@@ -139,7 +149,7 @@ class DiceFocalLoss(nn.Module):
 
 
 def build_loss(spec: str, **kwargs: object) -> DiceFocalLoss:
-    """"dice", "focal" or "dice+focal"; ``kwargs`` fill SegLossConfig (the unnamed term gets weight 0)."""
+    """ "dice", "focal" or "dice+focal"; ``kwargs`` fill SegLossConfig (the unnamed term gets weight 0)."""
     if spec not in SPECS:
         raise ValueError(f"unknown loss {spec!r}; choose one of {SPECS}")
     if spec == "dice":

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 from models.errors import InvalidInputError, shown
 
-O = TypeVar("O", bound="Options")
+OptionsT = TypeVar("OptionsT", bound="Options")
 
 
 @dataclass(frozen=True)
@@ -126,15 +126,16 @@ class Options:
         return {spec_of(f).flag: f.name for f in dataclasses.fields(cls) if spec_of(f).flag}
 
     @classmethod
-    def of(cls: type[O], given: Mapping[str, Any]) -> O:
+    def of(cls: type[OptionsT], given: Mapping[str, Any]) -> OptionsT:
         """The options from ``given`` (field or flag name -> value; None or absent takes the
         default). An unknown name is refused: a typo would otherwise silently keep the default."""
         aliases, values = cls.aliases(), {}
         for key, value in given.items():
             name = aliases.get(key, key)
             if name not in cls.__dataclass_fields__:  # type: ignore[attr-defined]
-                raise InvalidInputError(f"unknown option `{str(key)[:64]}`; {cls.task or 'this task'} takes "
-                                        f"{cls.names()}")
+                raise InvalidInputError(
+                    f"unknown option `{str(key)[:64]}`; {cls.task or 'this task'} takes {cls.names()}"
+                )
             if value is not None:
                 values[name] = value
         return cls(**values)
@@ -159,17 +160,16 @@ class DetectOptions(Options):
     task: ClassVar[str] = "detection"
     score_threshold: float = option(0.5, "drop detections scoring below this", low=0.0, high=1.0)
     max_detections: int = option(100, "keep at most this many detections, best first", low=1)
-    class_filter: tuple[str, ...] = option((), "keep only these class names (default: every class)",
-                                           flag="classes")
-    annotate: bool = option(False, "batch jobs: also write annotated/<input>.jpg with the boxes drawn",
-                            kserve=False)
+    class_filter: tuple[str, ...] = option((), "keep only these class names (default: every class)", flag="classes")
+    annotate: bool = option(False, "batch jobs: also write annotated/<input>.jpg with the boxes drawn", kserve=False)
 
     def check_classes(self, class_names: typing.Sequence[str]) -> None:
         """InvalidInputError when ``class_filter`` names a class the model does not know."""
         unknown = sorted(set(self.class_filter) - set(class_names))
         if unknown:
-            raise InvalidInputError(f"unknown classes in class_filter: {shown(unknown)}; this model knows "
-                                    f"{list(class_names)}")
+            raise InvalidInputError(
+                f"unknown classes in class_filter: {shown(unknown)}; this model knows {list(class_names)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -179,22 +179,26 @@ class SegmentOptions(Options):
 
     task: ClassVar[str] = "segmentation"
     max_side: int = option(1024, "images with a longer side (pixels) are resized or tiled", low=64, high=4096)
-    large_image_mode: str = option("resize", "resize: segment a shrunk copy and scale the labels back; "
-                                   "tile: overlapping max_side tiles at full resolution",
-                                   choices=("resize", "tile"))
+    large_image_mode: str = option(
+        "resize",
+        "resize: segment a shrunk copy and scale the labels back; tile: overlapping max_side tiles at full resolution",
+        choices=("resize", "tile"),
+    )
     tile_overlap: int | None = option(None, "pixels two neighbouring tiles share (default max_side / 8)", low=0)
-    include_overlay: bool = option(False, "also return the image with the classes blended on (PNG)",
-                                   flag="overlay", kserve=False)
-    overlay_alpha: float = option(0.5, "opacity of the class colours in the overlay", low=0.0, high=1.0,
-                                  kserve=False)
-    include_contours: bool = option(False, "also return the outline polygons of each class",
-                                    flag="contours", kserve=False)
+    include_overlay: bool = option(
+        False, "also return the image with the classes blended on (PNG)", flag="overlay", kserve=False
+    )
+    overlay_alpha: float = option(0.5, "opacity of the class colours in the overlay", low=0.0, high=1.0, kserve=False)
+    include_contours: bool = option(
+        False, "also return the outline polygons of each class", flag="contours", kserve=False
+    )
 
     def check(self) -> None:
         if self.tile_overlap is not None and not self.tile_overlap < self.max_side // 2:
             raise InvalidInputError(
                 f"tile_overlap must be in 0..{self.max_side // 2 - 1} (less than half of max_side), "
-                f"got {self.tile_overlap}")
+                f"got {self.tile_overlap}"
+            )
 
     @property
     def overlap(self) -> int:
@@ -207,16 +211,17 @@ class CaptionOptions(Options):
 
     task: ClassVar[str] = "captioning"
     beam_size: int = option(3, "beams searched (1 = greedy)", low=1, high=MAX_BEAM_SIZE)
-    max_length: int | None = option(None, "most words per caption (default: the model's trained length)",
-                                    low=1, high=MAX_CAPTION_LENGTH)
+    max_length: int | None = option(
+        None, "most words per caption (default: the model's trained length)", low=1, high=MAX_CAPTION_LENGTH
+    )
     num_captions: int = option(1, "return the N best captions (at most beam_size)", low=1)
-    length_penalty: float = option(1.0, "beams are ranked by log_prob / length ** length_penalty",
-                                   low=0.0, high=MAX_LENGTH_PENALTY)
+    length_penalty: float = option(
+        1.0, "beams are ranked by log_prob / length ** length_penalty", low=0.0, high=MAX_LENGTH_PENALTY
+    )
 
     def check(self) -> None:
         if self.num_captions > self.beam_size:
-            raise InvalidInputError(f"num_captions must be in 1..beam_size ({self.beam_size}), "
-                                    f"got {self.num_captions}")
+            raise InvalidInputError(f"num_captions must be in 1..beam_size ({self.beam_size}), got {self.num_captions}")
 
 
 @dataclass(frozen=True)
@@ -224,12 +229,14 @@ class GenerateOptions(Options):
     """Which images to draw: ``count`` latents of ``seed``, from the model's own prior."""
 
     task: ClassVar[str] = "generation"
-    seed: int = option(0, "the same seed gives the same images", low=0, high=2**64 - 1,
-                       kserve=False)  # KServe takes it as the SEED input
+    seed: int = option(
+        0, "the same seed gives the same images", low=0, high=2**64 - 1, kserve=False
+    )  # KServe takes it as the SEED input
     count: int = option(1, "images to draw", low=1, high=MAX_IMAGES)
 
 
 # Task name -> its options class: the torch-free face of models/tasks.py (the command line and
 # the client look options up here without importing any model code).
-TASK_OPTIONS: dict[str, type[Options]] = {cls.task: cls for cls in (DetectOptions, SegmentOptions, CaptionOptions,
-                                                                     GenerateOptions)}
+TASK_OPTIONS: dict[str, type[Options]] = {
+    cls.task: cls for cls in (DetectOptions, SegmentOptions, CaptionOptions, GenerateOptions)
+}

@@ -85,9 +85,7 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
         return ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if pixels.dtype in (np.float32, np.float64):
         return np.rint(np.clip(np.nan_to_num(pixels), 0.0, 1.0) * 255.0).astype(np.uint8)
-    raise DecodeError(
-        f"unsupported sample type {pixels.dtype}: send 8- or 16-bit images ({_SUPPORTED_TEXT})"
-    )
+    raise DecodeError(f"unsupported sample type {pixels.dtype}: send 8- or 16-bit images ({_SUPPORTED_TEXT})")
 
 
 def _composite_on_black(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -229,7 +227,8 @@ def encode_image(image_rgb: np.ndarray, fmt: str = "png", *, quality: int = 95) 
     is_gray_or_rgb = image_rgb.ndim == 2 or (image_rgb.ndim == 3 and image_rgb.shape[2] in (1, 3))
     if image_rgb.dtype != np.uint8 or not is_gray_or_rgb:
         raise InvalidInputError(
-            f"encode_image needs uint8 (H, W, 3) RGB or (H, W) / (H, W, 1) gray, got {image_rgb.dtype} {image_rgb.shape}"
+            "encode_image needs uint8 (H, W, 3) RGB or (H, W) / (H, W, 1) gray, "
+            f"got {image_rgb.dtype} {image_rgb.shape}"
         )
     if image_rgb.ndim == 3 and image_rgb.shape[2] == 1:
         image_rgb = image_rgb[..., 0]
@@ -287,7 +286,7 @@ def center_crop_resize(image: np.ndarray, *, size: int) -> np.ndarray:
     height, width = image.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    square = image[top:top + side, left:left + side]
+    square = image[top : top + side, left : left + side]
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     out = cv2.resize(square, (size, size), interpolation=interpolation) if side != size else square.copy()
     return out[..., None] if out.ndim < image.ndim else out
@@ -402,18 +401,18 @@ def _check_augment_args(size: int, hflip_p: float, scale: tuple[float, float], c
         raise ValueError(f"color_jitter must be >= 0 (0 disables it), got {color_jitter}")
 
 
-def _random_geometry(
-    size: int, scale: tuple[float, float], hflip_p: float, mask_fill: int
-) -> list[A.BasicTransform]:
+def _random_geometry(size: int, scale: tuple[float, float], hflip_p: float, mask_fill: int) -> list[A.BasicTransform]:
     """Fit the longest side to ``size``, rescale by a random factor in ``scale``, pad and crop to size x size."""
     return [
         A.LongestMaxSize(max_size=size, mask_interpolation=cv2.INTER_NEAREST, p=1.0),
-        A.RandomScale(
-            scale_limit=(scale[0] - 1.0, scale[1] - 1.0), mask_interpolation=cv2.INTER_NEAREST, p=1.0
-        ),
+        A.RandomScale(scale_limit=(scale[0] - 1.0, scale[1] - 1.0), mask_interpolation=cv2.INTER_NEAREST, p=1.0),
         A.PadIfNeeded(
-            min_height=size, min_width=size, position="random",
-            border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=mask_fill,
+            min_height=size,
+            min_width=size,
+            position="random",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=0,
+            fill_mask=mask_fill,
         ),
         A.RandomCrop(height=size, width=size, p=1.0),
         A.HorizontalFlip(p=hflip_p),
@@ -434,8 +433,11 @@ def _bbox_params(bbox_format: str, min_visibility: float) -> A.BboxParams:
     if not 0.0 <= min_visibility <= 1.0:
         raise ValueError(f"min_visibility is a fraction in [0, 1], got {min_visibility}")
     return A.BboxParams(
-        format=bbox_format, label_fields=["labels"], min_visibility=min_visibility,
-        clip=True, filter_invalid_bboxes=True,
+        format=bbox_format,
+        label_fields=["labels"],
+        min_visibility=min_visibility,
+        clip=True,
+        filter_invalid_bboxes=True,
     )
 
 

@@ -24,6 +24,7 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator form of ``add``."""
+
         def decorator(entry: T) -> T:
             return self.add(name, entry)
 

@@ -56,8 +56,14 @@ class SegmentationDataset(Dataset):
     """-> (image float (3, H, W) in [0, 1], mask int64 (H, W)); ``transform`` is
     models.preprocessing.segmentation_train_transform (same geometry for image and mask)."""
 
-    def __init__(self, images_dir: str | Path, masks_dir: str | Path, *, class_names: Sequence[str],
-                 transform: Callable | None = None) -> None:
+    def __init__(
+        self,
+        images_dir: str | Path,
+        masks_dir: str | Path,
+        *,
+        class_names: Sequence[str],
+        transform: Callable | None = None,
+    ) -> None:
         self.pairs = pair_files(images_dir, masks_dir)
         self.class_names = tuple(class_names)
         self.transform = transform

@@ -38,13 +38,15 @@ ENCODERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "tu-mobilenetv3_
 
 
 def _register_smp(name: str, smp_arch: str) -> None:
-    def build(*, num_classes: int, encoder: str = "resnet18", encoder_weights_path: str | None = None,
-              **kwargs: Any) -> nn.Module:
+    def build(
+        *, num_classes: int, encoder: str = "resnet18", encoder_weights_path: str | None = None, **kwargs: Any
+    ) -> nn.Module:
         if encoder not in smp.encoders.get_encoder_names() and not encoder.startswith("tu-"):
-            raise InvalidInputError(f"Unknown encoder `{encoder}`. Available options include: {list(ENCODERS)} "
-                                    "and any timm encoder as `tu-<timm name>`")
-        model = smp.create_model(smp_arch, encoder_name=encoder, encoder_weights=None, classes=num_classes,
-                                 **kwargs)
+            raise InvalidInputError(
+                f"Unknown encoder `{encoder}`. Available options include: {list(ENCODERS)} "
+                "and any timm encoder as `tu-<timm name>`"
+            )
+        model = smp.create_model(smp_arch, encoder_name=encoder, encoder_weights=None, classes=num_classes, **kwargs)
         if encoder_weights_path is not None:
             load_encoder_weights(model, encoder_weights_path)
         return model
@@ -53,8 +55,7 @@ def _register_smp(name: str, smp_arch: str) -> None:
     SEGMENTERS.register(name)(build)
 
 
-for _name, _arch in (("unet", "unet"), ("deeplabv3plus", "deeplabv3plus"), ("deeplabv3", "deeplabv3"),
-                     ("fpn", "fpn")):
+for _name, _arch in (("unet", "unet"), ("deeplabv3plus", "deeplabv3plus"), ("deeplabv3", "deeplabv3"), ("fpn", "fpn")):
     _register_smp(_name, _arch)
 
 
@@ -112,7 +113,9 @@ def normalize_batch(images: Sequence[torch.Tensor], *, mean: Sequence[float], st
     return (batch - mean_t) / std_t
 
 
-def predict_labels(model: nn.Module, image: torch.Tensor, *, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def predict_labels(
+    model: nn.Module, image: torch.Tensor, *, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
     """One float image (3, H, W) in [0, 1] -> (H, W) int64 class ids at the same size."""
     with torch.inference_mode():
         logits = forward_any_size(model, normalize_batch([image], mean=mean, std=std))
@@ -125,7 +128,7 @@ def predict_labels(model: nn.Module, image: torch.Tensor, *, mean: Sequence[floa
 MAX_TILES = 4096  # per image in the tile mode; beyond it the request is refused (it would run for hours)
 
 
-class LargeImageMode(str, Enum):
+class LargeImageMode(str, Enum):  # noqa: UP042 (StrEnum would change str() of a member)
     """The values of SegmentOptions.large_image_mode."""
 
     RESIZE = "resize"
@@ -159,7 +162,11 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def segment_image(
-    model: nn.Module, image: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
     options: SegmentOptions = SegmentOptions(),
 ) -> Segmentation:
     """Segment a float image (3, H, W) in [0, 1] on the model's device; labels at (H, W)."""
@@ -177,22 +184,28 @@ def segment_image(
     tile, overlap = options.max_side, options.overlap
     ys, xs = _tile_starts(height, tile, overlap), _tile_starts(width, tile, overlap)
     if len(ys) * len(xs) > MAX_TILES:
-        raise InvalidInputError(f"tiling this {width}x{height} image at max_side {tile} takes {len(ys) * len(xs)} "
-                                f"tiles, more than {MAX_TILES}; raise max_side or use the resize mode")
+        raise InvalidInputError(
+            f"tiling this {width}x{height} image at max_side {tile} takes {len(ys) * len(xs)} "
+            f"tiles, more than {MAX_TILES}; raise max_side or use the resize mode"
+        )
     total: torch.Tensor | None = None
     count = torch.zeros(height, width, device=image.device)
     for y in ys:
         for x in xs:
-            probs = _probabilities(model, image[:, y:y + tile, x:x + tile], mean, std)
+            probs = _probabilities(model, image[:, y : y + tile, x : x + tile], mean, std)
             total = torch.zeros(probs.shape[0], height, width, device=image.device) if total is None else total
-            total[:, y:y + tile, x:x + tile] += probs
-            count[y:y + tile, x:x + tile] += 1
+            total[:, y : y + tile, x : x + tile] += probs
+            count[y : y + tile, x : x + tile] += 1
     labels = (total / count).argmax(0).byte().cpu().numpy()
     return Segmentation(labels, "tiled", f"{len(ys) * len(xs)} tiles of {tile} px, overlap {overlap} px")
 
 
 def segment_batch(
-    model: nn.Module, images: Sequence[torch.Tensor], *, mean: Sequence[float], std: Sequence[float],
+    model: nn.Module,
+    images: Sequence[torch.Tensor],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
     options: Sequence[SegmentOptions],
 ) -> list[Segmentation]:
     """Segment several float images (3, H, W): those of one size that fit ``max_side`` run as one
@@ -208,8 +221,10 @@ def segment_batch(
         logits = forward_any_size(model, normalize_batch([images[i] for i in members], mean=mean, std=std))
         for i, labels in zip(members, logits_to_labels(logits).byte().cpu().numpy()):
             results[i] = Segmentation(labels, "whole", f"{width}x{height} in one pass")
-    return [r if r is not None else segment_image(model, images[i], mean=mean, std=std, options=options[i])
-            for i, r in enumerate(results)]
+    return [
+        r if r is not None else segment_image(model, images[i], mean=mean, std=std, options=options[i])
+        for i, r in enumerate(results)
+    ]
 
 
 def class_areas(labels: np.ndarray, class_names: Sequence[str]) -> list[tuple[int, str, int, float]]:
@@ -219,8 +234,9 @@ def class_areas(labels: np.ndarray, class_names: Sequence[str]) -> list[tuple[in
     return [(i, name, int(counts[i]), float(counts[i]) / total) for i, name in enumerate(class_names)]
 
 
-def class_contours(labels: np.ndarray, class_names: Sequence[str], *, skip_background: bool = True
-                   ) -> list[tuple[int, str, list[np.ndarray]]]:
+def class_contours(
+    labels: np.ndarray, class_names: Sequence[str], *, skip_background: bool = True
+) -> list[tuple[int, str, list[np.ndarray]]]:
     """Outer outline polygons (each (N, 2) int x, y) per class present, via cv2.findContours."""
     found = []
     for class_id, name in enumerate(class_names):
@@ -247,8 +263,10 @@ def labels_from_png(data: bytes) -> np.ndarray:
 
 def area_row(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
     """``{class name: {"pixels", "fraction"}}`` of a label map, every class included."""
-    return {name: {"pixels": count, "fraction": round(fraction, 6)}
-            for _, name, count, fraction in class_areas(labels, class_names)}
+    return {
+        name: {"pixels": count, "fraction": round(fraction, 6)}
+        for _, name, count, fraction in class_areas(labels, class_names)
+    }
 
 
 class SegmentationTask(Task[SegmentOptions]):
@@ -269,11 +287,13 @@ class SegmentationTask(Task[SegmentOptions]):
         side = config.input_size or 256
         return torch.zeros(3, side, side)
 
-    def run_batch(self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor],
-                  options: Sequence[SegmentOptions]) -> list[Segmentation]:
+    def run_batch(
+        self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor], options: Sequence[SegmentOptions]
+    ) -> list[Segmentation]:
         device, norm = device_of(model), config.normalization
-        return segment_batch(model, [x.to(device) for x in inputs], mean=norm["mean"], std=norm["std"],
-                             options=list(options))
+        return segment_batch(
+            model, [x.to(device) for x in inputs], mean=norm["mean"], std=norm["std"], options=list(options)
+        )
 
     def to_row(self, output: Segmentation, config: ModelConfig, options: SegmentOptions) -> dict[str, Any]:
         return {"processing": output.processing, "classes": area_row(output.labels, config.classes)}
@@ -281,22 +301,36 @@ class SegmentationTask(Task[SegmentOptions]):
     def needs_pixels(self, options: SegmentOptions) -> bool:
         return options.include_overlay
 
-    def record(self, out: OutputFolder, key: str, output: Segmentation, size: tuple[int, int],
-               pixels: np.ndarray | None, config: ModelConfig, options: SegmentOptions) -> dict[str, Any]:
+    def record(
+        self,
+        out: OutputFolder,
+        key: str,
+        output: Segmentation,
+        size: tuple[int, int],
+        pixels: np.ndarray | None,
+        config: ModelConfig,
+        options: SegmentOptions,
+    ) -> dict[str, Any]:
         labels = output.labels
-        row: dict[str, Any] = {"height": int(labels.shape[0]), "width": int(labels.shape[1]),
-                               "mask": out.write("masks", key, ".png", encode_image(labels, "png")),
-                               **self.to_row(output, config, options)}
+        row: dict[str, Any] = {
+            "height": int(labels.shape[0]),
+            "width": int(labels.shape[1]),
+            "mask": out.write("masks", key, ".png", encode_image(labels, "png")),
+            **self.to_row(output, config, options),
+        }
         if options.include_overlay and pixels is not None:
             blended = overlay_labels(pixels, labels, alpha=options.overlay_alpha)
             row["overlay"] = out.write("overlays", key, ".png", encode_image(blended, "png"))
         if options.include_contours:
-            row["contours"] = {name: [poly.tolist() for poly in polygons]
-                               for _, name, polygons in class_contours(labels, config.classes)}
+            row["contours"] = {
+                name: [poly.tolist() for poly in polygons]
+                for _, name, polygons in class_contours(labels, config.classes)
+            }
         return row
 
-    def finish(self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig,
-               options: SegmentOptions) -> list[Path]:
+    def finish(
+        self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig, options: SegmentOptions
+    ) -> list[Path]:
         names = list(config.classes)
         table = [[r["input"], r["width"], r["height"], *(r["classes"][n]["fraction"] for n in names)] for r in rows]
         csv_path = write_csv(out.root / "segments.csv", ["input", "width", "height", *names], table)

@@ -44,11 +44,14 @@ def check_name(name: object) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidInputError(f"a model name must be a non-empty string, got {short(name)}")
     if len(name) > MAX_NAME_LENGTH:
-        raise InvalidInputError(f"model name {short(name, 40)} is too long: a model name has at most "
-                                f"{MAX_NAME_LENGTH} characters")
+        raise InvalidInputError(
+            f"model name {short(name, 40)} is too long: a model name has at most {MAX_NAME_LENGTH} characters"
+        )
     if not _NAME.fullmatch(name):
-        raise InvalidInputError(f"model name {short(name)} is not a plain folder name: use letters, digits, "
-                                "'.', '_' and '-', and do not start with '.' or '-'")
+        raise InvalidInputError(
+            f"model name {short(name)} is not a plain folder name: use letters, digits, "
+            "'.', '_' and '-', and do not start with '.' or '-'"
+        )
     return name
 
 
@@ -65,16 +68,26 @@ def _numbers(value: Any) -> bool:
 
 
 def _normalization(value: Any) -> bool:
-    return (isinstance(value, dict) and _numbers(value.get("mean")) and _numbers(value.get("std"))
-            and 1 <= len(value["mean"]) == len(value["std"]) <= 4 and all(s > 0 for s in value["std"]))
+    return (
+        isinstance(value, dict)
+        and _numbers(value.get("mean"))
+        and _numbers(value.get("std"))
+        and 1 <= len(value["mean"]) == len(value["std"]) <= 4
+        and all(s > 0 for s in value["std"])
+    )
 
 
 def json_kind(value: Any) -> str:
     """What a JSON value is, in words ("a list", "a string", ...)."""
     if isinstance(value, bool):
         return "true/false"
-    for kind, words in ((dict, "an object"), (list, "a list"), (str, "a string"), (int, "a number"),
-                        (float, "a number")):
+    for kind, words in (
+        (dict, "an object"),
+        (list, "a list"),
+        (str, "a string"),
+        (int, "a number"),
+        (float, "a number"),
+    ):
         if isinstance(value, kind):
             return words
     return "null" if value is None else type(value).__name__
@@ -106,8 +119,10 @@ def check_config_json(data: Any, *, format_version: int) -> None:
     if not _is_int(version) or version < 1:
         raise ValueError(f"`format_version` must be a positive integer, not {short(version)}; {FIX_CONFIG}")
     if version > format_version:
-        raise ValueError(f"format {version} is newer than this cvtasks reads (up to {format_version}): "
-                         "upgrade cvtasks to serve this model")
+        raise ValueError(
+            f"format {version} is newer than this cvtasks reads (up to {format_version}): "
+            "upgrade cvtasks to serve this model"
+        )
     missing = [f"`{f}`" for f in REQUIRED_FIELDS if f not in data]
     if missing:
         raise ValueError(f"{', '.join(missing)} missing; {FIX_CONFIG}")
@@ -130,22 +145,27 @@ def check_model_args(args: Mapping[str, Any]) -> None:
     negative number (sizes, counts and rates never are), a list longer than MAX_ARG_LIST."""
     for key, value in args.items():
         if str(key).endswith(EXTERNAL_WEIGHTS_SUFFIX) and value is not None:
-            raise ValueError(f"`model_args.{key}` names weights outside the model folder, but a stored "
-                             f"model's weights all come from its own weights file: remove `{key}` from model_args")
+            raise ValueError(
+                f"`model_args.{key}` names weights outside the model folder, but a stored "
+                f"model's weights all come from its own weights file: remove `{key}` from model_args"
+            )
         for path, leaf in _leaves(value, f"model_args.{key}"):
             if _is_number(leaf) and leaf < 0:
                 raise ValueError(f"`{path}` is {leaf}: sizes, counts and rates are never negative; {FIX_CONFIG}")
             if isinstance(leaf, list) and len(leaf) > MAX_ARG_LIST:
-                raise ValueError(f"`{path}` has {len(leaf)} items, more than any model takes "
-                                 f"({MAX_ARG_LIST}); {FIX_CONFIG}")
+                raise ValueError(
+                    f"`{path}` has {len(leaf)} items, more than any model takes ({MAX_ARG_LIST}); {FIX_CONFIG}"
+                )
 
 
 def check_size(shapes: Mapping[str, tuple[int, ...]]) -> None:
     """ValueError when the weights of ``shapes`` hold more than MAX_PARAMETERS numbers."""
     count = sum(math.prod(shape) for shape in shapes.values())
     if count > MAX_PARAMETERS:
-        raise ValueError(f"the model it describes has {count:,} parameters, more than cvtasks loads "
-                         f"({MAX_PARAMETERS:,}): fix model_args (a width or size far too large?) or retrain")
+        raise ValueError(
+            f"the model it describes has {count:,} parameters, more than cvtasks loads "
+            f"({MAX_PARAMETERS:,}): fix model_args (a width or size far too large?) or retrain"
+        )
 
 
 def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -156,8 +176,10 @@ def header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:  # noqa: BLE001 — safetensors' own error types vary by version
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ValueError(f"not a complete safetensors file ({reason}): it is truncated, empty or of "
-                         "another kind; restore it or retrain the model") from None
+        raise ValueError(
+            f"not a complete safetensors file ({reason}): it is truncated, empty or of "
+            "another kind; restore it or retrain the model"
+        ) from None
 
 
 def check_weights(path: Path, expected: Mapping[str, tuple[int, ...]]) -> None:
@@ -166,11 +188,22 @@ def check_weights(path: Path, expected: Mapping[str, tuple[int, ...]]) -> None:
     found = header_shapes(path)
     missing = [k for k in expected if k not in found]
     unknown = [k for k in found if k not in expected]
-    reshaped = [f"{k}: file {list(found[k])}, model {list(expected[k])}"
-                for k in expected if k in found and found[k] != expected[k]]
+    reshaped = [
+        f"{k}: file {list(found[k])}, model {list(expected[k])}"
+        for k in expected
+        if k in found and found[k] != expected[k]
+    ]
     if missing or unknown or reshaped:
-        faults = [f"{len(v)} {what} (e.g. {', '.join(v[:2])})" for v, what in
-                  ((missing, "weights missing from the file"), (unknown, "in the file but not in the model"),
-                   (reshaped, "of another shape")) if v]
-        raise ValueError(f"its weights do not fit the model config.json describes: {'; '.join(faults)}. They "
-                         "are another model's or the config was edited: restore the folder or retrain the model")
+        faults = [
+            f"{len(v)} {what} (e.g. {', '.join(v[:2])})"
+            for v, what in (
+                (missing, "weights missing from the file"),
+                (unknown, "in the file but not in the model"),
+                (reshaped, "of another shape"),
+            )
+            if v
+        ]
+        raise ValueError(
+            f"its weights do not fit the model config.json describes: {'; '.join(faults)}. They "
+            "are another model's or the config was edited: restore the folder or retrain the model"
+        )

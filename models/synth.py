@@ -53,7 +53,11 @@ def _background(rng: np.random.Generator, size: int, *, solid: bool = False) -> 
     img = np.empty((size, size, 3), np.float32)
     img[:] = base
     if style == 1:  # gradient
-        ramp = np.linspace(0, 1, size, dtype=np.float32)[:, None] if rng.random() < 0.5 else np.linspace(0, 1, size, dtype=np.float32)[None, :]
+        ramp = (
+            np.linspace(0, 1, size, dtype=np.float32)[:, None]
+            if rng.random() < 0.5
+            else np.linspace(0, 1, size, dtype=np.float32)[None, :]
+        )
         img += ramp[..., None] * rng.integers(-40, 40, size=3)
     elif style == 2:  # noise
         img += rng.normal(0, 12, size=(size, size, 3))
@@ -91,7 +95,9 @@ def _tight_box(mask: np.ndarray, label: int) -> tuple[int, int, int, int] | None
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def _place(rng: np.random.Generator, size: int, taken: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int] | None:
+def _place(
+    rng: np.random.Generator, size: int, taken: list[tuple[int, int, int, int]]
+) -> tuple[int, int, int, int] | None:
     """A square box of side 14..48 px (at 128) not overlapping earlier boxes (2 px margin)."""
     lo, hi = max(10, round(size * 0.11)), max(12, round(size * 0.375))
     for _ in range(50):
@@ -104,7 +110,8 @@ def _place(rng: np.random.Generator, size: int, taken: list[tuple[int, int, int,
 
 
 def caption(shapes: list[Shape]) -> str:
-    """"a red circle", "a red circle to the left of a blue square", "a red circle, a blue square and a green triangle"."""
+    """A sentence naming the shapes left to right: "a red circle", "a red circle to the left of a
+    blue square", "a red circle, a blue square and a green triangle"."""
     ordered = [f"a {s.color} {s.kind}" for s in sorted(shapes, key=lambda s: (s.box[0] + s.box[2], s.box[1]))]
     if len(ordered) == 1:
         return ordered[0]
@@ -113,8 +120,9 @@ def caption(shapes: list[Shape]) -> str:
     return ", ".join(ordered[:-1]) + f" and {ordered[-1]}"
 
 
-def render(rng: np.random.Generator, *, size: int, max_shapes: int, solid_backgrounds: bool = False
-           ) -> tuple[np.ndarray, np.ndarray, list[Shape]]:
+def render(
+    rng: np.random.Generator, *, size: int, max_shapes: int, solid_backgrounds: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[Shape]]:
     """One image (RGB uint8), its label map, and its shapes with tight boxes."""
     img = _background(rng, size, solid=solid_backgrounds)
     mask = np.zeros((size, size), np.uint8)
@@ -145,8 +153,17 @@ def _categories() -> list[dict[str, Any]]:
     return [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
 
 
-def _write_split(out: Path, split: str, count: int, *, size: int, max_shapes: int, solid_backgrounds: bool,
-                 rng: np.random.Generator, progress: bool) -> dict[str, int]:
+def _write_split(
+    out: Path,
+    split: str,
+    count: int,
+    *,
+    size: int,
+    max_shapes: int,
+    solid_backgrounds: bool,
+    rng: np.random.Generator,
+    progress: bool,
+) -> dict[str, int]:
     for sub in ("images", "masks"):
         (out / sub / split).mkdir(parents=True, exist_ok=True)
     images, annotations, captions = [], [], []
@@ -159,25 +176,34 @@ def _write_split(out: Path, split: str, count: int, *, size: int, max_shapes: in
         for s in shapes:
             x1, y1, x2, y2 = s.box
             region = mask[y1:y2, x1:x2] == CLASSES.index(s.kind) + 1
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i, "category_id": CLASSES.index(s.kind) + 1,
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": int(region.sum()), "iscrowd": 0,
-                "attributes": {"color": s.color},
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i,
+                    "category_id": CLASSES.index(s.kind) + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": int(region.sum()),
+                    "iscrowd": 0,
+                    "attributes": {"color": s.color},
+                }
+            )
         text = caption(shapes)
         captions.append({"id": len(captions) + 1, "image_id": i, "caption": text})
         if len(shapes) >= 2:  # a second phrasing: right to left
             right_first = sorted(shapes, key=lambda s: -(s.box[0] + s.box[2]))
             if len(shapes) == 2:
-                alt = f"a {right_first[0].color} {right_first[0].kind} to the right of a {right_first[1].color} {right_first[1].kind}"
+                first, second = right_first
+                alt = f"a {first.color} {first.kind} to the right of a {second.color} {second.kind}"
                 captions.append({"id": len(captions) + 1, "image_id": i, "caption": alt})
     (out / "annotations").mkdir(exist_ok=True)
     (out / "captions").mkdir(exist_ok=True)
     info = {"description": f"cvtasks synthetic shapes, split {split}"}
-    (out / "annotations" / f"{split}.json").write_text(json.dumps(
-        {"info": info, "images": images, "annotations": annotations, "categories": _categories()}))
-    (out / "captions" / f"{split}.json").write_text(json.dumps(
-        {"info": info, "images": images, "annotations": captions}))
+    (out / "annotations" / f"{split}.json").write_text(
+        json.dumps({"info": info, "images": images, "annotations": annotations, "categories": _categories()})
+    )
+    (out / "captions" / f"{split}.json").write_text(
+        json.dumps({"info": info, "images": images, "annotations": captions})
+    )
     return {"images": len(images), "boxes": len(annotations), "captions": len(captions)}
 
 
@@ -196,13 +222,27 @@ def generate_shapes(
         raise ValueError(f"image_size must be >= 32 and max_shapes >= 1, got {image_size}, {max_shapes}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"root": str(out), "image_size": image_size, "max_shapes": max_shapes,
-                               "solid_backgrounds": solid_backgrounds, "seed": seed, "classes": list(CLASSES)}
+    summary: dict[str, Any] = {
+        "root": str(out),
+        "image_size": image_size,
+        "max_shapes": max_shapes,
+        "solid_backgrounds": solid_backgrounds,
+        "seed": seed,
+        "classes": list(CLASSES),
+    }
     for index, (split, count) in enumerate(splits.items()):
         # One stream per split (seeded by seed and split order) so splits never share images.
         rng = np.random.default_rng([seed, index])
-        summary[split] = _write_split(out, split, count, size=image_size, max_shapes=max_shapes,
-                                      solid_backgrounds=solid_backgrounds, rng=rng, progress=progress)
+        summary[split] = _write_split(
+            out,
+            split,
+            count,
+            size=image_size,
+            max_shapes=max_shapes,
+            solid_backgrounds=solid_backgrounds,
+            rng=rng,
+            progress=progress,
+        )
     (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

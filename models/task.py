@@ -87,8 +87,9 @@ class Task(ABC, Generic[Opt]):
         """A model input that runs the whole model once (load time: kernels, allocator)."""
 
     @abstractmethod
-    def run_batch(self, model: nn.Module, config: ModelConfig, inputs: Sequence[Any],
-                  options: Sequence[Opt]) -> list[Any]:
+    def run_batch(
+        self, model: nn.Module, config: ModelConfig, inputs: Sequence[Any], options: Sequence[Opt]
+    ) -> list[Any]:
         """CPU inputs and one options object each -> one output per input, in order."""
 
     @abstractmethod
@@ -101,8 +102,16 @@ class Task(ABC, Generic[Opt]):
         """Whether ``record`` draws on the decoded input (so remote mode decodes it locally too)."""
         return False
 
-    def record(self, out: OutputFolder, key: str, output: Any, size: tuple[int, int], pixels: np.ndarray | None,
-               config: ModelConfig, options: Opt) -> dict[str, Any]:
+    def record(
+        self,
+        out: OutputFolder,
+        key: str,
+        output: Any,
+        size: tuple[int, int],
+        pixels: np.ndarray | None,
+        config: ModelConfig,
+        options: Opt,
+    ) -> dict[str, Any]:
         """One input's row in a batch job; writes its per-input files (atomically) first.
         ``size`` is the input's (height, width); ``pixels`` its decoded image when needed."""
         return {"height": size[0], "width": size[1], **self.to_row(output, config, options)}

@@ -19,7 +19,7 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 
 
 def tokenize(text: str) -> list[str]:
-    """"A red Circle, left of the blue square!" -> ["a", "red", "circle", "left", "of", "the", "blue", "square"]."""
+    """ "A red Circle, left of the blue square!" -> ["a", "red", "circle", "left", "of", "the", "blue", "square"]."""
     return _WORD.findall(text.lower())
 
 
@@ -37,13 +37,14 @@ class Vocabulary:
         object.__setattr__(self, "_ids", {w: i for i, w in enumerate(self.words)})
 
     @classmethod
-    def build(cls, captions: Iterable[str], *, min_count: int = 1) -> "Vocabulary":
+    def build(cls, captions: Iterable[str], *, min_count: int = 1) -> Vocabulary:
         """Every word seen at least ``min_count`` times, most frequent first (ties alphabetical)."""
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
         counts = Counter(word for caption in captions for word in tokenize(caption))
-        kept = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
-                      key=lambda w: (-counts[w], w))
+        kept = sorted(
+            (w for w, c in counts.items() if c >= min_count and w not in SPECIALS), key=lambda w: (-counts[w], w)
+        )
         return cls((*SPECIALS, *kept))
 
     def __len__(self) -> int:
@@ -89,5 +90,5 @@ class Vocabulary:
         return {"words": list(self.words)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Vocabulary":
+    def from_json(cls, data: dict[str, Any]) -> Vocabulary:
         return cls(tuple(data["words"]))

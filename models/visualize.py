@@ -40,8 +40,9 @@ def draw_detections(image: np.ndarray, detections: Sequence[Detection], *, thick
     return out
 
 
-def overlay_labels(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5, skip_background: bool = True
-                   ) -> np.ndarray:
+def overlay_labels(
+    image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5, skip_background: bool = True
+) -> np.ndarray:
     """``image`` (RGB uint8 HxWx3) with each class of ``labels`` (H, W) blended on in its class colour."""
     out = image.astype(np.float32)
     for class_id in np.unique(labels):
@@ -52,8 +53,9 @@ def overlay_labels(image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5,
     return out.round().clip(0, 255).astype(np.uint8)
 
 
-def caption_sheet(rows: Sequence[tuple[np.ndarray, str, str]], path: str | Path, *, columns: int = 4,
-                  title: str = "") -> Path:
+def caption_sheet(
+    rows: Sequence[tuple[np.ndarray, str, str]], path: str | Path, *, columns: int = 4, title: str = ""
+) -> Path:
     """A PNG grid of images, each with its predicted caption (bold) and a reference below it.
 
     rows: (RGB uint8 image, predicted caption, reference caption or "").
@@ -74,8 +76,16 @@ def caption_sheet(rows: Sequence[tuple[np.ndarray, str, str]], path: str | Path,
         wrap = lambda text: "\n".join(textwrap.wrap(text, 34))  # noqa: E731
         ax.set_title(wrap(predicted), fontsize=8, fontweight="bold")
         if reference:
-            ax.text(0.5, -0.04, wrap(f"ref: {reference}"), transform=ax.transAxes, ha="center", va="top",
-                    fontsize=7, color="dimgray")
+            ax.text(
+                0.5,
+                -0.04,
+                wrap(f"ref: {reference}"),
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=7,
+                color="dimgray",
+            )
     if title:
         fig.suptitle(title, y=1 - 0.15 / (4.3 * lines))
     height = 4.3 * lines  # inches: room above each image for its caption, below for its reference

@@ -32,8 +32,15 @@ def generate() -> dict[str, str]:
     sources = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("cvtasks/v1/*.proto"))
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={tmp}", f"--pyi_out={tmp}",
-                f"--grpc_python_out={tmp}", *sources]
+        args = [
+            "protoc",
+            f"-I{PROTOS}",
+            f"-I{include}",
+            f"--python_out={tmp}",
+            f"--pyi_out={tmp}",
+            f"--grpc_python_out={tmp}",
+            *sources,
+        ]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
         files = {}
@@ -55,8 +62,11 @@ def main() -> int:
             current = (OUT / name).read_text() if (OUT / name).exists() else ""
             if current != text:
                 stale.append(name)
-                sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), text.splitlines(True),
-                                                           f"services/pb/{name}", "generated", n=1))
+                sys.stdout.writelines(
+                    difflib.unified_diff(
+                        current.splitlines(True), text.splitlines(True), f"services/pb/{name}", "generated", n=1
+                    )
+                )
         extra = sorted(p.name for p in OUT.glob("*_pb2*.py*") if p.name not in files)
         if stale or extra:
             print(f"stale stubs: {stale}, stubs without a proto: {extra}; run python scripts/gen_protos.py")

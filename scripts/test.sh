@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Set up with the test tools, then run the default test pass and the slow (learning-target) tests.
+# Set up with the test tools, check style, then run the default test pass and the slow (learning-target) tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=test ./scripts/setup.sh
 export NO_ALBUMENTATIONS_UPDATE=1
+# style first: the linter and the formatter ([tool.ruff] in pyproject.toml); `ruff format .` fixes the second
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/python -m pytest -q "$@"
 .venv/bin/python -m pytest -q -m slow "$@"

@@ -52,8 +52,10 @@ def build_app(
     """One host per task over ``model_store`` (``models`` restricts which names load)."""
     decoder = Decoder(workers=serving.decode_workers, max_pixels=serving.max_pixels)
     metrics = ServingMetrics()
-    hosts = [ModelHost(model_store, get_task(task), serving, names=models, default=default_model, metrics=metrics)
-             for task in tasks]
+    hosts = [
+        ModelHost(model_store, get_task(task), serving, names=models, default=default_model, metrics=metrics)
+        for task in tasks
+    ]
     pipeline = Pipeline(hosts, decoder, serving)
     servicers: list[Servicer] = [SERVICES.get(task).typed(pipeline) for task in tasks]
     codecs = {task: SERVICES.get(task).kserve for task in tasks}
@@ -61,18 +63,29 @@ def build_app(
     return App(servicers, hosts, decoder, metrics)
 
 
-async def run_app(app: App, config: ServerConfig, *, metrics_port: int | None = None, metrics_host: str | None = None,
-                  on_metrics: Callable[[str], None] | None = None, **kwargs) -> None:
+async def run_app(
+    app: App,
+    config: ServerConfig,
+    *,
+    metrics_port: int | None = None,
+    metrics_host: str | None = None,
+    on_metrics: Callable[[str], None] | None = None,
+    **kwargs,
+) -> None:
     """Serve ``app`` (kwargs go to services.server.serve). With ``metrics_port`` (0 = any free port)
     its Prometheus endpoint listens on ``metrics_host`` (default ``config.host``) first, with the server's
     TLS and tokens (services/metrics_http.py), and ``on_metrics`` gets its URL."""
-    endpoint = None if metrics_port is None else start_metrics_endpoint(
-        app.metrics, metrics_port, config.host if metrics_host is None else metrics_host, config.security)
+    endpoint = (
+        None
+        if metrics_port is None
+        else start_metrics_endpoint(
+            app.metrics, metrics_port, config.host if metrics_host is None else metrics_host, config.security
+        )
+    )
     try:
         if endpoint is not None and on_metrics is not None:
             on_metrics(endpoint.url)
-        await serve(config, app.servicers, startup=app.startup, shutdown=app.shutdown, metrics=app.metrics,
-                    **kwargs)
+        await serve(config, app.servicers, startup=app.startup, shutdown=app.shutdown, metrics=app.metrics, **kwargs)
     finally:
         if endpoint is not None:
             await asyncio.to_thread(endpoint.close)

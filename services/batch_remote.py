@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from models.batch.engine import Sink, Summary, failure_reason, finish, plan, progress_bar
-from models.batch.store import InputFile, Manifest
 from models.batch.job import BatchJob
+from models.batch.store import InputFile, Manifest
 from models.checkpoints import ModelConfig
-from models.preprocessing import decode_image
 from models.options import MAX_IMAGES
+from models.preprocessing import decode_image
 from services.client import CvtasksClient
 from services.proto_options import proto_option_names
 from services.tasks import SERVICES
@@ -33,8 +33,12 @@ from services.typed import TypedService
 log = logging.getLogger("cvtasks.batch")
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
-             grpc.StatusCode.RESOURCE_EXHAUSTED)
+RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+)
 _RETRYABLE_ITEM_CODES = {code.value[0] for code in RETRYABLE}
 
 
@@ -57,12 +61,27 @@ def remote_config(client: CvtasksClient, task: str, model: str) -> ModelConfig:
         model_args = {"nz": probe.latent_size, "channels": probe.images[0].raw.channels}
         if probe.latent_components:
             model_args.update(latent_components=probe.latent_components, latent_spread=probe.latent_spread)
-    return ModelConfig(name=info.name, task=info.task, architecture=info.architecture, classes=tuple(info.classes),
-                       version=info.version, input_size=info.input_size or None, model_args=model_args)
+    return ModelConfig(
+        name=info.name,
+        task=info.task,
+        architecture=info.architecture,
+        classes=tuple(info.classes),
+        version=info.version,
+        input_size=info.input_size or None,
+        model_args=model_args,
+    )
 
 
-def run_remote(task: BatchJob, client: CvtasksClient, inputs: Sequence[InputFile], manifest: Manifest, *,
-               in_flight: int = 32, retry_s: float = 60.0, progress: bool = True) -> Summary:
+def run_remote(
+    task: BatchJob,
+    client: CvtasksClient,
+    inputs: Sequence[InputFile],
+    manifest: Manifest,
+    *,
+    in_flight: int = 32,
+    retry_s: float = 60.0,
+    progress: bool = True,
+) -> Summary:
     """Every unfinished input through the service's stream; returns the summary."""
     if not task.task.takes_images:
         raise ValueError(f"remote mode runs image tasks; for {task.name} use run_remote_generate")
@@ -71,8 +90,7 @@ def run_remote(task: BatchJob, client: CvtasksClient, inputs: Sequence[InputFile
     with progress_bar(len(pending), enabled=progress, desc=f"{task.name} @ {client.target}") as bar:
         sink = Sink(task, manifest, summary, bar)
         try:
-            _with_retries(lambda: _stream_once(task, client, pending, sink, in_flight), lambda: len(pending),
-                          retry_s)
+            _with_retries(lambda: _stream_once(task, client, pending, sink, in_flight), lambda: len(pending), retry_s)
         finally:
             sink.close()
     return finish(task, manifest, summary, started)
@@ -99,8 +117,7 @@ def _with_retries(attempt: Callable[[], None], remaining: Callable[[], int], ret
             delay = min(delay * 2, 5.0)
 
 
-def _stream_once(task: BatchJob, client: CvtasksClient, pending: deque[InputFile], sink: Sink,
-                 in_flight: int) -> None:
+def _stream_once(task: BatchJob, client: CvtasksClient, pending: deque[InputFile], sink: Sink, in_flight: int) -> None:
     """One stream over what is pending; on a transport error the unanswered inputs go back to the
     front of ``pending`` (in order) and the error propagates."""
     remote, lock, slots = SERVICES.get(task.name).typed, threading.Lock(), threading.Semaphore(in_flight)
@@ -159,8 +176,15 @@ def _pixels(raw: Any) -> np.ndarray:
     return np.frombuffer(raw.data, np.uint8).reshape(raw.height, raw.width, raw.channels)
 
 
-def run_remote_generate(task: BatchJob, client: CvtasksClient, count: int, manifest: Manifest, *,
-                        retry_s: float = 60.0, progress: bool = True) -> Summary:
+def run_remote_generate(
+    task: BatchJob,
+    client: CvtasksClient,
+    count: int,
+    manifest: Manifest,
+    *,
+    retry_s: float = 60.0,
+    progress: bool = True,
+) -> Summary:
     """Images 0..count-1 of the task's seed from the service: the latents are drawn here (the same
     as the service's for that seed) and sent explicitly, 64 per Generate call."""
     started, summary = time.perf_counter(), Summary(manifest.out)

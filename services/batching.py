@@ -156,9 +156,12 @@ class DynamicBatcher(Generic[In, Out]):
                 continue
             if pending.deadline is not None and now >= pending.deadline:
                 waited = (now - pending.enqueued) * 1000
-                pending.future.set_exception(DeadlineExceededError(
-                    f"deadline passed after {waited:.0f} ms in the queue of model {self.name}; "
-                    "raise the deadline or lower the load"))
+                pending.future.set_exception(
+                    DeadlineExceededError(
+                        f"deadline passed after {waited:.0f} ms in the queue of model {self.name}; "
+                        "raise the deadline or lower the load"
+                    )
+                )
                 continue
             live.append(pending)
         return live

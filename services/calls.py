@@ -100,8 +100,13 @@ class CallLog:
     @classmethod
     def begin(cls, method: str, context: grpc.aio.ServicerContext, metrics: ServingMetrics | None) -> CallLog:
         remaining = context.time_remaining()
-        return cls(method=method, peer=context.peer(), started=time.perf_counter(),
-                   deadline=None if remaining is None else time.monotonic() + remaining, record=begin_rpc(metrics))
+        return cls(
+            method=method,
+            peer=context.peer(),
+            started=time.perf_counter(),
+            deadline=None if remaining is None else time.monotonic() + remaining,
+            record=begin_rpc(metrics),
+        )
 
     def ok(self, context: grpc.aio.ServicerContext) -> None:
         """The handler returned; a handler may still have set a code (``context.set_code``)."""
@@ -133,19 +138,29 @@ class CallLog:
         if self.record is not None:
             self.record.metrics.observe_rpc(model=self.record.model, method=self.method, status=self.status)
         for (method, status), suppressed in limiter.expired():
-            log.warning("rpc lines suppressed", extra={"method": method, "status": status, "suppressed": suppressed,
-                                                       "interval_s": limiter.interval_s})
+            log.warning(
+                "rpc lines suppressed",
+                extra={"method": method, "status": status, "suppressed": suppressed, "interval_s": limiter.interval_s},
+            )
         if self.status != "OK" and not limiter.admit((self.method, self.status)):
             return
-        extra: dict[str, Any] = {"method": self.method, "status": self.status, "peer": self.peer,
-                                 "duration_ms": round((time.perf_counter() - self.started) * 1000, 2)}
+        extra: dict[str, Any] = {
+            "method": self.method,
+            "status": self.status,
+            "peer": self.peer,
+            "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+        }
         if self.record is not None:
             extra["model"] = self.record.model
         if self.error:
             extra["error"] = self.error
         exc = self.exc_info
-        log.log(logging.INFO if self.status == "OK" else logging.WARNING, "rpc", extra=extra,
-                exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
+        log.log(
+            logging.INFO if self.status == "OK" else logging.WARNING,
+            "rpc",
+            extra=extra,
+            exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None,
+        )
 
 
 def _name(code: grpc.StatusCode | None) -> str | None:

@@ -14,11 +14,18 @@ class CaptioningServicer(captioning_pb2_grpc.CaptioningServiceServicer, TypedSer
 
     def respond(self, request: captioning_pb2.CaptionRequest, answer: Answer) -> captioning_pb2.CaptionResponse:
         height, width = answer.images[0].shape[:2]
-        captions = [captioning_pb2.GeneratedCaption(text=c.text, tokens=c.text.split(), log_prob=c.log_prob,
-                                                    score=c.score) for c in answer.outputs[0]]
-        return captioning_pb2.CaptionResponse(request_id=request.request_id, model=model_ref(answer.config),
-                                              image_width=width, image_height=height, captions=captions,
-                                              timings=timings_proto(answer.stage_seconds()))
+        captions = [
+            captioning_pb2.GeneratedCaption(text=c.text, tokens=c.text.split(), log_prob=c.log_prob, score=c.score)
+            for c in answer.outputs[0]
+        ]
+        return captioning_pb2.CaptionResponse(
+            request_id=request.request_id,
+            model=model_ref(answer.config),
+            image_width=width,
+            image_height=height,
+            captions=captions,
+            timings=timings_proto(answer.stage_seconds()),
+        )
 
     @staticmethod
     def output_of(response: captioning_pb2.CaptionResponse) -> list[CaptionText]:

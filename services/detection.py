@@ -13,12 +13,23 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer, TypedServic
 
     def respond(self, request: detection_pb2.DetectRequest, answer: Answer) -> detection_pb2.DetectResponse:
         height, width = answer.images[0].shape[:2]
-        detections = [detection_pb2.Detection(
-            box=common_pb2.BoundingBox(x_min=d.box[0], y_min=d.box[1], x_max=d.box[2], y_max=d.box[3]),
-            score=d.score, label=d.label, class_name=d.class_name) for d in answer.outputs[0]]
-        return detection_pb2.DetectResponse(request_id=request.request_id, model=model_ref(answer.config),
-                                            detections=detections, image_width=width, image_height=height,
-                                            timings=timings_proto(answer.stage_seconds()))
+        detections = [
+            detection_pb2.Detection(
+                box=common_pb2.BoundingBox(x_min=d.box[0], y_min=d.box[1], x_max=d.box[2], y_max=d.box[3]),
+                score=d.score,
+                label=d.label,
+                class_name=d.class_name,
+            )
+            for d in answer.outputs[0]
+        ]
+        return detection_pb2.DetectResponse(
+            request_id=request.request_id,
+            model=model_ref(answer.config),
+            detections=detections,
+            image_width=width,
+            image_height=height,
+            timings=timings_proto(answer.stage_seconds()),
+        )
 
     @staticmethod
     def output_of(response: detection_pb2.DetectResponse) -> list:

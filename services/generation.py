@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 import torch
 
@@ -13,8 +12,11 @@ from services.pb import common_pb2, generation_pb2, generation_pb2_grpc
 from services.pipeline import Answer, Call
 from services.typed import TypedService, model_ref, timings_proto
 
-_PATHS = {generation_pb2.INTERPOLATION_UNSPECIFIED: "spherical", generation_pb2.INTERPOLATION_LINEAR: "linear",
-          generation_pb2.INTERPOLATION_SPHERICAL: "spherical"}
+_PATHS = {
+    generation_pb2.INTERPOLATION_UNSPECIFIED: "spherical",
+    generation_pb2.INTERPOLATION_LINEAR: "linear",
+    generation_pb2.INTERPOLATION_SPHERICAL: "spherical",
+}
 _FORMATS = (generation_pb2.IMAGE_FORMAT_UNSPECIFIED, generation_pb2.IMAGE_FORMAT_PNG, generation_pb2.IMAGE_FORMAT_RAW)
 
 
@@ -30,8 +32,11 @@ def images_proto(pixels: np.ndarray, z: torch.Tensor, fmt: int) -> list[generati
         item = generation_pb2.GeneratedImage(latent=generation_pb2.Latent(values=vector.tolist()))
         if fmt == generation_pb2.IMAGE_FORMAT_RAW:
             height, width, channels = image.shape
-            item.raw.CopyFrom(common_pb2.RawImage(data=np.ascontiguousarray(image).tobytes(), height=height,
-                                                  width=width, channels=channels))
+            item.raw.CopyFrom(
+                common_pb2.RawImage(
+                    data=np.ascontiguousarray(image).tobytes(), height=height, width=width, channels=channels
+                )
+            )
         else:
             item.png = encode_image(image, "png")
         out.append(item)
@@ -67,11 +72,17 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer, TypedSer
         mode, steps = _PATHS[request.interpolation], request.steps
         return Call(inputs=lambda config: [path_latents(LatentPrior.of(config.model_args), ends, steps, mode)])
 
-    def respond(self, request: generation_pb2.GenerateRequest | generation_pb2.InterpolateRequest,
-                answer: Answer) -> generation_pb2.GenerateResponse:
+    def respond(
+        self, request: generation_pb2.GenerateRequest | generation_pb2.InterpolateRequest, answer: Answer
+    ) -> generation_pb2.GenerateResponse:
         prior, z = LatentPrior.of(answer.config.model_args), answer.inputs[0]
         return generation_pb2.GenerateResponse(
-            request_id=request.request_id, images=images_proto(answer.outputs[0], z, request.format),
-            image_size=int(answer.config.model_args.get("image_size", 64)), latent_size=prior.nz,
-            latent_components=prior.components, latent_spread=prior.spread, model=model_ref(answer.config),
-            timings=timings_proto(answer.stage_seconds()))
+            request_id=request.request_id,
+            images=images_proto(answer.outputs[0], z, request.format),
+            image_size=int(answer.config.model_args.get("image_size", 64)),
+            latent_size=prior.nz,
+            latent_components=prior.components,
+            latent_spread=prior.spread,
+            model=model_ref(answer.config),
+            timings=timings_proto(answer.stage_seconds()),
+        )

@@ -22,8 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 def healthy(target: str, *, timeout: float = 4.0, plaintext: bool = False) -> bool:
     root = None if plaintext else os.environ.get("CVTASKS_TLS_CA") or os.environ.get("CVTASKS_TLS_CERT")
     if root:  # the certificate's names must include localhost
-        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(Path(root).read_bytes()),
-                                      options=[("grpc.ssl_target_name_override", "localhost")])
+        channel = grpc.secure_channel(
+            target,
+            grpc.ssl_channel_credentials(Path(root).read_bytes()),
+            options=[("grpc.ssl_target_name_override", "localhost")],
+        )
     else:
         channel = grpc.insecure_channel(target)
     with channel:

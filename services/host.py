@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from models import checkpoints
-from models.errors import ModelStoreError, UnknownModelError, shown
-from models.preprocessing import DEFAULT_MAX_PIXELS
 from models.devices import pick_device
+from models.errors import ModelStoreError, UnknownModelError, shown
 from models.options import Options
+from models.preprocessing import DEFAULT_MAX_PIXELS
 from models.task import Task
 from services.batching import DynamicBatcher
 from services.errors import QueueFullError, UnavailableError
@@ -60,14 +60,17 @@ class ServingConfig:
         if self.max_delay_ms < 0 or self.max_pixels < 1:
             raise ValueError("max_delay_ms must be >= 0 and max_pixels >= 1")
         if self.max_inflight_pixels < self.max_pixels:
-            raise ValueError(f"max_inflight_pixels ({self.max_inflight_pixels}) must be >= max_pixels "
-                             f"({self.max_pixels}), or the largest accepted image could never be served")
+            raise ValueError(
+                f"max_inflight_pixels ({self.max_inflight_pixels}) must be >= max_pixels "
+                f"({self.max_pixels}), or the largest accepted image could never be served"
+            )
         if self.devices and self.device:
             raise ValueError("give either device or devices, not both")
         object.__setattr__(self, "devices", tuple(self.devices))
         if not 0 < self.default_deadline_s <= self.max_deadline_s:
-            raise ValueError(f"need 0 < default_deadline_s <= max_deadline_s, got {self.default_deadline_s}, "
-                             f"{self.max_deadline_s}")
+            raise ValueError(
+                f"need 0 < default_deadline_s <= max_deadline_s, got {self.default_deadline_s}, {self.max_deadline_s}"
+            )
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class Admission:
         if self.requests >= self.max_requests or (self.requests and self.pixels + pixels > self.max_pixels):
             raise QueueFullError(
                 f"model {self.name} is at capacity ({self.requests} requests, {self.pixels / 1e6:.1f} Mpx in "
-                f"flight; bounds {self.max_requests} requests, {self.max_pixels / 1e6:.0f} Mpx); retry later")
+                f"flight; bounds {self.max_requests} requests, {self.max_pixels / 1e6:.0f} Mpx); retry later"
+            )
         self.requests += 1
         self.pixels += pixels
         try:
@@ -120,12 +124,16 @@ class BatchResult:
 class Replica:
     """One copy of a model on one device, behind its own batcher."""
 
-    def __init__(self, owner: "LoadedModel", model: nn.Module, device: torch.device, serving: ServingConfig) -> None:
+    def __init__(self, owner: LoadedModel, model: nn.Module, device: torch.device, serving: ServingConfig) -> None:
         self.owner, self.model, self.device = owner, model, device
         self.batches_run = 0
         self.batcher: DynamicBatcher[Any, BatchResult] = DynamicBatcher(
-            self._run, max_batch_size=serving.max_batch_size, max_delay_s=serving.max_delay_ms / 1000,
-            max_queue_size=serving.max_queue_size, name=owner.config.name, on_batch=owner.batch_done,
+            self._run,
+            max_batch_size=serving.max_batch_size,
+            max_delay_s=serving.max_delay_ms / 1000,
+            max_queue_size=serving.max_queue_size,
+            name=owner.config.name,
+            on_batch=owner.batch_done,
         )
 
     def _run(self, items: list[Any]) -> list[BatchResult]:
@@ -141,8 +149,15 @@ class LoadedModel:
     """A model on one or more devices (a Replica each, with its batcher). ``submit`` returns a
     BatchResult from the replica with the shortest queue."""
 
-    def __init__(self, models: Sequence[tuple[nn.Module, torch.device]], config: checkpoints.ModelConfig,
-                 task: Task, serving: ServingConfig, *, metrics: ServingMetrics | None = None) -> None:
+    def __init__(
+        self,
+        models: Sequence[tuple[nn.Module, torch.device]],
+        config: checkpoints.ModelConfig,
+        task: Task,
+        serving: ServingConfig,
+        *,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
         if not models:
             raise ValueError("a loaded model needs at least one device")
         self.config, self.task, self.metrics = config, task, metrics
@@ -151,9 +166,11 @@ class LoadedModel:
         self.replicas = [Replica(self, model, device, serving) for model, device in models]
         self.device = self.replicas[0].device
         # What can wait in the queues plus what can compute at once.
-        self.admission = Admission(config.name, max_requests=len(models) * (serving.max_queue_size
-                                                                            + serving.max_batch_size),
-                                   max_pixels=serving.max_inflight_pixels)
+        self.admission = Admission(
+            config.name,
+            max_requests=len(models) * (serving.max_queue_size + serving.max_batch_size),
+            max_pixels=serving.max_inflight_pixels,
+        )
         self._turn = 0
 
     def batch_done(self, size: int, seconds: float) -> None:
@@ -193,9 +210,17 @@ class LoadedModel:
     def info(self, *, is_default: bool = False) -> LoadedModelInfo:
         c = self.config
         return LoadedModelInfo(
-            name=c.name, task=c.task, architecture=c.architecture, classes=list(c.classes), version=c.version,
-            device=",".join(str(r.device) for r in self.replicas), ready=self.ready, input_size=c.input_size or 0,
-            created=c.created, metrics=dict(c.metrics), is_default=is_default,
+            name=c.name,
+            task=c.task,
+            architecture=c.architecture,
+            classes=list(c.classes),
+            version=c.version,
+            device=",".join(str(r.device) for r in self.replicas),
+            ready=self.ready,
+            input_size=c.input_size or 0,
+            created=c.created,
+            metrics=dict(c.metrics),
+            is_default=is_default,
         )
 
 
@@ -209,8 +234,10 @@ async def _warm_up(loaded: LoadedModel, folder: Path) -> None:
     else:
         return
     await loaded.stop(drain=False)
-    raise ModelStoreError(f"{folder.name}/{checkpoints.CONFIG_FILE}: the model loads but fails its warm-up run "
-                          f"({fault}); fix the file or retrain the model")
+    raise ModelStoreError(
+        f"{folder.name}/{checkpoints.CONFIG_FILE}: the model loads but fails its warm-up run "
+        f"({fault}); fix the file or retrain the model"
+    )
 
 
 def serving_devices(serving: ServingConfig) -> list[torch.device]:
@@ -221,7 +248,9 @@ def serving_devices(serving: ServingConfig) -> list[torch.device]:
     found: list[torch.device] = []
     for name in serving.devices:
         device = torch.device(name)
-        if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        if device.type == "cuda" and (
+            not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()
+        ):
             log.warning("device %s is not available here; falling back to the CPU", name)
             device = torch.device("cpu")
             if device in found:
@@ -233,9 +262,16 @@ def serving_devices(serving: ServingConfig) -> list[torch.device]:
 class ModelHost:
     """Every model of one task found in a model store (or the names given), ready to serve."""
 
-    def __init__(self, store: str | Path, task: Task, serving: ServingConfig = ServingConfig(),
-                 *, names: Sequence[str] = (), default: str | None = None,
-                 metrics: ServingMetrics | None = None) -> None:
+    def __init__(
+        self,
+        store: str | Path,
+        task: Task,
+        serving: ServingConfig = ServingConfig(),
+        *,
+        names: Sequence[str] = (),
+        default: str | None = None,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
         self.store, self.task, self.serving, self.metrics = Path(store), task, serving, metrics
         self._names, self._default = list(names), default
         self._models: dict[str, LoadedModel] = {}
@@ -248,8 +284,10 @@ class ModelHost:
         a broken folder among those is logged and skipped (a named one fails the start)."""
         names = self._names or [c.name for c in checkpoints.list_store(self.store) if c.task == self.task.name]
         if not names:
-            raise UnknownModelError(f"no {self.task.name} models in model store {self.store}; train one first "
-                                    f"(cvtasks train {self.task.name} ...)")
+            raise UnknownModelError(
+                f"no {self.task.name} models in model store {self.store}; train one first "
+                f"(cvtasks train {self.task.name} ...)"
+            )
         for name in names:
             try:
                 await self.load(name)
@@ -258,8 +296,10 @@ class ModelHost:
                     raise
                 log.warning("skipping broken model folder `%s` of model store %s: %s", name, self.store, exc)
         if not self._models:
-            raise UnknownModelError(f"no {self.task.name} model in model store {self.store} could be loaded (the log "
-                                    "says why); fix or retrain them")
+            raise UnknownModelError(
+                f"no {self.task.name} model in model store {self.store} could be loaded (the log "
+                "says why); fix or retrain them"
+            )
         if self._default is None:
             self._default = next(iter(self._models))
         self.get(self._default)  # a wrong --default-model fails here, listing what is loaded
@@ -270,15 +310,17 @@ class ModelHost:
         config = checkpoints.load_config(folder)
         if config.task != self.task.name:
             raise UnknownModelError(f"model `{name}` is a {config.task} model, not {self.task.name}")
-        models = [(await asyncio.to_thread(checkpoints.load_model, folder, device=device))[0]
-                  for device in self.devices]
-        loaded = LoadedModel(list(zip(models, self.devices)), config, self.task, self.serving,
-                             metrics=self.metrics)
+        models = [
+            (await asyncio.to_thread(checkpoints.load_model, folder, device=device))[0] for device in self.devices
+        ]
+        loaded = LoadedModel(list(zip(models, self.devices)), config, self.task, self.serving, metrics=self.metrics)
         await _warm_up(loaded, folder)
         old = self._models.get(name)
         self._models[name] = loaded
-        log.info("model loaded", extra={"model": name, "version": config.version,
-                                        "device": ",".join(str(d) for d in self.devices)})
+        log.info(
+            "model loaded",
+            extra={"model": name, "version": config.version, "device": ",".join(str(d) for d in self.devices)},
+        )
         if old is not None:
             old.successor = loaded
             await old.stop(drain=True)  # what it had queued finishes on the old version
@@ -319,4 +361,3 @@ class ModelHost:
         for loaded in self._models.values():
             await loaded.stop(drain=True)
         self._models.clear()
-

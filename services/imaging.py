@@ -37,8 +37,9 @@ def decode(image: ImageData, *, max_pixels: int) -> np.ndarray:
     """``image`` -> RGB uint8 (H, W, 3). Raises DecodeError / ImageTooLargeError /
     InvalidInputError with a message saying what to fix (models/preprocessing.py)."""
     if isinstance(image, RawPixels):
-        return image_from_pixels(image.data, height=image.height, width=image.width, channels=image.channels,
-                                 max_pixels=max_pixels)
+        return image_from_pixels(
+            image.data, height=image.height, width=image.width, channels=image.channels, max_pixels=max_pixels
+        )
     return decode_image(image, max_pixels=max_pixels)
 
 

@@ -13,10 +13,8 @@ services/kserve_tasks.py; this module only moves tensors and statuses:
 
 from __future__ import annotations
 
-import asyncio
 import math
 import struct
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import metadata
 from typing import Any
@@ -36,12 +34,34 @@ from services.pipeline import Pipeline
 from services.streaming import deadline_of, ordered_stream
 
 PLATFORM = "pytorch"
-_DTYPES = {"BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1",
-           "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}
-_CONTENTS = {"BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-             "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
-             "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-             "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+_DTYPES = {
+    "BOOL": "?",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+_CONTENTS = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 
 
 # --------------------------------------------------------------------------- tensors
@@ -52,9 +72,11 @@ def split_bytes(raw: bytes, name: str) -> list[bytes]:
     out, pos = [], 0
     while pos < len(raw):
         if pos + 4 > len(raw) or pos + 4 + (size := struct.unpack_from("<I", raw, pos)[0]) > len(raw):
-            raise InvalidInputError(f"input {name}: BYTES element {len(out)} is truncated; each element is a "
-                                    f"4-byte little-endian length followed by that many bytes")
-        out.append(raw[pos + 4:pos + 4 + size])
+            raise InvalidInputError(
+                f"input {name}: BYTES element {len(out)} is truncated; each element is a "
+                f"4-byte little-endian length followed by that many bytes"
+            )
+        out.append(raw[pos + 4 : pos + 4 + size])
         pos += 4 + size
     return out
 
@@ -70,13 +92,18 @@ def join_bytes(array: np.ndarray) -> bytes:
 
 def _check_tensor(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec) -> tuple[int, ...]:
     if tensor.datatype not in spec.datatypes:
-        raise InvalidInputError(f"input {spec.name} must be {' or '.join(spec.datatypes)}, "
-                                f"got {shown(tensor.datatype) or '(none)'}")
+        raise InvalidInputError(
+            f"input {spec.name} must be {' or '.join(spec.datatypes)}, got {shown(tensor.datatype) or '(none)'}"
+        )
     shape = tuple(tensor.shape)
-    if (len(shape) != len(spec.shape) or any(s < 1 for s in shape)
-            or any(want not in (-1, got) for got, want in zip(shape, spec.shape))):
-        raise InvalidInputError(f"input {spec.name} has shape {list(shape)}; expected {list(spec.shape)} "
-                                f"(-1: any size >= 1)")
+    if (
+        len(shape) != len(spec.shape)
+        or any(s < 1 for s in shape)
+        or any(want not in (-1, got) for got, want in zip(shape, spec.shape))
+    ):
+        raise InvalidInputError(
+            f"input {spec.name} has shape {list(shape)}; expected {list(spec.shape)} (-1: any size >= 1)"
+        )
     return shape
 
 
@@ -85,21 +112,25 @@ def _array(tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[int, ...]
     if datatype == "BYTES":
         values = split_bytes(raw, name) if raw is not None else list(tensor.contents.bytes_contents)
         if len(values) != count:
-            raise InvalidInputError(f"input {name}: {len(values)} BYTES elements for shape {list(shape)} "
-                                    f"({count} expected)")
+            raise InvalidInputError(
+                f"input {name}: {len(values)} BYTES elements for shape {list(shape)} ({count} expected)"
+            )
         array = np.empty(count, dtype=object)
         array[:] = values
         return array.reshape(shape)
     dtype = np.dtype(_DTYPES[datatype])
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
-            raise InvalidInputError(f"input {name}: {len(raw)} bytes of raw data for {datatype} {list(shape)} "
-                                    f"({count * dtype.itemsize} expected)")
+            raise InvalidInputError(
+                f"input {name}: {len(raw)} bytes of raw data for {datatype} {list(shape)} "
+                f"({count * dtype.itemsize} expected)"
+            )
         return np.frombuffer(raw, dtype).reshape(shape)
     values = np.asarray(getattr(tensor.contents, _CONTENTS[datatype]))
     if values.size != count:
-        raise InvalidInputError(f"input {name}: {values.size} values in contents for shape {list(shape)} "
-                                f"({count} expected)")
+        raise InvalidInputError(
+            f"input {name}: {values.size} values in contents for shape {list(shape)} ({count} expected)"
+        )
     limits = np.iinfo(dtype) if dtype.kind in "iu" else None
     if limits is not None and values.size and not limits.min <= values.min() <= values.max() <= limits.max:
         raise InvalidInputError(f"input {name}: values outside the {datatype} range")
@@ -110,8 +141,10 @@ def read_inputs(request: pb.ModelInferRequest, specs: Sequence[TensorSpec]) -> d
     """The request's input tensors as arrays by name, checked against ``specs`` (INVALID_ARGUMENT)."""
     by_name, raw = {s.name: s for s in specs}, request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
-        raise InvalidInputError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per "
-                                f"input, in order (or none, and use contents)")
+        raise InvalidInputError(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; give one per "
+            f"input, in order (or none, and use contents)"
+        )
     tensors: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
         spec = by_name.get(tensor.name)
@@ -121,21 +154,25 @@ def read_inputs(request: pb.ModelInferRequest, specs: Sequence[TensorSpec]) -> d
         tensors[tensor.name] = _array(tensor, _check_tensor(tensor, spec), raw[i] if raw else None)
     missing = [s.name for s in specs if not s.optional and s.name not in tensors]
     if missing or not tensors:
-        raise InvalidInputError(f"missing input(s) {missing or sorted(by_name)}; this model takes "
-                                + ", ".join(f"{s.name} ({'/'.join(s.datatypes)} {list(s.shape)})" for s in specs))
+        raise InvalidInputError(
+            f"missing input(s) {missing or sorted(by_name)}; this model takes "
+            + ", ".join(f"{s.name} ({'/'.join(s.datatypes)} {list(s.shape)})" for s in specs)
+        )
     return tensors
 
 
-def infer_response(request: pb.ModelInferRequest, config: ModelConfig, values: dict[str, np.ndarray],
-                   specs: Sequence[TensorSpec]) -> pb.ModelInferResponse:
+def infer_response(
+    request: pb.ModelInferRequest, config: ModelConfig, values: dict[str, np.ndarray], specs: Sequence[TensorSpec]
+) -> pb.ModelInferResponse:
     """Output arrays -> a ModelInferResponse (the requested outputs, or all), data in raw_output_contents."""
     response = pb.ModelInferResponse(model_name=config.name, model_version=config.version, id=request.id)
     by_name = {s.name: s for s in specs}
     for name in [o.name for o in request.outputs] or list(by_name):
         array, datatype = values[name], by_name[name].datatype
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        response.raw_output_contents.append(join_bytes(array) if datatype == "BYTES"
-                                            else np.ascontiguousarray(array, _DTYPES[datatype]).tobytes())
+        response.raw_output_contents.append(
+            join_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array, _DTYPES[datatype]).tobytes()
+        )
     return response
 
 
@@ -148,21 +185,34 @@ def _config_tensor(cls: type, spec: TensorSpec, batched: bool) -> Any:
     dims = list(spec.shape[1:] if batched else spec.shape)
     kind = "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"
     extra = {"optional": spec.optional} if cls is mc.ModelInput else {}
-    return cls(name=spec.name, data_type=mc.DataType.Value(kind), dims=dims or [1],
-               reshape=None if dims else mc.ModelTensorReshape(shape=[]), **extra)
+    return cls(
+        name=spec.name,
+        data_type=mc.DataType.Value(kind),
+        dims=dims or [1],
+        reshape=None if dims else mc.ModelTensorReshape(shape=[]),
+        **extra,
+    )
 
 
 def model_config(loaded: LoadedModel, adapter: Codec, serving: Any) -> mc.ModelConfig:
     c = loaded.config
-    params = {"task": c.task, "architecture": c.architecture, "classes": ",".join(c.classes),
-              "request_parameters": ",".join(adapter.parameters), "device": str(loaded.device)}
+    params = {
+        "task": c.task,
+        "architecture": c.architecture,
+        "classes": ",".join(c.classes),
+        "request_parameters": ",".join(adapter.parameters),
+        "device": str(loaded.device),
+    }
     return mc.ModelConfig(
-        name=c.name, platform=PLATFORM, max_batch_size=serving.max_batch_size if adapter.batched else 0,
+        name=c.name,
+        platform=PLATFORM,
+        max_batch_size=serving.max_batch_size if adapter.batched else 0,
         input=[_config_tensor(mc.ModelInput, s, adapter.batched) for s in adapter.inputs(c)],
         output=[_config_tensor(mc.ModelOutput, s, adapter.batched) for s in adapter.outputs(c)],
         dynamic_batching=mc.ModelDynamicBatching(
             max_queue_delay_microseconds=round(serving.max_delay_ms * 1000),
-            default_queue_policy=mc.ModelQueuePolicy(max_queue_size=serving.max_queue_size)),
+            default_queue_policy=mc.ModelQueuePolicy(max_queue_size=serving.max_queue_size),
+        ),
         parameters={k: mc.ModelParameter(string_value=v) for k, v in params.items()},
     )
 
@@ -210,11 +260,14 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def add_to_server(self, server: grpc.aio.Server) -> None:
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
 
-    ModelStatistics = _not_served("ModelStatistics", "per-model counts and latencies are on the Prometheus "
-                                  "endpoint (cvtasks serve --metrics-port)")
+    ModelStatistics = _not_served(
+        "ModelStatistics",
+        "per-model counts and latencies are on the Prometheus endpoint (cvtasks serve --metrics-port)",
+    )
     RepositoryModelLoad = _not_served("RepositoryModelLoad", "load models with cvtasks.v1.ModelService/LoadModel")
-    RepositoryModelUnload = _not_served("RepositoryModelUnload", "unload models with "
-                                        "cvtasks.v1.ModelService/UnloadModel")
+    RepositoryModelUnload = _not_served(
+        "RepositoryModelUnload", "unload models with cvtasks.v1.ModelService/UnloadModel"
+    )
     SystemSharedMemoryStatus = _not_served("SystemSharedMemoryStatus", _SHARED_MEMORY)
     SystemSharedMemoryRegister = _not_served("SystemSharedMemoryRegister", _SHARED_MEMORY)
     SystemSharedMemoryUnregister = _not_served("SystemSharedMemoryUnregister", _SHARED_MEMORY)
@@ -241,8 +294,11 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=all(infos) and all(i.ready for models in infos for i in models))
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext):
-        ready = any(i.name == request.name and i.ready and request.version in ("", i.version)
-                    for host in self.hosts for i in host.list_models())
+        ready = any(
+            i.name == request.name and i.ready and request.version in ("", i.version)
+            for host in self.hosts
+            for i in host.list_models()
+        )
         return pb.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext):
@@ -251,33 +307,48 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext):
         loaded, adapter = self._find(request.name, request.version)
         c = loaded.config
-        return pb.ModelMetadataResponse(name=c.name, versions=[c.version], platform=PLATFORM,
-                                        inputs=_tensor_metadata(adapter.inputs(c)),
-                                        outputs=_tensor_metadata(adapter.outputs(c)))
+        return pb.ModelMetadataResponse(
+            name=c.name,
+            versions=[c.version],
+            platform=PLATFORM,
+            inputs=_tensor_metadata(adapter.inputs(c)),
+            outputs=_tensor_metadata(adapter.outputs(c)),
+        )
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext):
         loaded, codec = self._find(request.name, request.version)
         return pb.ModelConfigResponse(config=model_config(loaded, codec, self.pipeline.limits))
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext):
-        return pb.RepositoryIndexResponse(models=[
-            pb.RepositoryIndexResponse.ModelIndex(name=i.name, version=i.version,
-                                                  state="READY" if i.ready else "LOADING")
-            for host in self.hosts for i in host.list_models() if i.ready or not request.ready])
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(
+                    name=i.name, version=i.version, state="READY" if i.ready else "LOADING"
+                )
+                for host in self.hosts
+                for i in host.list_models()
+                if i.ready or not request.ready
+            ]
+        )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
         return await self._infer(request, deadline_of(context, self.pipeline.limits))
 
-    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
-                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         deadline = deadline_of(context)
 
         async def handle(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline))
 
         def failed(request: pb.ModelInferRequest, error: Any) -> pb.ModelStreamInferResponse:
-            return pb.ModelStreamInferResponse(error_message=error.message, infer_response=pb.ModelInferResponse(
-                model_name=request.model_name, model_version=request.model_version, id=request.id))
+            return pb.ModelStreamInferResponse(
+                error_message=error.message,
+                infer_response=pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id
+                ),
+            )
 
         async for response in ordered_stream(request_iterator, handle, on_error=failed, window=self.stream_window):
             yield response
@@ -293,8 +364,9 @@ class KServeServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         tensors = read_inputs(request, codec.inputs(config))
         limit = self.pipeline.limits.max_batch_size
         if codec.batched and (batch := next(iter(tensors.values())).shape[0]) > limit:
-            raise InvalidInputError(f"batch of {batch} exceeds this model's max_batch_size {limit}; split it into "
-                                    "several requests")
+            raise InvalidInputError(
+                f"batch of {batch} exceeds this model's max_batch_size {limit}; split it into several requests"
+            )
         call = codec.call(config, tensors, codec.options(request.parameters))
 
         def encode(answer: Any) -> pb.ModelInferResponse:

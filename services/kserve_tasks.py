@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,11 +45,16 @@ class TensorSpec:
 
 
 # Request parameters that Triton and its clients reserve; accepted and ignored here.
-_RESERVED = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers",
-                       "binary_data_output"})
-_KINDS = {float: ((int, float), "a number (double_param or int64_param)"), int: ((int,), "an integer (int64_param)"),
-          str: ((str,), "a string (string_param)"), tuple: ((str,), "a comma-separated string (string_param)"),
-          bool: ((bool,), "a boolean (bool_param)")}
+_RESERVED = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers", "binary_data_output"}
+)
+_KINDS = {
+    float: ((int, float), "a number (double_param or int64_param)"),
+    int: ((int,), "an integer (int64_param)"),
+    str: ((str,), "a string (string_param)"),
+    tuple: ((str,), "a comma-separated string (string_param)"),
+    bool: ((bool,), "a boolean (bool_param)"),
+}
 
 
 def kserve_parameters(cls: type[Options]) -> list[str]:
@@ -73,8 +78,9 @@ def options_from_parameters(cls: type[Options], parameters: Mapping[str, Any]) -
         value, kind = getattr(param, choice), base_type(known[key], cls)
         types, what = _KINDS[kind]
         if not isinstance(value, types) or (kind is not bool and isinstance(value, bool)):
-            raise InvalidInputError(f"parameter `{key}` must be {what}, got "
-                                    f"{repr(shown(value)) if isinstance(value, str) else repr(value)}")
+            raise InvalidInputError(
+                f"parameter `{key}` must be {what}, got {repr(shown(value)) if isinstance(value, str) else repr(value)}"
+            )
         if kind is tuple:
             value = tuple(n.strip() for n in value.split(",") if n.strip())
         elif kind is str and spec_of(known[key]).choices:
@@ -115,8 +121,10 @@ class Codec(ABC):
 
 # --------------------------------------------------------------------------- image tasks
 
-_IMAGE_INPUTS = [TensorSpec("IMAGE", ("BYTES",), (-1,), optional=True),
-                 TensorSpec("PIXELS", ("UINT8",), (-1, -1, -1, -1), optional=True)]
+_IMAGE_INPUTS = [
+    TensorSpec("IMAGE", ("BYTES",), (-1,), optional=True),
+    TensorSpec("PIXELS", ("UINT8",), (-1, -1, -1, -1), optional=True),
+]
 _IMAGE_SIZE = TensorSpec("IMAGE_SIZE", ("INT32",), (-1, 2))
 
 
@@ -139,8 +147,10 @@ class ImageCodec(Codec):
 
     def call(self, config: ModelConfig, tensors: dict[str, np.ndarray], options: dict[str, Any]) -> Call:
         if ("IMAGE" in tensors) == ("PIXELS" in tensors):
-            raise InvalidInputError("give exactly one image input: IMAGE (BYTES [B], encoded JPEG/PNG/WebP/BMP/TIFF "
-                                    "files) or PIXELS (UINT8 [B, H, W, C], C = 1, 3 or 4)")
+            raise InvalidInputError(
+                "give exactly one image input: IMAGE (BYTES [B], encoded JPEG/PNG/WebP/BMP/TIFF "
+                "files) or PIXELS (UINT8 [B, H, W, C], C = 1, 3 or 4)"
+            )
         if "IMAGE" in tensors:
             images: list = [bytes(data) for data in tensors["IMAGE"]]
         else:
@@ -163,9 +173,13 @@ class DetectionCodec(ImageCodec):
     task = "detection"
 
     def task_outputs(self, config: ModelConfig) -> list[TensorSpec]:
-        return [TensorSpec("BOXES", ("FP32",), (-1, -1, 4)), TensorSpec("SCORES", ("FP32",), (-1, -1)),
-                TensorSpec("LABELS", ("INT64",), (-1, -1)), TensorSpec("CLASS_NAMES", ("BYTES",), (-1, -1)),
-                TensorSpec("COUNT", ("INT32",), (-1,))]
+        return [
+            TensorSpec("BOXES", ("FP32",), (-1, -1, 4)),
+            TensorSpec("SCORES", ("FP32",), (-1, -1)),
+            TensorSpec("LABELS", ("INT64",), (-1, -1)),
+            TensorSpec("CLASS_NAMES", ("BYTES",), (-1, -1)),
+            TensorSpec("COUNT", ("INT32",), (-1,)),
+        ]
 
     def task_tensors(self, answer: Answer) -> dict[str, np.ndarray]:
         values = answer.outputs
@@ -175,8 +189,13 @@ class DetectionCodec(ImageCodec):
         for b, detections in enumerate(values):
             for n, d in enumerate(detections):
                 boxes[b, n], scores[b, n], labels[b, n], names[b, n] = d.box, d.score, d.label, d.class_name.encode()
-        return {"BOXES": boxes, "SCORES": scores, "LABELS": labels, "CLASS_NAMES": names,
-                "COUNT": np.array([len(v) for v in values], np.int32)}
+        return {
+            "BOXES": boxes,
+            "SCORES": scores,
+            "LABELS": labels,
+            "CLASS_NAMES": names,
+            "COUNT": np.array([len(v) for v in values], np.int32),
+        }
 
 
 class SegmentationCodec(ImageCodec):
@@ -194,7 +213,7 @@ class SegmentationCodec(ImageCodec):
         height, width = (max(v.labels.shape[i] for v in values) for i in (0, 1))
         label_map = np.full((len(values), height, width), LABEL_MAP_PAD, np.uint8)
         for b, seg in enumerate(values):
-            label_map[b, :seg.labels.shape[0], :seg.labels.shape[1]] = seg.labels
+            label_map[b, : seg.labels.shape[0], : seg.labels.shape[1]] = seg.labels
         return {"LABEL_MAP": label_map}
 
 
@@ -205,14 +224,17 @@ class CaptioningCodec(ImageCodec):
     task = "captioning"
 
     def task_outputs(self, config: ModelConfig) -> list[TensorSpec]:
-        return [TensorSpec("CAPTION", ("BYTES",), (-1, -1)), TensorSpec("LOG_PROB", ("FP32",), (-1, -1)),
-                TensorSpec("SCORE", ("FP32",), (-1, -1))]
+        return [
+            TensorSpec("CAPTION", ("BYTES",), (-1, -1)),
+            TensorSpec("LOG_PROB", ("FP32",), (-1, -1)),
+            TensorSpec("SCORE", ("FP32",), (-1, -1)),
+        ]
 
     def task_tensors(self, answer: Answer) -> dict[str, np.ndarray]:
         shape = (len(answer.outputs), answer.options.num_captions)
         text, log_prob, score = np.full(shape, b"", dtype=object), *(np.zeros(shape, np.float32) for _ in range(2))
         for b, captions in enumerate(answer.outputs):
-            for k, c in enumerate(captions[:shape[1]]):
+            for k, c in enumerate(captions[: shape[1]]):
                 text[b, k], log_prob[b, k], score[b, k] = c.text.encode(), c.log_prob, c.score
         return {"CAPTION": text, "LOG_PROB": log_prob, "SCORE": score}
 
@@ -230,18 +252,24 @@ class GenerationCodec(Codec):
 
     def inputs(self, config: ModelConfig) -> list[TensorSpec]:
         nz = int(config.model_args.get("nz", 100))
-        return [TensorSpec("SEED", ("INT64", "UINT64"), (1,), optional=True),
-                TensorSpec("LATENT", ("FP32",), (-1, nz), optional=True)]
+        return [
+            TensorSpec("SEED", ("INT64", "UINT64"), (1,), optional=True),
+            TensorSpec("LATENT", ("FP32",), (-1, nz), optional=True),
+        ]
 
     def outputs(self, config: ModelConfig) -> list[TensorSpec]:
         size, channels = (int(config.model_args.get(k, d)) for k, d in (("image_size", 64), ("channels", 3)))
-        return [TensorSpec("IMAGE", ("UINT8",), (-1, size, size, channels)),
-                TensorSpec("LATENT", ("FP32",), (-1, int(config.model_args.get("nz", 100))))]
+        return [
+            TensorSpec("IMAGE", ("UINT8",), (-1, size, size, channels)),
+            TensorSpec("LATENT", ("FP32",), (-1, int(config.model_args.get("nz", 100)))),
+        ]
 
     def call(self, config: ModelConfig, tensors: dict[str, np.ndarray], options: dict[str, Any]) -> Call:
         if ("SEED" in tensors) == ("LATENT" in tensors):
-            raise InvalidInputError("give exactly one input: SEED (INT64 [1], with the `count` parameter) or "
-                                    "LATENT (FP32 [N, nz], one image per row)")
+            raise InvalidInputError(
+                "give exactly one input: SEED (INT64 [1], with the `count` parameter) or "
+                "LATENT (FP32 [N, nz], one image per row)"
+            )
         if "LATENT" in tensors:
             if options.get("count") is not None:
                 raise InvalidInputError("the `count` parameter goes with SEED; with LATENT, N (its rows) is the count")
@@ -254,4 +282,3 @@ class GenerationCodec(Codec):
 
     def tensors(self, answer: Answer) -> dict[str, np.ndarray]:
         return {"IMAGE": answer.outputs[0], "LATENT": answer.inputs[0].numpy()}
-

@@ -43,7 +43,9 @@ def running_server(
     On exit, in-flight calls get ``grace_s`` seconds before they are cancelled. With ``metrics_port``
     (0 = any free port) the Prometheus endpoint runs too; its URL is the address's ``metrics_url``; with
     ``health_port``, so does the plaintext health port (``health_address``)."""
-    app = build_app([task] if isinstance(task, str) else list(task), model_store, ServingConfig(**serving), models=models)
+    app = build_app(
+        [task] if isinstance(task, str) else list(task), model_store, ServingConfig(**serving), models=models
+    )
     ready, stopped = threading.Event(), threading.Event()
     state: dict[str, Any] = {}
 
@@ -56,9 +58,15 @@ def running_server(
             state["stop"] = asyncio.Event()
             state["loop"] = asyncio.get_running_loop()
             config = ServerConfig(host=host, port=port, grace_s=grace_s, security=security, health_port=health_port)
-            await run_app(app, config, on_ready=on_ready, stop_event=state["stop"], metrics_port=metrics_port,
-                          on_metrics=lambda url: state.update(metrics_url=url),
-                          on_health=lambda bound: state.update(health_address=f"{host}:{bound}"))
+            await run_app(
+                app,
+                config,
+                on_ready=on_ready,
+                stop_event=state["stop"],
+                metrics_port=metrics_port,
+                on_metrics=lambda url: state.update(metrics_url=url),
+                on_health=lambda bound: state.update(health_address=f"{host}:{bound}"),
+            )
 
         try:
             asyncio.run(go())

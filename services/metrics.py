@@ -51,13 +51,26 @@ class ServingMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.requests = Counter("cvtasks_requests", "Finished RPCs by served model, gRPC method and gRPC status.",
-                                ["model", "method", "status"], registry=self.registry)
-        self.latency = Histogram("cvtasks_request_latency_seconds",
-                                 "Seconds per request item and stage (preprocess, queue, inference, postprocess, "
-                                 "total).", ["model", "stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("cvtasks_batch_size", "Items per batch the model ran (warm-up excluded).",
-                                    ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "cvtasks_requests",
+            "Finished RPCs by served model, gRPC method and gRPC status.",
+            ["model", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "cvtasks_request_latency_seconds",
+            "Seconds per request item and stage (preprocess, queue, inference, postprocess, total).",
+            ["model", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "cvtasks_batch_size",
+            "Items per batch the model ran (warm-up excluded).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self._queue_sources: list[QueueSource] = []
         self._lock = threading.Lock()
         self.registry.register(_ScrapeTimeCollector(self))
@@ -120,14 +133,17 @@ class _ScrapeTimeCollector(Collector):
 
     @staticmethod
     def _queue_family() -> GaugeMetricFamily:
-        return GaugeMetricFamily("cvtasks_queue_depth", "Requests waiting in the model's batcher queue.",
-                                 labels=["model"])
+        return GaugeMetricFamily(
+            "cvtasks_queue_depth", "Requests waiting in the model's batcher queue.", labels=["model"]
+        )
 
     @staticmethod
     def _gpu_family() -> GaugeMetricFamily:
-        return GaugeMetricFamily("cvtasks_gpu_memory_bytes",
-                                 "CUDA memory held by PyTorch's caching allocator, bytes (allocated or reserved).",
-                                 labels=["device", "kind"])
+        return GaugeMetricFamily(
+            "cvtasks_gpu_memory_bytes",
+            "CUDA memory held by PyTorch's caching allocator, bytes (allocated or reserved).",
+            labels=["device", "kind"],
+        )
 
     def collect(self) -> Iterator[Metric]:
         queues = self._queue_family()

@@ -72,10 +72,14 @@ def _with_token(app: WsgiApp, tokens: tuple[str, ...]) -> WsgiApp:
         token = bearer_token([("authorization", environ.get("HTTP_AUTHORIZATION", ""))])
         if token is not None and token_matches(token, tokens):
             return app(environ, start_response)
-        start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
-                                            ("WWW-Authenticate", 'Bearer realm="cvtasks metrics"')])
-        return [b"this endpoint needs a token: send the header 'Authorization: Bearer <token>' "
-                b"(a user or admin token of the server)\n"]
+        start_response(
+            "401 Unauthorized",
+            [("Content-Type", "text/plain; charset=utf-8"), ("WWW-Authenticate", 'Bearer realm="cvtasks metrics"')],
+        )
+        return [
+            b"this endpoint needs a token: send the header 'Authorization: Bearer <token>' "
+            b"(a user or admin token of the server)\n"
+        ]
 
     return guarded
 
@@ -114,8 +118,9 @@ def _family(host: str, port: int) -> socket.AddressFamily:
     return infos[0][0]
 
 
-def start_metrics_endpoint(metrics: ServingMetrics, port: int, host: str = "0.0.0.0",
-                           security: SecurityConfig = SecurityConfig()) -> MetricsEndpoint:
+def start_metrics_endpoint(
+    metrics: ServingMetrics, port: int, host: str = "0.0.0.0", security: SecurityConfig = SecurityConfig()
+) -> MetricsEndpoint:
     """Serve ``metrics`` on ``host:port`` (0 = any free port; read ``.port``), with the TLS and the
     tokens of ``security``."""
     if not 0 <= port <= 65535:
@@ -128,8 +133,10 @@ def start_metrics_endpoint(metrics: ServingMetrics, port: int, host: str = "0.0.
     try:
         server = make_server(host, port, metrics_app(metrics.registry, security), Server, handler_class=_QuietHandler)
     except OSError as exc:
-        raise OSError(f"could not bind the metrics endpoint on {host}:{port} ({exc}); "
-                      "choose another --metrics-port or 0 for any free port") from exc
+        raise OSError(
+            f"could not bind the metrics endpoint on {host}:{port} ({exc}); "
+            "choose another --metrics-port or 0 for any free port"
+        ) from exc
     thread = threading.Thread(target=server.serve_forever, name="cvtasks-metrics", daemon=True)
     thread.start()
     endpoint = MetricsEndpoint(server, thread, host, server.server_port, tls=Server.ssl_context is not None)

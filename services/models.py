@@ -48,9 +48,17 @@ class ModelSource(Protocol):
 
 def _to_proto(info: LoadedModelInfo) -> models_pb2.ModelInfo:
     return models_pb2.ModelInfo(
-        name=info.name, task=info.task, architecture=info.architecture, classes=info.classes,
-        version=info.version, device=info.device, ready=info.ready, input_size=info.input_size,
-        created=info.created, metrics=info.metrics, is_default=info.is_default,
+        name=info.name,
+        task=info.task,
+        architecture=info.architecture,
+        classes=info.classes,
+        version=info.version,
+        device=info.device,
+        ready=info.ready,
+        input_size=info.input_size,
+        created=info.created,
+        metrics=info.metrics,
+        is_default=info.is_default,
     )
 
 
@@ -77,23 +85,27 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         for info in infos:
             if info.name == request.name or (not request.name and info.is_default):
                 return _to_proto(info)
-        raise UnknownModelError(f"Unknown model `{shown(request.name)}`. This server serves: "
-                                f"{sorted(i.name for i in infos)}")
+        raise UnknownModelError(
+            f"Unknown model `{shown(request.name)}`. This server serves: {sorted(i.name for i in infos)}"
+        )
 
     def _source_for(self, task: str) -> ModelSource:
         for source in self.sources:
             if source.task.name == task:
                 return source
-        raise InvalidInputError(f"this server does not serve {task} models; it serves "
-                                f"{sorted(s.task.name for s in self.sources)}")
+        raise InvalidInputError(
+            f"this server does not serve {task} models; it serves {sorted(s.task.name for s in self.sources)}"
+        )
 
     async def LoadModel(self, request: models_pb2.LoadModelRequest, context: grpc.aio.ServicerContext):
         if not request.name or not self.sources:
             raise InvalidInputError("name the model-store folder to load")
         folder = checkpoints.find(self.sources[0].store, request.name)
         if folder is None:  # the client learns the name, not the file system: no paths, no store folders
-            raise UnknownModelError(f"Unknown model `{shown(request.name)}`: the model store has no model of that "
-                                    f"name. Available models (loaded here): {sorted(i.name for i in self._all())}")
+            raise UnknownModelError(
+                f"Unknown model `{shown(request.name)}`: the model store has no model of that "
+                f"name. Available models (loaded here): {sorted(i.name for i in self._all())}"
+            )
         config = checkpoints.load_config(folder)
         source = self._source_for(config.task)
         await source.load(request.name)
@@ -108,5 +120,6 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             if any(i.name == request.name for i in source.list_models()):
                 default = await source.unload(request.name)
                 return models_pb2.UnloadModelResponse(name=request.name, default_model=default)
-        raise UnknownModelError(f"Unknown model `{shown(request.name)}`. This server serves: "
-                                f"{sorted(i.name for i in self._all())}")
+        raise UnknownModelError(
+            f"Unknown model `{shown(request.name)}`. This server serves: {sorted(i.name for i in self._all())}"
+        )

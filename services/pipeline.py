@@ -89,9 +89,13 @@ def stage_seconds(started: float, decoded: float, result: BatchResult, done: flo
     start -> inputs ready), queue (-> its batch started), inference (the batch's model call),
     postprocess (batch end -> now: the response built) and total."""
     now = time.perf_counter()
-    return {"preprocess": decoded - started, "queue": max(0.0, result.started - decoded),
-            "inference": result.finished - result.started, "postprocess": now - min(done, result.finished),
-            "total": now - started}
+    return {
+        "preprocess": decoded - started,
+        "queue": max(0.0, result.started - decoded),
+        "inference": result.finished - result.started,
+        "postprocess": now - min(done, result.finished),
+        "total": now - started,
+    }
 
 
 class Pipeline:
@@ -106,8 +110,10 @@ class Pipeline:
         ("": the served one); noted as the RPC's model in its metrics."""
         loaded = self.hosts[task].get(name)
         if version and version != loaded.config.version:
-            raise UnknownModelError(f"model `{loaded.config.name}` is version {loaded.config.version}; "
-                                    f"version {shown(version)} is not served")
+            raise UnknownModelError(
+                f"model `{loaded.config.name}` is version {loaded.config.version}; "
+                f"version {shown(version)} is not served"
+            )
         note_model(loaded.config.name)
         return loaded
 
@@ -120,15 +126,27 @@ class Pipeline:
         ready = call.inputs(config) if call.inputs else None
         if ready is None and not task.takes_images:
             ready = task.inputs_of(config, options)
-        pixels = (sum(task.input_pixels(config, x) for x in ready) if ready is not None
-                  else sum(self.decoder.pixels(image) for image in call.images))
+        pixels = (
+            sum(task.input_pixels(config, x) for x in ready)
+            if ready is not None
+            else sum(self.decoder.pixels(image) for image in call.images)
+        )
         with loaded.admission.admit(pixels):
             started = time.perf_counter()
             images, inputs = ([], ready) if ready is not None else await self._decode(loaded, call)
             decoded = time.perf_counter()
             results = await _submit_all(loaded, [Item(x, options) for x in inputs], deadline)
-            answer = Answer(loaded, options, inputs, images, [r.value for r in results], started, decoded,
-                            results, time.perf_counter())
+            answer = Answer(
+                loaded,
+                options,
+                inputs,
+                images,
+                [r.value for r in results],
+                started,
+                decoded,
+                results,
+                time.perf_counter(),
+            )
             yield answer
         for index in range(len(results)):
             observe_stages(config.name, answer.stage_seconds(index))

@@ -64,8 +64,10 @@ def options_to_proto(cls: type[Options], message: Message, given: Mapping[str, A
     for key, value in given.items():
         name = aliases.get(key, key)
         if name not in fields:
-            raise TypeError(f"unknown option `{key}` for {message.DESCRIPTOR.name}; it takes "
-                            f"{sorted(proto_option_names(type(message)))}")
+            raise TypeError(
+                f"unknown option `{key}` for {message.DESCRIPTOR.name}; it takes "
+                f"{sorted(proto_option_names(type(message)))}"
+            )
         if value is None:
             continue
         field = fields[name]

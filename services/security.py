@@ -41,8 +41,9 @@ def read_tokens(path: str | os.PathLike[str] | None = None, *, env: str | None =
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"no such token file: {file}")
-        tokens += [line.strip() for line in file.read_text().splitlines()
-                   if line.strip() and not line.lstrip().startswith("#")]
+        tokens += [
+            line.strip() for line in file.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")
+        ]
     if env and os.environ.get(env):
         tokens += [t.strip() for t in os.environ[env].split(",") if t.strip()]
     return tuple(tokens)
@@ -68,8 +69,9 @@ class SecurityConfig:
             if path and not Path(path).is_file():
                 raise FileNotFoundError(f"no such TLS file: {path}")
         if self.admin_tokens and not self.tokens:
-            raise ValueError("admin tokens need user tokens too (admins are users): set the tokens file or "
-                             f"{TOKENS_ENV}")
+            raise ValueError(
+                f"admin tokens need user tokens too (admins are users): set the tokens file or {TOKENS_ENV}"
+            )
         if any(len(t) < 16 for t in (*self.tokens, *self.admin_tokens)):
             raise ValueError("tokens must be at least 16 characters long")
 
@@ -82,10 +84,12 @@ class SecurityConfig:
         when they are open (loopback only, or ``open_management``). With tokens, admin tokens decide."""
         if self.auth_enabled or self.open_management or is_loopback(host):
             return None
-        return (f"model management is closed: this server listens on {host or 'every interface'} without admin "
-                "tokens, so anyone who reaches the port could load and unload models. Open it with admin tokens "
-                f"(--admin-tokens-file or {ADMIN_TOKENS_ENV}, with user tokens), by listening on loopback only "
-                "(--host 127.0.0.1), or on a trusted network with --open-management")
+        return (
+            f"model management is closed: this server listens on {host or 'every interface'} without admin "
+            "tokens, so anyone who reaches the port could load and unload models. Open it with admin tokens "
+            f"(--admin-tokens-file or {ADMIN_TOKENS_ENV}, with user tokens), by listening on loopback only "
+            "(--host 127.0.0.1), or on a trusted network with --open-management"
+        )
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's TLS (mutual TLS: client certificates from tls_client_ca) for an HTTP endpoint, or None."""
@@ -105,8 +109,9 @@ class SecurityConfig:
             return None
         pair = [(Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes())]
         if self.tls_client_ca:
-            return grpc.ssl_server_credentials(pair, root_certificates=Path(self.tls_client_ca).read_bytes(),
-                                               require_client_auth=True)
+            return grpc.ssl_server_credentials(
+                pair, root_certificates=Path(self.tls_client_ca).read_bytes(), require_client_auth=True
+            )
         return grpc.ssl_server_credentials(pair)
 
 
@@ -140,8 +145,7 @@ def _refuse(code: grpc.StatusCode, message: str, handler: grpc.RpcMethodHandler)
 
     abort.ignores_request = True  # refused whatever it asked: even bytes that do not parse (services/server.py)
 
-    codec = {"request_deserializer": handler.request_deserializer,
-             "response_serializer": handler.response_serializer}
+    codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort, **codec)
     if handler.request_streaming:
@@ -161,8 +165,9 @@ class ManagementGuard(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method not in ADMIN_METHODS:
             return handler
-        return _refuse(grpc.StatusCode.PERMISSION_DENIED, f"{details.method.rsplit('/', 1)[-1]}: {self.refusal}",
-                       handler)
+        return _refuse(
+            grpc.StatusCode.PERMISSION_DENIED, f"{details.method.rsplit('/', 1)[-1]}: {self.refusal}", handler
+        )
 
 
 def server_interceptors(config: SecurityConfig, host: str) -> list[grpc.aio.ServerInterceptor]:
@@ -189,13 +194,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return None
         token = bearer_token(details.invocation_metadata)
         if token is None:
-            return _refuse(grpc.StatusCode.UNAUTHENTICATED,
-                           "this server needs a token: send metadata 'authorization: Bearer <token>'", handler)
+            return _refuse(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this server needs a token: send metadata 'authorization: Bearer <token>'",
+                handler,
+            )
         if not token_matches(token, self.tokens):
             return _refuse(grpc.StatusCode.UNAUTHENTICATED, "the token is not valid for this server", handler)
         if method in ADMIN_METHODS and not token_matches(token, self.admin_tokens):
-            where = "" if self.admin_tokens else (f"; this server has none: set --admin-tokens-file or "
-                                                  f"{ADMIN_TOKENS_ENV}")
-            return _refuse(grpc.StatusCode.PERMISSION_DENIED,
-                           f"{method.rsplit('/', 1)[-1]} needs an admin token{where}", handler)
+            where = (
+                "" if self.admin_tokens else (f"; this server has none: set --admin-tokens-file or {ADMIN_TOKENS_ENV}")
+            )
+            return _refuse(
+                grpc.StatusCode.PERMISSION_DENIED, f"{method.rsplit('/', 1)[-1]} needs an admin token{where}", handler
+            )
         return handler

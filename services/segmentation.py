@@ -19,16 +19,28 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer, Ty
         seg, options, names = answer.outputs[0], answer.options, answer.config.classes
         height, width = seg.labels.shape
         response = segmentation_pb2.SegmentResponse(
-            request_id=request.request_id, model=model_ref(answer.config), label_map_png=encode_image(seg.labels, "png"),
-            image_width=width, image_height=height, processing_detail=seg.detail,
+            request_id=request.request_id,
+            model=model_ref(answer.config),
+            label_map_png=encode_image(seg.labels, "png"),
+            image_width=width,
+            image_height=height,
+            processing_detail=seg.detail,
             processing=segmentation_pb2.Processing.Value(f"PROCESSING_{seg.processing.upper()}"),
-            areas=[segmentation_pb2.ClassArea(class_id=i, class_name=n, pixel_count=c, area_fraction=f)
-                   for i, n, c, f in class_areas(seg.labels, names)])
+            areas=[
+                segmentation_pb2.ClassArea(class_id=i, class_name=n, pixel_count=c, area_fraction=f)
+                for i, n, c, f in class_areas(seg.labels, names)
+            ],
+        )
         if options.include_contours:
             for class_id, name, polygons in class_contours(seg.labels, names):
-                response.contours.add(class_id=class_id, class_name=name, polygons=[
-                    segmentation_pb2.Polygon(points=[segmentation_pb2.Point(x=int(x), y=int(y)) for x, y in poly])
-                    for poly in polygons])
+                response.contours.add(
+                    class_id=class_id,
+                    class_name=name,
+                    polygons=[
+                        segmentation_pb2.Polygon(points=[segmentation_pb2.Point(x=int(x), y=int(y)) for x, y in poly])
+                        for poly in polygons
+                    ],
+                )
         if options.include_overlay:
             blended = overlay_labels(answer.images[0], seg.labels, alpha=options.overlay_alpha)
             response.overlay_png = encode_image(blended, "png")

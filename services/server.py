@@ -72,8 +72,9 @@ async def _abort(context: grpc.aio.ServicerContext, call: CallLog, exc: Exceptio
         return
     code = status_for(exc)
     if code is None:  # our bug: the client learns the type only; the rpc log line has the traceback
-        await context.abort(grpc.StatusCode.INTERNAL,
-                            f"internal error ({type(exc).__name__}); the server log has the details")
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the details"
+        )
     await context.abort(code, status_message(exc))
 
 
@@ -87,8 +88,9 @@ def _request_of(inner: Callable, request_or_iterator: Any, request_streaming: bo
     return checked_request(request_or_iterator)
 
 
-def _wrap_unary_response(method: str, inner: Callable, interceptor: ErrorInterceptor,
-                         request_streaming: bool) -> Callable:
+def _wrap_unary_response(
+    method: str, inner: Callable, interceptor: ErrorInterceptor, request_streaming: bool
+) -> Callable:
     async def behavior(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         call = CallLog.begin(method, context, interceptor.metrics)
         try:
@@ -133,8 +135,9 @@ def _abandoned(call: CallLog, responses: Any, limiter: LogLimiter) -> None:
     task.add_done_callback(_closing.discard)
 
 
-def _wrap_stream_response(method: str, inner: Callable, interceptor: ErrorInterceptor,
-                          request_streaming: bool) -> Callable:
+def _wrap_stream_response(
+    method: str, inner: Callable, interceptor: ErrorInterceptor, request_streaming: bool
+) -> Callable:
     if not inspect.isasyncgenfunction(inner):  # a context.write()-style handler (e.g. health Watch)
         return _wrap_unary_response(method, inner, interceptor, request_streaming)
 
@@ -177,19 +180,25 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = details.method
-        codec = {"request_deserializer": guarded_deserializer(handler.request_deserializer),
-                 "response_serializer": handler.response_serializer}
+        codec = {
+            "request_deserializer": guarded_deserializer(handler.request_deserializer),
+            "response_serializer": handler.response_serializer,
+        }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary_response(method, handler.unary_unary, self, False), **codec)
+                _wrap_unary_response(method, handler.unary_unary, self, False), **codec
+            )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_response(method, handler.unary_stream, self, False), **codec)
+                _wrap_stream_response(method, handler.unary_stream, self, False), **codec
+            )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary_response(method, handler.stream_unary, self, True), **codec)
+                _wrap_unary_response(method, handler.stream_unary, self, True), **codec
+            )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream_response(method, handler.stream_stream, self, True), **codec)
+            _wrap_stream_response(method, handler.stream_stream, self, True), **codec
+        )
 
 
 # --------------------------------------------------------------------------- server
@@ -224,8 +233,9 @@ async def create_server(
     interceptors = [ErrorInterceptor(metrics), *server_interceptors(config.security, config.host)]
     if refusal := config.security.management_refusal(config.host):
         log.info("LoadModel and UnloadModel closed", extra={"reason": refusal})
-    server = grpc.aio.server(interceptors=interceptors, options=options,
-                             maximum_concurrent_rpcs=config.max_concurrent_rpcs)
+    server = grpc.aio.server(
+        interceptors=interceptors, options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs
+    )
     names = [s.service_name for s in servicers]
     for servicer in servicers:
         servicer.add_to_server(server)
@@ -242,16 +252,19 @@ async def create_server(
     return server, port
 
 
-async def start_health_server(config: ServerConfig, health_servicer: health.aio.HealthServicer,
-                              metrics: ServingMetrics | None = None) -> tuple[grpc.aio.Server, int]:
+async def start_health_server(
+    config: ServerConfig, health_servicer: health.aio.HealthServicer, metrics: ServingMetrics | None = None
+) -> tuple[grpc.aio.Server, int]:
     """A started server with only ``health_servicer``, in plaintext on ``config.host:config.health_port``:
     for probes that hold no client certificate when the main port needs one (mutual TLS)."""
     server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics)], options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.health_port}")
     if port == 0:
-        raise OSError(f"could not bind the health port {config.host}:{config.health_port}; choose another "
-                      "--health-port or 0 for any free port")
+        raise OSError(
+            f"could not bind the health port {config.host}:{config.health_port}; choose another "
+            "--health-port or 0 for any free port"
+        )
     await server.start()
     log.info("health port", extra={"port": port})
     return server, port

@@ -38,8 +38,10 @@ def image_data(image: common_pb2.Image) -> ImageData:
     if source == "raw":
         raw = image.raw
         return RawPixels(raw.data, raw.height, raw.width, raw.channels)
-    raise InvalidInputError("the request has no image: set image.encoded (JPEG, PNG, WebP, BMP or TIFF bytes) "
-                            "or image.raw (uint8 HWC pixels with height, width, channels)")
+    raise InvalidInputError(
+        "the request has no image: set image.encoded (JPEG, PNG, WebP, BMP or TIFF bytes) "
+        "or image.raw (uint8 HWC pixels with height, width, channels)"
+    )
 
 
 def model_ref(config: ModelConfig) -> common_pb2.ModelRef:
@@ -48,9 +50,13 @@ def model_ref(config: ModelConfig) -> common_pb2.ModelRef:
 
 def timings_proto(s: Mapping[str, float]) -> common_pb2.Timings:
     """Server-side stage timings (seconds: pipeline.stage_seconds) in milliseconds."""
-    return common_pb2.Timings(decode_ms=s["preprocess"] * MS, queue_ms=s["queue"] * MS,
-                              inference_ms=s["inference"] * MS, postprocess_ms=s["postprocess"] * MS,
-                              total_ms=s["total"] * MS)
+    return common_pb2.Timings(
+        decode_ms=s["preprocess"] * MS,
+        queue_ms=s["queue"] * MS,
+        inference_ms=s["inference"] * MS,
+        postprocess_ms=s["postprocess"] * MS,
+        total_ms=s["total"] * MS,
+    )
 
 
 def _unary(builder: str) -> Callable:
@@ -61,11 +67,13 @@ def _unary(builder: str) -> Callable:
 
 
 def _stream(builder: str) -> Callable:
-    async def rpc(self: TypedService, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-                  ) -> AsyncIterator[Message]:
+    async def rpc(
+        self: TypedService, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Message]:
         deadline, call = deadline_of(context), getattr(self, builder)
-        async for response in ordered_stream(requests, lambda r: self.handle(r, deadline, call), on_error=self.failed,
-                                             window=self.stream_window):
+        async for response in ordered_stream(
+            requests, lambda r: self.handle(r, deadline, call), on_error=self.failed, window=self.stream_window
+        ):
             yield response
 
     return rpc
@@ -95,7 +103,8 @@ class TypedService:
         generated = next(b for b in cls.__bases__ if b.__name__.endswith("ServiceServicer"))
         grpc_module = sys.modules[generated.__module__]  # services/pb/<task>_pb2_grpc.py
         service = sys.modules[generated.__module__.removesuffix("_grpc")].DESCRIPTOR.services_by_name[
-            generated.__name__.removesuffix("Servicer")]
+            generated.__name__.removesuffix("Servicer")
+        ]
         cls.service_name = service.full_name
         cls.add_servicer = staticmethod(getattr(grpc_module, f"add_{generated.__name__}_to_server"))
         method = service.methods_by_name[next(iter(cls.unary_rpcs))]
@@ -116,8 +125,9 @@ class TypedService:
     def call(self, request: Any) -> Call:
         """The request as the pipeline takes it: its options message (the task's options, by
         name) and its image. A task whose requests are not one image overrides this."""
-        return Call(options=options_from_proto(TASK_OPTIONS[self.task], request.options),
-                    images=[image_data(request.image)])
+        return Call(
+            options=options_from_proto(TASK_OPTIONS[self.task], request.options), images=[image_data(request.image)]
+        )
 
     def respond(self, request: Any, answer: Answer) -> Message:
         """The response to ``request`` (run in the decode pool)."""

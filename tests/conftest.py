@@ -56,9 +56,14 @@ def segmenter_store(tmp_path_factory):
     args = {"encoder": "tu-mobilenetv3_small_100", "decoder_channels": [32, 16, 16, 8, 8]}
     model = build_segmenter("unet", num_classes=4, **args)
     store = tmp_path_factory.mktemp("seg-store")
-    config = checkpoints.ModelConfig(name="tiny-segmenter", task="segmentation", architecture="unet",
-                                     classes=("background", "circle", "square", "triangle"), model_args=args,
-                                     input_size=128)
+    config = checkpoints.ModelConfig(
+        name="tiny-segmenter",
+        task="segmentation",
+        architecture="unet",
+        classes=("background", "circle", "square", "triangle"),
+        model_args=args,
+        input_size=128,
+    )
     checkpoints.save_model(model.eval(), config, store / config.name)
     return store
 
@@ -76,14 +81,27 @@ def captioner_store(tmp_path_factory, shapes_dir):
     refs = load_captions(shapes_dir / "captions" / "train.json")
     vocab = Vocabulary.build(c for cs in refs.values() for c in cs)
     torch.manual_seed(0)
-    args = {"backbone": "resnet18", "embed_size": 32, "hidden_size": 64, "num_layers": 1, "dropout": 0.0,
-            "pooling": "grid", "grid": 2}
+    args = {
+        "backbone": "resnet18",
+        "embed_size": 32,
+        "hidden_size": 64,
+        "num_layers": 1,
+        "dropout": 0.0,
+        "pooling": "grid",
+        "grid": 2,
+    }
     model = Captioner(vocab_size=len(vocab), **args)
     store = tmp_path_factory.mktemp("cap-store")
     config = checkpoints.ModelConfig(
-        name="tiny-captioner", task="captioning", architecture="show_and_tell", classes=(), model_args=args,
-        input_size=96, normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        extra={"vocab": vocab.to_json(), "max_length": 12})
+        name="tiny-captioner",
+        task="captioning",
+        architecture="show_and_tell",
+        classes=(),
+        model_args=args,
+        input_size=96,
+        normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        extra={"vocab": vocab.to_json(), "max_length": 12},
+    )
     checkpoints.save_model(model.eval(), config, store / config.name)
     return store
 
@@ -98,10 +116,15 @@ def random_detector_store(tmp_path_factory):
     torch.manual_seed(0)
     args = {"image_size": 128}
     store = tmp_path_factory.mktemp("random-det-store")
-    config = checkpoints.ModelConfig(name="random-detector", task="detection", architecture="fasterrcnn_tiny",
-                                     classes=("circle", "square", "triangle"), model_args=args, input_size=128)
-    checkpoints.save_model(build_detector("fasterrcnn_tiny", num_classes=4, **args).eval(), config,
-                           store / config.name)
+    config = checkpoints.ModelConfig(
+        name="random-detector",
+        task="detection",
+        architecture="fasterrcnn_tiny",
+        classes=("circle", "square", "triangle"),
+        model_args=args,
+        input_size=128,
+    )
+    checkpoints.save_model(build_detector("fasterrcnn_tiny", num_classes=4, **args).eval(), config, store / config.name)
     return store
 
 
@@ -116,9 +139,11 @@ def generator_store(tmp_path_factory):
 def mixture_generator_store(tmp_path_factory):
     """A model store with `tiny-mixture-generator`: as `tiny-generator`, but its latents come from
     a mixture of 4 Gaussians (spread 0.7, which float32 would round: the prior travels as a double)."""
-    return _generator_store(tmp_path_factory, "tiny-mixture-generator",
-                            {"image_size": 32, "channels": 3, "nz": 16, "ngf": 8, "latent_components": 4,
-                             "latent_spread": 0.7})
+    return _generator_store(
+        tmp_path_factory,
+        "tiny-mixture-generator",
+        {"image_size": 32, "channels": 3, "nz": 16, "ngf": 8, "latent_components": 4, "latent_spread": 0.7},
+    )
 
 
 def _generator_store(tmp_path_factory, name, args):
@@ -127,8 +152,14 @@ def _generator_store(tmp_path_factory, name, args):
 
     torch.manual_seed(0)
     store = tmp_path_factory.mktemp("gen-store")
-    config = checkpoints.ModelConfig(name=name, task="generation", architecture="dcgan", classes=(),
-                                     model_args=args, input_size=32,
-                                     normalization={"mean": [0.5] * 3, "std": [0.5] * 3})
+    config = checkpoints.ModelConfig(
+        name=name,
+        task="generation",
+        architecture="dcgan",
+        classes=(),
+        model_args=args,
+        input_size=32,
+        normalization={"mean": [0.5] * 3, "std": [0.5] * 3},
+    )
     checkpoints.save_model(Generator(**args).eval(), config, store / config.name)
     return store

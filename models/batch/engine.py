@@ -24,8 +24,8 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.batch.store import ERRORS_FILE, InputFile, Manifest, write_jsonl
 from models.batch.job import BatchJob
+from models.batch.store import ERRORS_FILE, InputFile, Manifest, write_jsonl
 from models.errors import CvtasksError
 from models.isolation import Failure, run_isolated
 
@@ -59,14 +59,23 @@ class Summary:
         return (self.processed + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"out": str(self.out), "total": self.total, "processed": self.processed, "skipped": self.skipped,
-                "failed": self.failed, "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
-                "outputs": [str(p) for p in self.outputs]}
+        return {
+            "out": str(self.out),
+            "total": self.total,
+            "processed": self.processed,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 2),
+            "outputs": [str(p) for p in self.outputs],
+        }
 
     def text(self) -> str:
-        lines = [f"{self.processed} processed, {self.skipped} skipped (already done), {self.failed} failed "
-                 f"of {self.total} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)",
-                 f"results in {self.out}: " + ", ".join(p.name for p in self.outputs)]
+        lines = [
+            f"{self.processed} processed, {self.skipped} skipped (already done), {self.failed} failed "
+            f"of {self.total} in {self.seconds:.1f} s ({self.images_per_s:.1f} images/s)",
+            f"results in {self.out}: " + ", ".join(p.name for p in self.outputs),
+        ]
         if self.failed:
             lines.append(f"failed inputs and why: {self.out / ERRORS_FILE}")
         return "\n".join(lines)
@@ -94,8 +103,9 @@ class Sink:
     """Writes results on one thread: each input's files and row (``task.record``), then its
     manifest line; counts and advances the progress bar. ``done`` runs once per input written."""
 
-    def __init__(self, task: BatchJob, manifest: Manifest, summary: Summary, bar: tqdm,
-                 done: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, task: BatchJob, manifest: Manifest, summary: Summary, bar: tqdm, done: Callable[[], None] = lambda: None
+    ) -> None:
         self.task, self.manifest, self.summary, self.bar, self.done = task, manifest, summary, bar, done
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
         self._futures: list[Future] = []
@@ -115,8 +125,10 @@ class Sink:
         self._futures.append(self._pool.submit(fn, *args))
 
     def _write_ok(self, items: list[tuple[str, Any, tuple[int, int], np.ndarray | None]]) -> None:
-        records = [{"key": key, "status": "ok", "row": self.task.record(key, output, size, array)}
-                   for key, output, size, array in items]
+        records = [
+            {"key": key, "status": "ok", "row": self.task.record(key, output, size, array)}
+            for key, output, size, array in items
+        ]
         self.manifest.append(records)
         self.summary.processed += len(records)
         self._advance(len(records))
@@ -147,8 +159,9 @@ def finish(task: BatchJob, manifest: Manifest, summary: Summary, started: float)
     return summary
 
 
-def plan(items: Sequence[T], manifest: Manifest, summary: Summary, *,
-         key: Callable[[T], str] = operator.attrgetter("key")) -> list[T]:
+def plan(
+    items: Sequence[T], manifest: Manifest, summary: Summary, *, key: Callable[[T], str] = operator.attrgetter("key")
+) -> list[T]:
     """The items (Work, InputFile, or anything ``key`` names) not finished by an earlier run
     (failed ones are tried again); counts the total and the skipped in ``summary``."""
     todo = [item for item in items if not manifest.finished(key(item))]
@@ -161,14 +174,24 @@ def progress_bar(total: int, *, enabled: bool, desc: str) -> tqdm:
     return tqdm(total=total, unit="img", desc=desc, disable=None if enabled else True, dynamic_ncols=True)
 
 
-def run_local(task: BatchJob, model: nn.Module, work: Sequence[Work], manifest: Manifest, *,
-              batch_size: int = 8, decode_workers: int = 2, max_in_flight: int | None = None,
-              progress: bool = True) -> Summary:
+def run_local(
+    task: BatchJob,
+    model: nn.Module,
+    work: Sequence[Work],
+    manifest: Manifest,
+    *,
+    batch_size: int = 8,
+    decode_workers: int = 2,
+    max_in_flight: int | None = None,
+    progress: bool = True,
+) -> Summary:
     """Run every unfinished input of ``work`` through ``task`` on ``model``; returns the summary."""
     in_flight = max_in_flight or 4 * batch_size
     if batch_size < 1 or decode_workers < 1 or in_flight < batch_size:
-        raise ValueError(f"need batch_size >= 1, decode_workers >= 1 and max_in_flight >= batch_size, got "
-                         f"{batch_size}, {decode_workers}, {in_flight}")
+        raise ValueError(
+            f"need batch_size >= 1, decode_workers >= 1 and max_in_flight >= batch_size, got "
+            f"{batch_size}, {decode_workers}, {in_flight}"
+        )
     started = time.perf_counter()
     summary = Summary(manifest.out)
     todo = plan(work, manifest, summary)
@@ -182,8 +205,16 @@ def run_local(task: BatchJob, model: nn.Module, work: Sequence[Work], manifest: 
     return finish(task, manifest, summary, started)
 
 
-def _pipeline(task: BatchJob, model: nn.Module, todo: Sequence[Work], sink: Sink, slots: threading.Semaphore,
-              *, batch_size: int, decode_workers: int) -> None:
+def _pipeline(
+    task: BatchJob,
+    model: nn.Module,
+    todo: Sequence[Work],
+    sink: Sink,
+    slots: threading.Semaphore,
+    *,
+    batch_size: int,
+    decode_workers: int,
+) -> None:
     loads: queue.Queue[tuple[Work, Future] | None] = queue.Queue()
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="batch-decode")

@@ -26,11 +26,19 @@ class BatchJob:
     """``options`` are the task's (name -> value; absent or None: the default, as on the wire);
     ``out`` is the job's output folder."""
 
-    def __init__(self, task: Task, config: ModelConfig, out: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        task: Task,
+        config: ModelConfig,
+        out: str | Path,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         if config.task != task.name:
-            raise ValueError(f"model `{config.name}` is a {config.task} model; `cvtasks batch {task.name}` "
-                             f"needs a {task.name} model")
+            raise ValueError(
+                f"model `{config.name}` is a {config.task} model; `cvtasks batch {task.name}` needs a {task.name} model"
+            )
         self.task, self.config, self.max_pixels = task, config, max_pixels
         self.out = OutputFolder(out)
         self.options: Options = task.options(config, options or {})
@@ -45,13 +53,22 @@ class BatchJob:
 
     def job(self) -> dict[str, Any]:
         """What makes two runs the same job (recorded in job.json)."""
-        return {"task": self.name, "model": self.config.name, "version": self.config.version,
-                "options": self.options.to_json()}
+        return {
+            "task": self.name,
+            "model": self.config.name,
+            "version": self.config.version,
+            "options": self.options.to_json(),
+        }
 
     def spec(self) -> dict[str, Any]:
         """Plain data that rebuilds this job elsewhere (a Ray worker): ``job_from_spec(spec)``."""
-        return {"task": self.name, "config": self.config.to_json(), "out": str(self.out.root),
-                "max_pixels": self.max_pixels, "options": self.options.to_json()}
+        return {
+            "task": self.name,
+            "config": self.config.to_json(),
+            "out": str(self.out.root),
+            "max_pixels": self.max_pixels,
+            "options": self.options.to_json(),
+        }
 
     def prepare(self, data: bytes) -> tuple[np.ndarray, Any]:
         """Encoded image bytes -> (RGB uint8 (H, W, 3), model input). Raises DecodeError for bad files."""
@@ -63,8 +80,7 @@ class BatchJob:
         with torch.inference_mode():
             return self.task.run_batch(model, self.config, inputs, [self.options] * len(inputs))
 
-    def record(self, key: str, output: Any, size: tuple[int, int], pixels: np.ndarray | None = None
-               ) -> dict[str, Any]:
+    def record(self, key: str, output: Any, size: tuple[int, int], pixels: np.ndarray | None = None) -> dict[str, Any]:
         """One input's JSON row; writes its per-input files (atomically) first."""
         return self.task.record(self.out, key, output, size, pixels, self.config, self.options)
 
@@ -87,12 +103,18 @@ class BatchJob:
         return self.task.job_inputs(self.config, self.options, count)  # type: ignore[attr-defined]
 
 
-def build_job(task: str, config: ModelConfig, out: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-              **options: Any) -> BatchJob:
+def build_job(
+    task: str, config: ModelConfig, out: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, **options: Any
+) -> BatchJob:
     return BatchJob(get_task(task), config, out, max_pixels=max_pixels, options=options)
 
 
 def job_from_spec(spec: Mapping[str, Any]) -> BatchJob:
     """The inverse of ``BatchJob.spec``."""
-    return build_job(spec["task"], ModelConfig.from_json(spec["config"]), spec["out"],
-                     max_pixels=spec["max_pixels"], **spec["options"])
+    return build_job(
+        spec["task"],
+        ModelConfig.from_json(spec["config"]),
+        spec["out"],
+        max_pixels=spec["max_pixels"],
+        **spec["options"],
+    )

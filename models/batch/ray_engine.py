@@ -28,15 +28,24 @@ from typing import Any
 import numpy as np
 
 from models.batch.engine import Summary, failure_reason, finish, plan, progress_bar
-from models.batch.store import InputFile, Manifest
 from models.batch.job import BatchJob, job_from_spec
+from models.batch.store import InputFile, Manifest
 from models.isolation import Failure, run_isolated
 
 Columns = dict[str, np.ndarray]  # one Ray Data batch in "numpy" format: column name -> values
 
 
-def run_ray(task: BatchJob, model_dir: Path, inputs: Sequence[InputFile], manifest: Manifest, *,
-            batch_size: int = 8, actors: int = 1, device: str | None = None, progress: bool = True) -> Summary:
+def run_ray(
+    task: BatchJob,
+    model_dir: Path,
+    inputs: Sequence[InputFile],
+    manifest: Manifest,
+    *,
+    batch_size: int = 8,
+    actors: int = 1,
+    device: str | None = None,
+    progress: bool = True,
+) -> Summary:
     """Run every input of ``inputs`` not finished in ``manifest`` through ``task`` with the model
     stored in ``model_dir``, on ``actors`` Ray actors taking ``batch_size`` images at a time.
 
@@ -47,8 +56,7 @@ def run_ray(task: BatchJob, model_dir: Path, inputs: Sequence[InputFile], manife
     a bad input is a failed manifest record, never an exception; returns the summary.
     """
     if not task.task.takes_images:
-        raise ValueError(f"{task.name} is not supported by --engine ray (it has no input files); "
-                         "use --engine local")
+        raise ValueError(f"{task.name} is not supported by --engine ray (it has no input files); use --engine local")
     if batch_size < 1 or actors < 1:
         raise ValueError(f"need batch_size >= 1 and actors >= 1, got {batch_size}, {actors}")
     ray = _import_ray()
@@ -107,17 +115,35 @@ def _quiet_ray_data() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _dataset(ray: Any, task: BatchJob, model_dir: Path, files: Sequence[InputFile], *, batch_size: int,
-             actors: int, device: str | None) -> Any:
+def _dataset(
+    ray: Any,
+    task: BatchJob,
+    model_dir: Path,
+    files: Sequence[InputFile],
+    *,
+    batch_size: int,
+    actors: int,
+    device: str | None,
+) -> Any:
     """The inputs' bytes through a pool of ``actors`` _Predictor actors: a Dataset of result columns."""
     gpu = _uses_gpu(ray, device, actors)
     paths = [os.path.abspath(f.path) for f in files]
     spec = {**task.spec(), "out": os.path.abspath(task.out.root)}  # workers may run in another folder
-    predictor = {"spec": spec, "model_dir": os.path.abspath(model_dir), "device": "cuda" if gpu else device or "cpu",
-                 "keys": dict(zip(paths, (f.key for f in files)))}
+    predictor = {
+        "spec": spec,
+        "model_dir": os.path.abspath(model_dir),
+        "device": "cuda" if gpu else device or "cpu",
+        "keys": dict(zip(paths, (f.key for f in files))),
+    }
     ds = ray.data.read_binary_files(paths, include_paths=True, ignore_missing_paths=True)
-    ds = ds.map_batches(_Predictor, batch_size=batch_size, batch_format="numpy", num_gpus=1 if gpu else 0,
-                        compute=ray.data.ActorPoolStrategy(size=actors), fn_constructor_kwargs=predictor)
+    ds = ds.map_batches(
+        _Predictor,
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_gpus=1 if gpu else 0,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs=predictor,
+    )
     ds.context.enable_progress_bars = False
     ds.context.print_on_execution_start = False
     return ds
@@ -131,22 +157,28 @@ def _uses_gpu(ray: Any, device: str | None, actors: int) -> bool:
     gpus, cpus = have.get("GPU", 0), have.get("CPU", 0)
     gpu = gpus > 0 if device is None else device.startswith("cuda")
     if gpu and gpus < actors:
-        raise ValueError(f"{actors} actor(s) on {device or 'cuda'} need {actors} GPU(s) but the Ray cluster has "
-                         f"{gpus:g}; pass fewer --actors, or --device cpu")
+        raise ValueError(
+            f"{actors} actor(s) on {device or 'cuda'} need {actors} GPU(s) but the Ray cluster has "
+            f"{gpus:g}; pass fewer --actors, or --device cpu"
+        )
     if cpus < actors + 1:
         fits = int(cpus) - 1
-        raise ValueError(f"{actors} actor(s) take {actors} CPU(s) and reading the files one more, but the Ray "
-                         f"cluster has {cpus:g}; " + (f"pass --actors {fits} or fewer" if fits >= 1 else
-                                                      "give Ray 2 CPUs or more"))
+        raise ValueError(
+            f"{actors} actor(s) take {actors} CPU(s) and reading the files one more, but the Ray "
+            f"cluster has {cpus:g}; " + (f"pass --actors {fits} or fewer" if fits >= 1 else "give Ray 2 CPUs or more")
+        )
     return gpu
 
 
 def _results(ds: Any) -> Iterator[list[dict[str, Any]]]:
     """The manifest records of each result batch, as the batches arrive."""
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        yield [{"key": str(key), "status": "ok", "row": json.loads(row)} if status == "ok" else
-               {"key": str(key), "status": "failed", "error": str(error)}
-               for key, status, row, error in zip(batch["key"], batch["status"], batch["row"], batch["error"])]
+        yield [
+            {"key": str(key), "status": "ok", "row": json.loads(row)}
+            if status == "ok"
+            else {"key": str(key), "status": "failed", "error": str(error)}
+            for key, status, row, error in zip(batch["key"], batch["status"], batch["row"], batch["error"])
+        ]
 
 
 def _unread(f: InputFile) -> dict[str, Any]:
@@ -198,8 +230,10 @@ class _Predictor:
                 ready.append((key, array, inputs))
         self._infer(ready, results)
         keys = list(results)
-        return {"key": np.array(keys), **{name: np.array([results[k][i] for k in keys])
-                                          for i, name in enumerate(("status", "row", "error"))}}
+        return {
+            "key": np.array(keys),
+            **{name: np.array([results[k][i] for k in keys]) for i, name in enumerate(("status", "row", "error"))},
+        }
 
     def _infer(self, batch: list[tuple[str, np.ndarray, Any]], results: dict[str, tuple[str, str, str]]) -> None:
         """As ``engine._infer``: the batch at once; when that fails, each input alone."""

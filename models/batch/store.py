@@ -37,8 +37,13 @@ class InputFile:
     key: str
 
 
-def list_inputs(root: str | os.PathLike[str], *, patterns: Sequence[str] = IMAGE_PATTERNS, recursive: bool = False,
-                exclude: Sequence[str | os.PathLike[str]] = ()) -> list[InputFile]:
+def list_inputs(
+    root: str | os.PathLike[str],
+    *,
+    patterns: Sequence[str] = IMAGE_PATTERNS,
+    recursive: bool = False,
+    exclude: Sequence[str | os.PathLike[str]] = (),
+) -> list[InputFile]:
     """The files under ``root`` whose names match any of ``patterns`` (case-insensitive), sorted by
     key. Hidden files and folders, and the ``exclude`` folders (e.g. the job's own output), are
     skipped. ``root`` may also be a single file."""
@@ -52,8 +57,7 @@ def list_inputs(root: str | os.PathLike[str], *, patterns: Sequence[str] = IMAGE
     found: list[InputFile] = []
     for folder, dirs, files in os.walk(base):
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if recursive and not d.startswith(".")
-                         and (here / d).resolve() not in skipped)
+        dirs[:] = sorted(d for d in dirs if recursive and not d.startswith(".") and (here / d).resolve() not in skipped)
         for name in files:
             if not name.startswith(".") and any(fnmatch.fnmatchcase(name.lower(), p) for p in lowered):
                 path = here / name
@@ -133,8 +137,10 @@ def _check_same_job(old: dict[str, Any], new: dict[str, Any], out: Path) -> None
     differs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if differs:
         detail = "; ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in differs)
-        raise ValueError(f"{out} holds the results of another job ({detail}); pass --force to start over "
-                         f"there, or choose another --out")
+        raise ValueError(
+            f"{out} holds the results of another job ({detail}); pass --force to start over "
+            f"there, or choose another --out"
+        )
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:

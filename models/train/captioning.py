@@ -15,9 +15,9 @@ from models import checkpoints
 from models.caption_data import load_captions
 from models.caption_metrics import caption_scores
 from models.captioning import ENCODERS, POOLINGS, Captioner, beam_search, image_input, words_loss
+from models.options import option
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, caption_train_transform, read_image
 from models.text import Vocabulary, tokenize
-from models.options import option
 from models.train import loop
 
 
@@ -30,8 +30,16 @@ class CaptionDataset(Dataset):
     augments the decoded image afresh; ``images`` always holds the plain inputs.
     """
 
-    def __init__(self, images_dir: str | Path, captions: dict[str, list[str]], vocab: Vocabulary, *,
-                 size: int, max_length: int, transform: Any = None) -> None:
+    def __init__(
+        self,
+        images_dir: str | Path,
+        captions: dict[str, list[str]],
+        vocab: Vocabulary,
+        *,
+        size: int,
+        max_length: int,
+        transform: Any = None,
+    ) -> None:
         self.names = sorted(captions)
         self.size, self.transform = size, transform
         pixels = {n: read_image(Path(images_dir) / n) for n in self.names}
@@ -76,21 +84,26 @@ class CaptioningTrainConfig:
     stages: int = option(4, "ResNet residual stages kept, 1..4")
     trainable_encoder: bool = option(True, "train only the projection and the decoder", flag="freeze_encoder")
     encoder_weights_path: str | None = option(
-        None, "initialise the ResNet from a local torchvision state dict file, or from the encoder of a stored "
-              "model (a model-store folder, e.g. a U-Net with a resnet18 encoder)", flag="encoder_weights")
+        None,
+        "initialise the ResNet from a local torchvision state dict file, or from the encoder of a stored "
+        "model (a model-store folder, e.g. a U-Net with a resnet18 encoder)",
+        flag="encoder_weights",
+    )
     min_count: int = option(1, "rarer words become <unk>")
     max_length: int = option(20, "words per caption (longer are cut)")
     image_size: int = option(128, "input side (pixels)")
-    augment: bool = option(False, "shrink + shift + colour jitter (no flips, no hue: captions say left/right and "
-                                  "colours)")
+    augment: bool = option(
+        False, "shrink + shift + colour jitter (no flips, no hue: captions say left/right and colours)"
+    )
     epochs: int = option(10, "epochs")
     batch_size: int = option(32, "captions per step (per process under torchrun)")
     lr: float = option(2e-3, "peak learning rate (warmup, then cosine)")
     weight_decay: float = option(1e-4, "weight decay")
     warmup_steps: int = option(30, "linear warmup steps")
     clip_grad: float = option(5.0, "gradient-norm clipping")
-    words_weight: float = option(0.0, "weight of the auxiliary bag-of-words loss on the image embedding "
-                                      "(0 = plain Show and Tell)")
+    words_weight: float = option(
+        0.0, "weight of the auxiliary bag-of-words loss on the image embedding (0 = plain Show and Tell)"
+    )
     patience: int = option(4, "early stopping: epochs without a better validation BLEU-4")
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
     seed: int = option(0, "random seed")
@@ -103,27 +116,53 @@ class CaptioningTrainConfig:
 # same training images' masks): a ResNet trained from random weights on 600 images learns colours
 # quickly but not shapes within a CPU budget, as Show and Tell itself relies on a pretrained CNN.
 QUICKSTART_RECIPE: dict[str, Any] = {
-    "backbone": "resnet18", "stages": 2, "pooling": "grid", "grid": 4, "embed_size": 128, "hidden_size": 256,
-    "dropout": 0.1, "image_size": 128, "augment": True, "words_weight": 2.0, "epochs": 24, "batch_size": 16,
-    "lr": 3e-3, "patience": 24,
+    "backbone": "resnet18",
+    "stages": 2,
+    "pooling": "grid",
+    "grid": 4,
+    "embed_size": 128,
+    "hidden_size": 256,
+    "dropout": 0.1,
+    "image_size": 128,
+    "augment": True,
+    "words_weight": 2.0,
+    "epochs": 24,
+    "batch_size": 16,
+    "lr": 3e-3,
+    "patience": 24,
 }
 QUICKSTART_ENCODER_FROM = "quickstart-unet"  # a model in the same store (models.train.segmentation's quickstart)
 
 
 def model_args(cfg: CaptioningTrainConfig) -> dict[str, Any]:
-    return {"backbone": cfg.backbone, "embed_size": cfg.embed_size, "hidden_size": cfg.hidden_size,
-            "num_layers": cfg.num_layers, "dropout": cfg.dropout, "pooling": cfg.pooling, "grid": cfg.grid,
-            "stages": cfg.stages}
+    return {
+        "backbone": cfg.backbone,
+        "embed_size": cfg.embed_size,
+        "hidden_size": cfg.hidden_size,
+        "num_layers": cfg.num_layers,
+        "dropout": cfg.dropout,
+        "pooling": cfg.pooling,
+        "grid": cfg.grid,
+        "stages": cfg.stages,
+    }
 
 
-def decode_dataset(model: Captioner, dataset: CaptionDataset, vocab: Vocabulary, *, device: torch.device,
-                   beam_size: int = 1, max_length: int = 20, batch_size: int = 64) -> dict[str, str]:
+def decode_dataset(
+    model: Captioner,
+    dataset: CaptionDataset,
+    vocab: Vocabulary,
+    *,
+    device: torch.device,
+    beam_size: int = 1,
+    max_length: int = 20,
+    batch_size: int = 64,
+) -> dict[str, str]:
     """The best caption of every image of ``dataset`` (file name -> text)."""
     was_training = model.training
     model.eval()
     captions = {}
     for start in range(0, len(dataset.names), batch_size):
-        names = dataset.names[start:start + batch_size]
+        names = dataset.names[start : start + batch_size]
         images = torch.stack([dataset.images[n] for n in names]).to(device)
         for name, best in zip(names, beam_search(model, images, beam_size=beam_size, max_length=max_length)):
             captions[name] = vocab.decode(best[0].tokens)
@@ -131,17 +170,25 @@ def decode_dataset(model: Captioner, dataset: CaptionDataset, vocab: Vocabulary,
     return captions
 
 
-def evaluate_captioner(model: Captioner, dataset: CaptionDataset, references: dict[str, list[str]],
-                       vocab: Vocabulary, *, device: torch.device, beam_size: int = 1,
-                       max_length: int = 20) -> dict[str, float]:
+def evaluate_captioner(
+    model: Captioner,
+    dataset: CaptionDataset,
+    references: dict[str, list[str]],
+    vocab: Vocabulary,
+    *,
+    device: torch.device,
+    beam_size: int = 1,
+    max_length: int = 20,
+) -> dict[str, float]:
     """BLEU-1..4 and CIDEr-D of one decoded caption per image against all its references."""
     candidates = decode_dataset(model, dataset, vocab, device=device, beam_size=beam_size, max_length=max_length)
     return score_captions(candidates, references)
 
 
 def score_captions(candidates: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
-    return caption_scores({n: c.split() for n, c in candidates.items()},
-                          {n: [tokenize(r) for r in references[n]] for n in candidates})
+    return caption_scores(
+        {n: c.split() for n, c in candidates.items()}, {n: [tokenize(r) for r in references[n]] for n in candidates}
+    )
 
 
 class TeacherForcedLoss(nn.Module):
@@ -156,8 +203,9 @@ class TeacherForcedLoss(nn.Module):
         """images (B, 3, S, S), captions (B, T) ids starting with <start> -> the scalar loss."""
         features = self.model.encoder(images)
         logits = self.model.decoder(features, captions)  # (B, T, V): position t predicts captions[:, t]
-        loss = F.cross_entropy(logits[:, 1:].reshape(-1, logits.shape[-1]), captions[:, 1:].reshape(-1),
-                               ignore_index=self.pad_id)
+        loss = F.cross_entropy(
+            logits[:, 1:].reshape(-1, logits.shape[-1]), captions[:, 1:].reshape(-1), ignore_index=self.pad_id
+        )
         if self.words_weight > 0:
             loss = loss + self.words_weight * words_loss(self.model.words(features), captions)
         return loss
@@ -179,12 +227,23 @@ class CaptioningTask(loop.TrainTask):
         train_refs, self.val_refs = load_captions(cfg.train_captions), load_captions(cfg.val_captions)
         self.vocab = Vocabulary.build((c for cs in train_refs.values() for c in cs), min_count=cfg.min_count)
         transform = caption_train_transform(size=cfg.image_size, seed=cfg.seed + rank) if cfg.augment else None
-        train_set = CaptionDataset(cfg.train_images, train_refs, self.vocab, size=cfg.image_size,
-                                   max_length=cfg.max_length, transform=transform)
-        self.val_set = CaptionDataset(cfg.val_images, self.val_refs, self.vocab, size=cfg.image_size,
-                                      max_length=cfg.max_length)
-        self.model = Captioner(vocab_size=len(self.vocab), trainable_encoder=cfg.trainable_encoder,
-                               encoder_weights_path=cfg.encoder_weights_path, **model_args(cfg)).to(device)
+        train_set = CaptionDataset(
+            cfg.train_images,
+            train_refs,
+            self.vocab,
+            size=cfg.image_size,
+            max_length=cfg.max_length,
+            transform=transform,
+        )
+        self.val_set = CaptionDataset(
+            cfg.val_images, self.val_refs, self.vocab, size=cfg.image_size, max_length=cfg.max_length
+        )
+        self.model = Captioner(
+            vocab_size=len(self.vocab),
+            trainable_encoder=cfg.trainable_encoder,
+            encoder_weights_path=cfg.encoder_weights_path,
+            **model_args(cfg),
+        ).to(device)
         return loop.TrainData(train_set, collate_fn=collate_captions, drop_last=False)
 
     def networks(self) -> dict[str, nn.Module]:
@@ -199,8 +258,9 @@ class CaptioningTask(loop.TrainTask):
         return {"loss": loss.item()}
 
     def evaluate(self, run: loop.Run) -> dict[str, float]:
-        return evaluate_captioner(self.model, self.val_set, self.val_refs, self.vocab, device=run.device,
-                                  max_length=self.cfg.max_length)
+        return evaluate_captioner(
+            self.model, self.val_set, self.val_refs, self.vocab, device=run.device, max_length=self.cfg.max_length
+        )
 
     def epoch_line(self, losses: dict[str, float], metrics: dict[str, float]) -> str:
         return f"loss {losses['loss']:.3f}  val BLEU-4 {metrics['BLEU-4']:.3f}  CIDEr-D {metrics['CIDEr-D']:.3f}"
@@ -208,18 +268,29 @@ class CaptioningTask(loop.TrainTask):
     def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
         cfg = self.cfg
         return self.model, checkpoints.ModelConfig(
-            name=cfg.name, task="captioning", architecture="show_and_tell", classes=(),
-            model_args=model_args(cfg), input_size=cfg.image_size,
-            normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, metrics=metrics,
-            version=version, extra={"vocab": self.vocab.to_json(), "max_length": cfg.max_length,
-                                    "train_config": asdict(cfg)})
+            name=cfg.name,
+            task="captioning",
+            architecture="show_and_tell",
+            classes=(),
+            model_args=model_args(cfg),
+            input_size=cfg.image_size,
+            normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            metrics=metrics,
+            version=version,
+            extra={"vocab": self.vocab.to_json(), "max_length": cfg.max_length, "train_config": asdict(cfg)},
+        )
 
 
 def train_captioning(cfg: CaptioningTrainConfig) -> dict[str, Any]:
     """Train; greedy-decode the validation images each epoch; keep the best BLEU-4 in the store."""
     outcome = loop.fit(CaptioningTask(cfg), loop.Settings.of(cfg))
-    return {"model_dir": outcome.model_dir, "best_bleu4": outcome.best, "history": outcome.history,
-            "plot": outcome.plot, "seconds": outcome.seconds}
+    return {
+        "model_dir": outcome.model_dir,
+        "best_bleu4": outcome.best,
+        "history": outcome.history,
+        "plot": outcome.plot,
+        "seconds": outcome.seconds,
+    }
 
 
 def quickstart_config(data_dir: str | Path, out_dir: str | Path, **overrides: Any) -> CaptioningTrainConfig:

@@ -53,8 +53,14 @@ def warmup_cosine(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any,
-                   scaler: torch.amp.GradScaler | None, *, clip_grad: float | None = None) -> None:
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None,
+    *,
+    clip_grad: float | None = None,
+) -> None:
     """Backward, optionally clip the gradient norm to ``clip_grad``, step (through the AMP grad
     scaler when there is one, unscaling before clipping) and advance the schedule."""
     optimizer.zero_grad(set_to_none=True)
@@ -74,14 +80,21 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedul
     scheduler.step()
 
 
-def restore_resume_state(state: Mapping[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                         scheduler: Any, history: dict[str, list[float]]) -> tuple[int, float, str]:
+def restore_resume_state(
+    state: Mapping[str, Any],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    history: dict[str, list[float]],
+) -> tuple[int, float, str]:
     """Load a saved state into the training objects; returns (next epoch, best metric, version)."""
     return restore_parts(state, {"model": model, "optimizer": optimizer, "scheduler": scheduler}, history=history)
 
 
-def restore_parts(state: Mapping[str, Any], parts: Mapping[str, Any], *,
-                  history: dict[str, list[float]]) -> tuple[int, float, str]:
+def restore_parts(
+    state: Mapping[str, Any], parts: Mapping[str, Any], *, history: dict[str, list[float]]
+) -> tuple[int, float, str]:
     """restore_resume_state for any named objects with ``load_state_dict`` (e.g. a GAN's two
     networks and two optimisers); returns (next epoch, best metric, version).
 
@@ -89,9 +102,11 @@ def restore_parts(state: Mapping[str, Any], parts: Mapping[str, Any], *,
     a weight average) raises ValueError naming what is missing, before anything is restored."""
     missing = [key for key in parts if key not in state]
     if missing:
-        raise ValueError(f"the checkpoint to resume has no {', '.join(missing)}: it was written by a run with "
-                         "other options; resume with the options it was started with, or start a new run "
-                         "(another run directory, or without --resume)")
+        raise ValueError(
+            f"the checkpoint to resume has no {', '.join(missing)}: it was written by a run with "
+            "other options; resume with the options it was started with, or start a new run "
+            "(another run directory, or without --resume)"
+        )
     for key, part in parts.items():
         part.load_state_dict(state[key])
     torch.set_rng_state(state["rng"])
@@ -114,12 +129,25 @@ def save_resume_state(
 
     Only tensors, numbers and strings go in, so it loads with ``weights_only=True``.
     """
-    save_parts(run_dir, {"model": model, "optimizer": optimizer, "scheduler": scheduler}, epoch=epoch,
-               history=history, best=best, version=version)
+    save_parts(
+        run_dir,
+        {"model": model, "optimizer": optimizer, "scheduler": scheduler},
+        epoch=epoch,
+        history=history,
+        best=best,
+        version=version,
+    )
 
 
-def save_parts(run_dir: Path, parts: Mapping[str, Any], *, epoch: int, history: Mapping[str, Sequence[float]],
-               best: float, version: str = "1") -> None:
+def save_parts(
+    run_dir: Path,
+    parts: Mapping[str, Any],
+    *,
+    epoch: int,
+    history: Mapping[str, Sequence[float]],
+    best: float,
+    version: str = "1",
+) -> None:
     """save_resume_state for any named objects with ``state_dict`` (see restore_parts)."""
     state = {
         **{key: part.state_dict() for key, part in parts.items()},

@@ -8,7 +8,7 @@ best model so far into the model store.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ from torch import nn
 from models import checkpoints, detection
 from models.datasets import CocoDetectionDataset, collate_detection
 from models.evaluation import coco_from_dict, evaluate_detector
-from models.preprocessing import detection_train_transform, seed_augmentations_in_worker
 from models.options import option
+from models.preprocessing import detection_train_transform, seed_augmentations_in_worker
 from models.train import loop
 
 
@@ -35,9 +35,10 @@ class DetectionTrainConfig:
     model_store: str = option("model_store", "where the trained model is stored")
     name: str = option("detector", "model name in the store")
     architecture: str = option("fasterrcnn_tiny", "architecture (see `cvtasks weights list`)", flag="arch")
-    model_args: dict[str, Any] = option({}, 'extra builder arguments as JSON, e.g. \'{"image_size": 160}\'')
-    pretrained: str | None = option(None, "'coco' (torchvision COCO weights from a local file) or a model-store "
-                                          "folder to fine-tune")
+    model_args: dict[str, Any] = option({}, "extra builder arguments as JSON, e.g. '{\"image_size\": 160}'")
+    pretrained: str | None = option(
+        None, "'coco' (torchvision COCO weights from a local file) or a model-store folder to fine-tune"
+    )
     weights_path: str | None = option(None, "explicit path of the COCO weights file")
     trainable_backbone_layers: int | None = option(None, "fine-tuning: backbone blocks left trainable")
     epochs: int = option(12, "epochs")
@@ -125,8 +126,9 @@ class DetectionTask(loop.TrainTask):
         self.val_set = CocoDetectionDataset(cfg.val_images, cfg.val_annotations)
         self.classes = list(train_set.class_names)
         if list(self.val_set.class_names) != self.classes:
-            raise ValueError(f"train classes {self.classes} differ from validation classes "
-                             f"{list(self.val_set.class_names)}")
+            raise ValueError(
+                f"train classes {self.classes} differ from validation classes {list(self.val_set.class_names)}"
+            )
         self.gt = coco_from_dict(json.loads(Path(cfg.val_annotations).read_text()))
         self.model = _initial_model(cfg, self.classes).to(device)
         return loop.TrainData(train_set, collate_fn=collate_detection, worker_init_fn=seed_augmentations_in_worker)
@@ -147,12 +149,20 @@ class DetectionTask(loop.TrainTask):
         return {**{k: v.item() for k, v in losses.items()}, "loss": loss.item()}
 
     def evaluate(self, run: loop.Run) -> dict[str, float]:
-        return evaluate_detector(self.model, self.val_set, gt=self.gt, label_to_category=self.val_set.label_to_category,
-                                 device=run.device, batch_size=self.cfg.batch_size, progress=self.cfg.progress)
+        return evaluate_detector(
+            self.model,
+            self.val_set,
+            gt=self.gt,
+            label_to_category=self.val_set.label_to_category,
+            device=run.device,
+            batch_size=self.cfg.batch_size,
+            progress=self.cfg.progress,
+        )
 
     def epoch_line(self, losses: dict[str, float], metrics: dict[str, float]) -> str:
-        return (f"loss {losses['loss']:.3f}  AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}  "
-                f"AP75 {metrics['AP75']:.3f}")
+        return (
+            f"loss {losses['loss']:.3f}  AP {metrics['AP']:.3f}  AP50 {metrics['AP50']:.3f}  AP75 {metrics['AP75']:.3f}"
+        )
 
     def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
         return self.model, _store_config(self.cfg, self.model, self.classes, metrics, version)
@@ -163,8 +173,13 @@ def train_detection(cfg: DetectionTrainConfig) -> TrainResult:
     outcome = loop.fit(DetectionTask(cfg), loop.Settings.of(cfg))
     model_dir = outcome.model_dir
     final = checkpoints.load_config(model_dir) if (model_dir / checkpoints.CONFIG_FILE).is_file() else None
-    return TrainResult(model_dir=model_dir, metrics=dict(final.metrics) if final else {}, history=outcome.history,
-                       seconds=outcome.seconds, plot=outcome.plot)
+    return TrainResult(
+        model_dir=model_dir,
+        metrics=dict(final.metrics) if final else {},
+        history=outcome.history,
+        seconds=outcome.seconds,
+        plot=outcome.plot,
+    )
 
 
 QUICKSTART_SPLITS = {"train": 600, "val": 60, "test": 100}

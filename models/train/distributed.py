@@ -62,14 +62,17 @@ class Processes:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return device, True
 
-    def wrap(self, networks: Mapping[str, nn.Module], device: torch.device,
-             options: Mapping[str, Mapping[str, Any]]) -> dict[str, nn.Module]:
+    def wrap(
+        self, networks: Mapping[str, nn.Module], device: torch.device, options: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, nn.Module]:
         """Each network in DistributedDataParallel (with its ``options``) when distributed, else as it is."""
         if not self.distributed:
             return dict(networks)
         ids = [device.index] if device.type == "cuda" else None
-        return {name: nn.parallel.DistributedDataParallel(net, device_ids=ids, **options.get(name, {}))
-                for name, net in networks.items()}
+        return {
+            name: nn.parallel.DistributedDataParallel(net, device_ids=ids, **options.get(name, {}))
+            for name, net in networks.items()
+        }
 
     def mean(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
         """``values`` averaged over the processes (each ran as many steps)."""

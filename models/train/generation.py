@@ -20,8 +20,8 @@ from models import checkpoints
 from models.datasets import IMAGE_SUFFIXES
 from models.errors import DatasetError
 from models.generation import CHANNELS, IMAGE_SIZES, Discriminator, Generator, LatentPrior, image_grid, to_uint8
-from models.preprocessing import center_crop_resize, encode_image, read_image
 from models.options import option
+from models.preprocessing import center_crop_resize, encode_image, read_image
 from models.train import loop
 
 
@@ -66,8 +66,9 @@ class ImageFolder(Dataset):
 @dataclass(frozen=True)
 class GenerationTrainConfig:
     images: str = option(help="folder of images (any size: centre-cropped and resized)")
-    run_dir: str = option("runs/generator", "checkpoints, sample grids and the loss plot (the command line's "
-                                            "default: runs/<name>)")
+    run_dir: str = option(
+        "runs/generator", "checkpoints, sample grids and the loss plot (the command line's default: runs/<name>)"
+    )
     model_store: str = option("model_store", "where the trained generator is stored")
     name: str = option("generator", "model name in the store")
     image_size: int = option(64, "image side (pixels)", choices=IMAGE_SIZES)
@@ -77,8 +78,11 @@ class GenerationTrainConfig:
     ndf: int = option(64, "discriminator feature width")
     # A fixed mixture of K unit Gaussians (models.generation.LatentPrior) lets G keep distinct kinds
     # of image apart instead of drawing hybrids between them.
-    latent_components: int = option(0, "draw latents from a fixed mixture of K unit Gaussians (GM-GAN) instead of "
-                                       "N(0, I); helps when the images are of distinct kinds (0 = N(0, I))")
+    latent_components: int = option(
+        0,
+        "draw latents from a fixed mixture of K unit Gaussians (GM-GAN) instead of "
+        "N(0, I); helps when the images are of distinct kinds (0 = N(0, I))",
+    )
     latent_spread: float = option(1.0, "the mixture's means are drawn from N(0, spread^2)")
     epochs: int = option(25, "epochs")
     batch_size: int = option(64, "images per step (per process under torchrun)")
@@ -87,12 +91,19 @@ class GenerationTrainConfig:
     label_smoothing: float = option(0.0, "one-sided: real targets are 1 - this (e.g. 0.1); fake targets stay 0")
     # Epochs E..`epochs` reach lr / (epochs - E + 1) in the last one (as pix2pix and CycleGAN do),
     # which stills the GAN's wandering at the end; an E past `epochs` (a recipe cut short) never decays.
-    lr_decay_from: int = option(0, "from this epoch on, lower both learning rates linearly towards 0 at the last "
-                                   "epoch (0 = constant)")
-    ema_decay: float = option(0.0, "store and draw samples from a moving average of G's weights with this decay "
-                                   "per step, e.g. 0.999 (0 = the last step's weights; Yazici et al. 2019)")
-    augment: str = option("", "differentiable augmentation of every image D sees (DiffAugment, Zhao et al. 2020): "
-                              "a comma list of translation, color (empty = none)")
+    lr_decay_from: int = option(
+        0, "from this epoch on, lower both learning rates linearly towards 0 at the last epoch (0 = constant)"
+    )
+    ema_decay: float = option(
+        0.0,
+        "store and draw samples from a moving average of G's weights with this decay "
+        "per step, e.g. 0.999 (0 = the last step's weights; Yazici et al. 2019)",
+    )
+    augment: str = option(
+        "",
+        "differentiable augmentation of every image D sees (DiffAugment, Zhao et al. 2020): "
+        "a comma list of translation, color (empty = none)",
+    )
     sample_seed: int = option(0, "fixed noise of the per-epoch sample grid")
     sample_count: int = 64
     device: str | None = option(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
@@ -211,8 +222,10 @@ class GenerationTask(loop.TrainTask):
 
     def optimizers(self, settings: loop.Settings, steps_per_epoch: int) -> dict[str, Any]:
         betas = (self.cfg.beta1, 0.999)
-        return {"opt_g": torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr, betas=betas),
-                "opt_d": torch.optim.Adam(self.discriminator.parameters(), lr=self.cfg.lr, betas=betas)}
+        return {
+            "opt_g": torch.optim.Adam(self.generator.parameters(), lr=self.cfg.lr, betas=betas),
+            "opt_d": torch.optim.Adam(self.discriminator.parameters(), lr=self.cfg.lr, betas=betas),
+        }
 
     def extra_parts(self) -> dict[str, Any]:
         return {"generator_ema": self.average} if self.average is not None else {}
@@ -230,8 +243,9 @@ class GenerationTask(loop.TrainTask):
         fake = generator(self.prior.draw(real.shape[0], run.device))
         d_real = discriminator(diff_augment(real, policy))
         d_fake = discriminator(diff_augment(fake.detach(), policy))
-        loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, 1.0 - self.cfg.label_smoothing))
-                  + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+        loss_d = F.binary_cross_entropy_with_logits(
+            d_real, torch.full_like(d_real, 1.0 - self.cfg.label_smoothing)
+        ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
@@ -243,8 +257,12 @@ class GenerationTask(loop.TrainTask):
         if self.average is not None:  # a short memory at first, so the average forgets the random start
             step = (run.epoch - 1) * run.steps_per_epoch + run.step - 1
             ema_update(self.average, self.generator, min(self.cfg.ema_decay, (1 + step) / (10 + step)))
-        return {"d_loss": loss_d.item(), "g_loss": loss_g.item(), "D(x)": torch.sigmoid(d_real).mean().item(),
-                "D(G(z))": torch.sigmoid(d_fake).mean().item()}
+        return {
+            "d_loss": loss_d.item(),
+            "g_loss": loss_g.item(),
+            "D(x)": torch.sigmoid(d_real).mean().item(),
+            "D(G(z))": torch.sigmoid(d_fake).mean().item(),
+        }
 
     def served(self) -> Generator:
         return self.average if self.average is not None else self.generator
@@ -256,33 +274,60 @@ class GenerationTask(loop.TrainTask):
         return {}
 
     def epoch_line(self, losses: dict[str, float], metrics: dict[str, float]) -> str:
-        return (f"D loss {losses['d_loss']:.3f}  G loss {losses['g_loss']:.3f}  D(x) {losses['D(x)']:.2f}  "
-                f"D(G(z)) {losses['D(G(z))']:.2f}  samples {self.grid}")
+        return (
+            f"D loss {losses['d_loss']:.3f}  G loss {losses['g_loss']:.3f}  D(x) {losses['D(x)']:.2f}  "
+            f"D(G(z)) {losses['D(G(z))']:.2f}  samples {self.grid}"
+        )
 
     def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
         cfg = self.cfg
         return self.served(), checkpoints.ModelConfig(
-            name=cfg.name, task="generation", architecture="dcgan", classes=(), model_args=model_args(cfg),
-            input_size=cfg.image_size, normalization={"mean": [0.5] * cfg.channels, "std": [0.5] * cfg.channels},
-            version=version, extra={"train_config": asdict(cfg), "epochs_trained": epoch})
+            name=cfg.name,
+            task="generation",
+            architecture="dcgan",
+            classes=(),
+            model_args=model_args(cfg),
+            input_size=cfg.image_size,
+            normalization={"mean": [0.5] * cfg.channels, "std": [0.5] * cfg.channels},
+            version=version,
+            extra={"train_config": asdict(cfg), "epochs_trained": epoch},
+        )
 
 
 def train_generation(cfg: GenerationTrainConfig) -> dict[str, Any]:
     """Train G and D; after every epoch write a sample grid and keep the generator in the store."""
     task = GenerationTask(cfg)
     outcome = loop.fit(task, loop.Settings.of(cfg))
-    return {"model_dir": outcome.model_dir, "history": outcome.history, "samples": task.grid,
-            "plot": outcome.plot, "seconds": outcome.seconds}
+    return {
+        "model_dir": outcome.model_dir,
+        "history": outcome.history,
+        "samples": task.grid,
+        "plot": outcome.plot,
+        "seconds": outcome.seconds,
+    }
 
 
 # The quickstart generator learns single shapes on solid backgrounds at 32 px, i.e.
 # `cvtasks data synth --size 32 --max-shapes 1 --solid-backgrounds --train 3000 --val 0 --test 300 --seed 0`
 # (the test split is what `cvtasks eval generation` compares samples with).
-QUICKSTART_DATA: dict[str, Any] = {"splits": {"train": 3000, "test": 300}, "image_size": 32, "max_shapes": 1,
-                                   "solid_backgrounds": True}
+QUICKSTART_DATA: dict[str, Any] = {
+    "splits": {"train": 3000, "test": 300},
+    "image_size": 32,
+    "max_shapes": 1,
+    "solid_backgrounds": True,
+}
 QUICKSTART_RECIPE: dict[str, Any] = {
-    "image_size": 32, "channels": 3, "nz": 64, "ngf": 32, "ndf": 32, "epochs": 48, "batch_size": 16,
-    "label_smoothing": 0.1, "lr_decay_from": 25, "augment": "translation,color", "latent_components": 32,
+    "image_size": 32,
+    "channels": 3,
+    "nz": 64,
+    "ngf": 32,
+    "ndf": 32,
+    "epochs": 48,
+    "batch_size": 16,
+    "label_smoothing": 0.1,
+    "lr_decay_from": 25,
+    "augment": "translation,color",
+    "latent_components": 32,
 }
 
 
@@ -301,8 +346,12 @@ def quickstart_config(data_dir: str | Path, out_dir: str | Path, **overrides: An
     ``out_dir/model_store/quickstart-generator``, sample grids, checkpoint and plot to ``out_dir/run-generator``.
     """
     out = Path(out_dir)
-    settings: dict[str, Any] = {"images": str(Path(data_dir) / "images" / "train"), "run_dir": str(out / "run-generator"),
-                                "model_store": str(out / "model_store"), "name": "quickstart-generator",
-                                **QUICKSTART_RECIPE}
+    settings: dict[str, Any] = {
+        "images": str(Path(data_dir) / "images" / "train"),
+        "run_dir": str(out / "run-generator"),
+        "model_store": str(out / "model_store"),
+        "name": "quickstart-generator",
+        **QUICKSTART_RECIPE,
+    }
     settings.update(overrides)
     return GenerationTrainConfig(**settings)

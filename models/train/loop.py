@@ -95,8 +95,13 @@ class Run:
 
     def update(self, loss: torch.Tensor) -> None:
         """The default optimiser step: backward, clip, step, advance the schedule."""
-        common.optimizer_step(loss, self.optimizers["optimizer"], self.optimizers["scheduler"], self.scaler,
-                              clip_grad=self.settings.clip_grad)
+        common.optimizer_step(
+            loss,
+            self.optimizers["optimizer"],
+            self.optimizers["scheduler"],
+            self.scaler,
+            clip_grad=self.settings.clip_grad,
+        )
 
 
 class TrainTask(ABC):
@@ -125,17 +130,22 @@ class TrainTask(ABC):
     def optimizers(self, settings: Settings, steps_per_epoch: int) -> dict[str, Any]:
         """The optimisers and schedules, by their names in last.pt. Default: ``optimizer`` (settings.optimizer
         over the ``model`` network) and ``scheduler`` (warmup + cosine over all steps), used by ``Run.update``."""
-        optimizer = common.build_optimizer(self.networks()["model"].parameters(), name=settings.optimizer,
-                                           lr=settings.lr, weight_decay=settings.weight_decay)
-        scheduler = common.warmup_cosine(optimizer, warmup_steps=settings.warmup_steps,
-                                         total_steps=settings.epochs * steps_per_epoch)
+        optimizer = common.build_optimizer(
+            self.networks()["model"].parameters(),
+            name=settings.optimizer,
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+        )
+        scheduler = common.warmup_cosine(
+            optimizer, warmup_steps=settings.warmup_steps, total_steps=settings.epochs * steps_per_epoch
+        )
         return {"optimizer": optimizer, "scheduler": scheduler}
 
     def extra_parts(self) -> dict[str, Any]:
         """More objects with ``state_dict`` for last.pt (e.g. a weight average)."""
         return {}
 
-    def begin_epoch(self, run: Run) -> None:
+    def begin_epoch(self, run: Run) -> None:  # noqa: B027 (an optional hook)
         """Before each epoch's first step (e.g. set a learning rate)."""
 
     @abstractmethod
@@ -196,8 +206,15 @@ def _fit(task: TrainTask, settings: Settings, procs: Processes, device: torch.de
     loader, sampler = make_loader(task.build(device, procs.rank), settings, procs)
     scaler = torch.amp.GradScaler("cuda") if settings.amp and device.type == "cuda" else None
     optimizers = task.optimizers(settings, len(loader))
-    run = Run(settings, device, procs, procs.wrap(task.train_modules(), device, task.ddp_options), optimizers,
-              scaler, len(loader))
+    run = Run(
+        settings,
+        device,
+        procs,
+        procs.wrap(task.train_modules(), device, task.ddp_options),
+        optimizers,
+        scaler,
+        len(loader),
+    )
     parts = {**task.networks(), **optimizers, **task.extra_parts()}
     progress = _start(task, settings, parts)
     procs.seed_apart(settings.seed)
@@ -214,9 +231,15 @@ def _fit(task: TrainTask, settings: Settings, procs: Processes, device: torch.de
         if _out_of_patience(settings, progress):
             break
     procs.barrier()  # rank 0's last files are written before any process returns
-    return Outcome(model_dir=Path(settings.model_store) / settings.name, run_dir=run_dir,
-                   plot=run_dir / task.plot_file, history=dict(progress.history), best=progress.best,
-                   stopped_early=_out_of_patience(settings, progress), seconds=time.perf_counter() - started)
+    return Outcome(
+        model_dir=Path(settings.model_store) / settings.name,
+        run_dir=run_dir,
+        plot=run_dir / task.plot_file,
+        history=dict(progress.history),
+        best=progress.best,
+        stopped_early=_out_of_patience(settings, progress),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def make_loader(data: TrainData, settings: Settings, procs: Processes) -> tuple[DataLoader, DistributedSampler | None]:
@@ -225,12 +248,20 @@ def make_loader(data: TrainData, settings: Settings, procs: Processes) -> tuple[
     sampler = None
     size = len(data.dataset)
     if procs.distributed:
-        sampler = DistributedSampler(data.dataset, num_replicas=procs.world_size, rank=procs.rank, shuffle=True,
-                                     seed=settings.seed)
+        sampler = DistributedSampler(
+            data.dataset, num_replicas=procs.world_size, rank=procs.rank, shuffle=True, seed=settings.seed
+        )
         size = len(sampler)
-    loader = DataLoader(data.dataset, batch_size=settings.batch_size, shuffle=sampler is None, sampler=sampler,
-                        collate_fn=data.collate_fn, num_workers=settings.workers,
-                        drop_last=data.drop_last and size > settings.batch_size, worker_init_fn=data.worker_init_fn)
+    loader = DataLoader(
+        data.dataset,
+        batch_size=settings.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=data.collate_fn,
+        num_workers=settings.workers,
+        drop_last=data.drop_last and size > settings.batch_size,
+        worker_init_fn=data.worker_init_fn,
+    )
     return loader, sampler
 
 
@@ -241,7 +272,8 @@ def _start(task: TrainTask, settings: Settings, parts: dict[str, Any]) -> Progre
     progress = Progress(best=first_best, version=checkpoints.next_version(settings.model_store, settings.name))
     if settings.resume and (state := common.load_resume_state(Path(settings.run_dir))) is not None:
         progress.start_epoch, progress.best, progress.version = common.restore_parts(
-            state, parts, history=progress.history)
+            state, parts, history=progress.history
+        )
         values = progress.history.get(task.best_metric or "", [])
         if values:
             pick = max if task.higher_is_better else min
@@ -277,8 +309,9 @@ def _end_epoch(task: TrainTask, run: Run, progress: Progress, parts: dict[str, A
         module, config = task.stored(metrics, progress.version, epoch)
         checkpoints.save_model(module, config, Path(settings.model_store) / settings.name)
     run_dir = Path(settings.run_dir)
-    common.save_parts(run_dir, parts, epoch=epoch, history=progress.history, best=progress.best,
-                      version=progress.version)
+    common.save_parts(
+        run_dir, parts, epoch=epoch, history=progress.history, best=progress.best, version=progress.version
+    )
     common.plot_history(progress.history, run_dir / task.plot_file, title=task.title)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,9 @@ from torch import nn
 from models import checkpoints, segmentation
 from models.evaluation import evaluate_segmenter
 from models.losses import SPECS, build_loss
+from models.options import option
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, seed_augmentations_in_worker, segmentation_train_transform
 from models.seg_datasets import IGNORE_INDEX, SegmentationDataset, read_class_names
-from models.options import option
 from models.train import loop
 
 
@@ -32,7 +32,7 @@ class SegmentationTrainConfig:
     name: str = option("segmenter", "model name in the store")
     architecture: str = option("unet", "unet, deeplabv3plus, deeplabv3, fpn", flag="arch")
     encoder: str = option("resnet18", f"encoder name, e.g. {', '.join(segmentation.ENCODERS)}")
-    model_args: dict[str, Any] = option({}, 'extra smp arguments as JSON, e.g. \'{"decoder_channels": 64}\'')
+    model_args: dict[str, Any] = option({}, "extra smp arguments as JSON, e.g. '{\"decoder_channels\": 64}'")
     loss: str = option("dice+focal", "training loss", choices=tuple(SPECS))
     dice_weight: float = option(1.0, "weight of the Dice term")
     focal_weight: float = option(1.0, "weight of the focal term")
@@ -69,12 +69,17 @@ class SegTrainResult:
 
 def _store_config(cfg: SegmentationTrainConfig, classes: tuple[str, ...], metrics: dict, version: str):
     return checkpoints.ModelConfig(
-        name=cfg.name, task="segmentation", architecture=cfg.architecture, classes=classes,
+        name=cfg.name,
+        task="segmentation",
+        architecture=cfg.architecture,
+        classes=classes,
         # The stored weights include the encoder: a rebuilt model must not need the original file.
         model_args={"encoder": cfg.encoder, **{k: v for k, v in cfg.model_args.items() if k != "encoder_weights_path"}},
         input_size=cfg.image_size,
         normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        metrics=metrics, version=version, extra={"train_config": asdict(cfg)},
+        metrics=metrics,
+        version=version,
+        extra={"train_config": asdict(cfg)},
     )
 
 
@@ -93,11 +98,15 @@ class SegmentationTask(loop.TrainTask):
         augment = segmentation_train_transform(size=cfg.image_size, seed=cfg.seed + rank) if cfg.augment else None
         train_set = SegmentationDataset(cfg.train_images, cfg.train_masks, class_names=self.classes, transform=augment)
         self.val_set = SegmentationDataset(cfg.val_images, cfg.val_masks, class_names=self.classes)
-        self.model = segmentation.build_segmenter(cfg.architecture, num_classes=len(self.classes), encoder=cfg.encoder,
-                                                  **cfg.model_args).to(device)
-        self.loss_fn = build_loss(cfg.loss, mode="multiclass", ignore_index=IGNORE_INDEX,
-                                  **({"dice_weight": cfg.dice_weight, "focal_weight": cfg.focal_weight}
-                                     if cfg.loss == "dice+focal" else {}))
+        self.model = segmentation.build_segmenter(
+            cfg.architecture, num_classes=len(self.classes), encoder=cfg.encoder, **cfg.model_args
+        ).to(device)
+        self.loss_fn = build_loss(
+            cfg.loss,
+            mode="multiclass",
+            ignore_index=IGNORE_INDEX,
+            **({"dice_weight": cfg.dice_weight, "focal_weight": cfg.focal_weight} if cfg.loss == "dice+focal" else {}),
+        )
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         return loop.TrainData(train_set, worker_init_fn=seed_augmentations_in_worker)
@@ -118,8 +127,14 @@ class SegmentationTask(loop.TrainTask):
         return {"loss": loss.item(), **{f"{k}_loss": float(v) for k, v in terms.items()}}
 
     def evaluate(self, run: loop.Run) -> dict[str, float]:
-        report = evaluate_segmenter(self.model, self.val_set, device=run.device, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                                    progress=self.cfg.progress)
+        report = evaluate_segmenter(
+            self.model,
+            self.val_set,
+            device=run.device,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            progress=self.cfg.progress,
+        )
         return {"mIoU": report.miou, "pixel_accuracy": report.pixel_accuracy}
 
     def epoch_line(self, losses: dict[str, float], metrics: dict[str, float]) -> str:
@@ -133,28 +148,48 @@ def train_segmentation(cfg: SegmentationTrainConfig) -> SegTrainResult:
     """Train; validate mIoU each epoch; keep the best in the store; stop after ``patience`` flat epochs."""
     outcome = loop.fit(SegmentationTask(cfg), loop.Settings.of(cfg))
     final = checkpoints.load_config(outcome.model_dir)
-    return SegTrainResult(model_dir=outcome.model_dir, metrics=dict(final.metrics), history=outcome.history,
-                          seconds=outcome.seconds, plot=outcome.plot, stopped_early=outcome.stopped_early)
+    return SegTrainResult(
+        model_dir=outcome.model_dir,
+        metrics=dict(final.metrics),
+        history=outcome.history,
+        seconds=outcome.seconds,
+        plot=outcome.plot,
+        stopped_early=outcome.stopped_early,
+    )
 
 
 #: The quickstart segmenters (demo and slow learning test): small resnet18 encoders, 128 px.
 QUICKSTART_SEGMENTERS: dict[str, dict[str, Any]] = {
-    "unet": {"architecture": "unet", "encoder": "resnet18", "epochs": 6,
-             "model_args": {"encoder_depth": 3, "decoder_channels": [64, 32, 16]}},
-    "deeplabv3plus": {"architecture": "deeplabv3plus", "encoder": "resnet18", "epochs": 8,
-                      "model_args": {"encoder_depth": 4, "decoder_channels": 64}},
+    "unet": {
+        "architecture": "unet",
+        "encoder": "resnet18",
+        "epochs": 6,
+        "model_args": {"encoder_depth": 3, "decoder_channels": [64, 32, 16]},
+    },
+    "deeplabv3plus": {
+        "architecture": "deeplabv3plus",
+        "encoder": "resnet18",
+        "epochs": 8,
+        "model_args": {"encoder_depth": 4, "decoder_channels": 64},
+    },
 }
 
 
-def quickstart_config(data_dir: str | Path, out_dir: str | Path, *, arch: str = "unet",
-                      **overrides: Any) -> SegmentationTrainConfig:
+def quickstart_config(
+    data_dir: str | Path, out_dir: str | Path, *, arch: str = "unet", **overrides: Any
+) -> SegmentationTrainConfig:
     """The quickstart recipe for ``arch`` on `cvtasks data synth` output (images/, masks/, classes.txt)."""
     data, out = Path(data_dir), Path(out_dir)
     settings: dict[str, Any] = {
-        "train_images": str(data / "images" / "train"), "train_masks": str(data / "masks" / "train"),
-        "val_images": str(data / "images" / "val"), "val_masks": str(data / "masks" / "val"),
-        "classes_file": str(data / "classes.txt"), "run_dir": str(out / f"run-{arch}"),
-        "model_store": str(out / "model_store"), "name": f"quickstart-{arch}", "lr": 3e-3,
+        "train_images": str(data / "images" / "train"),
+        "train_masks": str(data / "masks" / "train"),
+        "val_images": str(data / "images" / "val"),
+        "val_masks": str(data / "masks" / "val"),
+        "classes_file": str(data / "classes.txt"),
+        "run_dir": str(out / f"run-{arch}"),
+        "model_store": str(out / "model_store"),
+        "name": f"quickstart-{arch}",
+        "lr": 3e-3,
         **QUICKSTART_SEGMENTERS[arch],
     }
     return SegmentationTrainConfig(**{**settings, **overrides})

@@ -33,13 +33,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         t = tasks.add_parser(task, help=f"{task} over a folder of images")
         t.add_argument("input", help="folder of images (or one image file)")
         t.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
-        t.add_argument("--glob", nargs="+", default=list(IMAGE_PATTERNS), metavar="PATTERN",
-                       help="file name patterns to take, case-insensitive (default: common image extensions)")
-        t.add_argument("--decode-workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
-                       help="threads reading and decoding images")
+        t.add_argument(
+            "--glob",
+            nargs="+",
+            default=list(IMAGE_PATTERNS),
+            metavar="PATTERN",
+            help="file name patterns to take, case-insensitive (default: common image extensions)",
+        )
+        t.add_argument(
+            "--decode-workers",
+            type=int,
+            default=max(1, min(4, os.cpu_count() or 1)),
+            help="threads reading and decoding images",
+        )
         t.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are refused")
-        t.add_argument("--engine", choices=("local", "ray"), default="local",
-                       help="local pipelined engine, or Ray Data (a cluster via RAY_ADDRESS, else local Ray)")
+        t.add_argument(
+            "--engine",
+            choices=("local", "ray"),
+            default="local",
+            help="local pipelined engine, or Ray Data (a cluster via RAY_ADDRESS, else local Ray)",
+        )
         t.add_argument("--actors", type=int, default=1, help="Ray engine: model replicas (actors)")
         _common(t)
         add_option_flags(t, TASK_OPTIONS[task])
@@ -56,11 +69,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-store", default=os.environ.get("CVTASKS_MODEL_STORE", "model_store"))
     p.add_argument("--server", default=None, help="HOST:PORT of a running service: it does the inference")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-in-flight", type=int, default=None,
-                   help="images held at once (default 4 x batch size; remote: unanswered requests, default 32)")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="images held at once (default 4 x batch size; remote: unanswered requests, default 32)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--retry-s", type=float, default=60.0,
-                   help="remote: keep retrying an unavailable server this long without progress")
+    p.add_argument(
+        "--retry-s",
+        type=float,
+        default=60.0,
+        help="remote: keep retrying an unavailable server this long without progress",
+    )
     p.add_argument("--force", action="store_true", help="start over: reprocess inputs already done")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when not a terminal)")
 
@@ -70,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args, TASK_OPTIONS[task_name])
     options.pop("count", None)  # the job's --count, not a request's
     if task_name == "generation" and not 1 <= args.count <= MAX_COUNT:
-        raise ValueError(f"--count must be in 1..{MAX_COUNT}, got {args.count} (the seed's latents are held "
-                         f"in memory; use several seeds for more)")
+        raise ValueError(
+            f"--count must be in 1..{MAX_COUNT}, got {args.count} (the seed's latents are held "
+            f"in memory; use several seeds for more)"
+        )
     if args.server:
         summary = _run_remote(args, task_name, options)
     else:
@@ -86,16 +109,18 @@ def _inputs(args: argparse.Namespace) -> list:
 
     inputs = list_inputs(args.input, patterns=args.glob, recursive=args.recursive, exclude=[args.out])
     if not inputs:
-        raise FileNotFoundError(f"no files matching {' '.join(args.glob)} in {args.input}"
-                                f"{'' if args.recursive else ' (add --recursive for sub-folders)'}")
+        raise FileNotFoundError(
+            f"no files matching {' '.join(args.glob)} in {args.input}"
+            f"{'' if args.recursive else ' (add --recursive for sub-folders)'}"
+        )
     return inputs
 
 
 def _run_in_process(args: argparse.Namespace, task_name: str, options: dict[str, Any]):
     from models import checkpoints
     from models.batch.engine import file_work, index_work, run_local
-    from models.batch.store import Manifest
     from models.batch.job import build_job
+    from models.batch.store import Manifest
     from models.train.common import pick_device
 
     folder = _model_folder(args.model_store, task_name, args.model)
@@ -107,13 +132,28 @@ def _run_in_process(args: argparse.Namespace, task_name: str, options: dict[str,
     if getattr(args, "engine", "local") == "ray":
         from models.batch.ray_engine import run_ray
 
-        return run_ray(task, folder, inputs, manifest, batch_size=args.batch_size, actors=args.actors,
-                       device=args.device, progress=not args.no_progress)
+        return run_ray(
+            task,
+            folder,
+            inputs,
+            manifest,
+            batch_size=args.batch_size,
+            actors=args.actors,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     model, _ = checkpoints.load_model(folder, device=pick_device(args.device))
     work = file_work(task, inputs) if task.task.takes_images else index_work(task, args.count)
-    return run_local(task, model, work, manifest, batch_size=args.batch_size,
-                     decode_workers=getattr(args, "decode_workers", 1), max_in_flight=args.max_in_flight,
-                     progress=not args.no_progress)
+    return run_local(
+        task,
+        model,
+        work,
+        manifest,
+        batch_size=args.batch_size,
+        decode_workers=getattr(args, "decode_workers", 1),
+        max_in_flight=args.max_in_flight,
+        progress=not args.no_progress,
+    )
 
 
 def _model_folder(store: str, task: str, name: str) -> Path:
@@ -124,15 +164,17 @@ def _model_folder(store: str, task: str, name: str) -> Path:
         return checkpoints.resolve(store, name)
     found = sorted(c.name for c in checkpoints.list_store(store) if c.task == task)
     if not found:
-        raise FileNotFoundError(f"no {task} model in model store {store}; train one (cvtasks train {task} ...) "
-                                f"or pass --model-store / --server")
+        raise FileNotFoundError(
+            f"no {task} model in model store {store}; train one (cvtasks train {task} ...) "
+            f"or pass --model-store / --server"
+        )
     return checkpoints.resolve(store, found[0])
 
 
 def _run_remote(args: argparse.Namespace, task_name: str, options: dict[str, Any]):
-    from models.batch.store import Manifest
     from models.batch.job import build_job
-    from services.batch_remote import run_remote, run_remote_generate, remote_config
+    from models.batch.store import Manifest
+    from services.batch_remote import remote_config, run_remote, run_remote_generate
     from services.client import CvtasksClient
 
     if getattr(args, "engine", "local") != "local":
@@ -144,7 +186,15 @@ def _run_remote(args: argparse.Namespace, task_name: str, options: dict[str, Any
         task = build_job(task_name, config, args.out, max_pixels=max_pixels, **options)
         manifest = Manifest(args.out, task.job(), force=args.force)
         if task_name == "generation":
-            return run_remote_generate(task, client, args.count, manifest, retry_s=args.retry_s,
-                                       progress=not args.no_progress)
-        return run_remote(task, client, _inputs(args), manifest, in_flight=args.max_in_flight or 32,
-                          retry_s=args.retry_s, progress=not args.no_progress)
+            return run_remote_generate(
+                task, client, args.count, manifest, retry_s=args.retry_s, progress=not args.no_progress
+            )
+        return run_remote(
+            task,
+            client,
+            _inputs(args),
+            manifest,
+            in_flight=args.max_in_flight or 32,
+            retry_s=args.retry_s,
+            progress=not args.no_progress,
+        )

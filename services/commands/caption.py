@@ -23,9 +23,15 @@ def response_to_json(path: str, response: Any) -> dict[str, Any]:
     from services.captioning import CaptioningServicer
 
     captions = caption_row(CaptioningServicer.output_of(response))["captions"]
-    return {"image": path, "model": model_of(response), "captions": captions,
-            "timings_ms": {"total": round(response.timings.total_ms, 2),
-                           "inference": round(response.timings.inference_ms, 2)}}
+    return {
+        "image": path,
+        "model": model_of(response),
+        "captions": captions,
+        "timings_ms": {
+            "total": round(response.timings.total_ms, 2),
+            "inference": round(response.timings.inference_ms, 2),
+        },
+    }
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,8 +37,9 @@ def stream_files(args: argparse.Namespace, method: str, options: dict[str, Any])
         yield from zip(paths, responses)
 
 
-def run_files(args: argparse.Namespace, method: str, options: dict[str, Any],
-              row: Callable[[str, Any], dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+def run_files(
+    args: argparse.Namespace, method: str, options: dict[str, Any], row: Callable[[str, Any], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], int]:
     """Every image through the stream: ``row(path, response)`` for an answer, an error row (and a
     line on stderr) for a failed image. Returns (rows, number failed)."""
     rows, failed = [], 0

@@ -16,8 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--test", type=int, default=100, help="held-out test images")
     synth.add_argument("--size", type=int, default=128, help="image side in pixels")
     synth.add_argument("--max-shapes", type=int, default=3)
-    synth.add_argument("--solid-backgrounds", action="store_true",
-                       help="plain one-colour backgrounds only (the quickstart generator's data)")
+    synth.add_argument(
+        "--solid-backgrounds",
+        action="store_true",
+        help="plain one-colour backgrounds only (the quickstart generator's data)",
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=run_synth)
 
@@ -40,9 +43,13 @@ def run_synth(args: argparse.Namespace) -> int:
     from models.synth import generate_shapes
 
     summary = generate_shapes(
-        args.out, splits={"train": args.train, "val": args.val, "test": args.test},
-        image_size=args.size, max_shapes=args.max_shapes, solid_backgrounds=args.solid_backgrounds,
-        seed=args.seed, progress=True,
+        args.out,
+        splits={"train": args.train, "val": args.val, "test": args.test},
+        image_size=args.size,
+        max_shapes=args.max_shapes,
+        solid_backgrounds=args.solid_backgrounds,
+        seed=args.seed,
+        progress=True,
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0

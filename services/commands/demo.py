@@ -34,17 +34,25 @@ def _train(out: Path, seed: int) -> tuple[Path, Any, Any, Any, Any]:
     print(f"[2/7] training the quickstart detector ({det_cfg.architecture}, {det_cfg.epochs} epochs)", flush=True)
     det = detection.train_detection(det_cfg)
     seg_cfg = segmentation.quickstart_config(data, out, arch="unet", seed=seed)
-    print(f"[3/7] training the quickstart segmenter ({seg_cfg.architecture}/{seg_cfg.encoder}, "
-          f"{seg_cfg.epochs} epochs)", flush=True)
+    print(
+        f"[3/7] training the quickstart segmenter ({seg_cfg.architecture}/{seg_cfg.encoder}, {seg_cfg.epochs} epochs)",
+        flush=True,
+    )
     seg = segmentation.train_segmentation(seg_cfg)
     cap_cfg = captioning.quickstart_config(data, out, seed=seed)
-    print(f"[4/7] training the quickstart captioner (Show and Tell, {cap_cfg.backbone} + LSTM, encoder "
-          f"initialised from the U-Net's, {cap_cfg.epochs} epochs)", flush=True)
+    print(
+        f"[4/7] training the quickstart captioner (Show and Tell, {cap_cfg.backbone} + LSTM, encoder "
+        f"initialised from the U-Net's, {cap_cfg.epochs} epochs)",
+        flush=True,
+    )
     cap = captioning.train_captioning(cap_cfg)
     gan_data = generation.quickstart_data(out / "data-generation", seed=seed)
     gan_cfg = generation.quickstart_config(gan_data, out, seed=seed)
-    print(f"[5/7] training the quickstart DCGAN ({gan_cfg.image_size} px, on single shapes in {gan_data}, "
-          f"{gan_cfg.epochs} epochs)", flush=True)
+    print(
+        f"[5/7] training the quickstart DCGAN ({gan_cfg.image_size} px, on single shapes in {gan_data}, "
+        f"{gan_cfg.epochs} epochs)",
+        flush=True,
+    )
     gan = generation.train_generation(gan_cfg)
     return data, det, seg, cap, gan
 
@@ -57,10 +65,14 @@ def _held_out_ap(rows: list[dict], annotations: Path) -> dict[str, float]:
     image_ids = {im["file_name"]: im["id"] for im in gt["images"]}
     category_ids = [c["id"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
     results = [
-        {"image_id": image_ids[Path(row["image"]).name], "category_id": category_ids[d["label"] - 1],
-         "bbox": [d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1]],
-         "score": d["score"]}
-        for row in rows for d in row.get("detections", [])
+        {
+            "image_id": image_ids[Path(row["image"]).name],
+            "category_id": category_ids[d["label"] - 1],
+            "bbox": [d["box"][0], d["box"][1], d["box"][2] - d["box"][0], d["box"][3] - d["box"][1]],
+            "score": d["score"],
+        }
+        for row in rows
+        for d in row.get("detections", [])
     ]
     return coco_detection_metrics(coco_from_dict(gt), results)
 
@@ -107,11 +119,20 @@ def _caption(client: Any, paths: list[Path], data: Path, out: Path) -> tuple[lis
     references = load_captions(data / "captions" / "test.json")
     rows = []
     for path, response in zip(paths, client.caption_stream((p.read_bytes() for p in paths), beam_size=3)):
-        rows.append({"image": str(path), "caption": response.captions[0].text,
-                     "log_prob": round(response.captions[0].log_prob, 4), "references": references[path.name]})
+        rows.append(
+            {
+                "image": str(path),
+                "caption": response.captions[0].text,
+                "log_prob": round(response.captions[0].log_prob, 4),
+                "references": references[path.name],
+            }
+        )
     metrics = score_captions({Path(r["image"]).name: r["caption"] for r in rows}, references)
-    sheet = caption_sheet([(read_image(Path(r["image"])), r["caption"], r["references"][0]) for r in rows[:12]],
-                          out / "captioning_examples.png", title="quickstart captioner, held-out images (beam 3)")
+    sheet = caption_sheet(
+        [(read_image(Path(r["image"])), r["caption"], r["references"][0]) for r in rows[:12]],
+        out / "captioning_examples.png",
+        title="quickstart captioner, held-out images (beam 3)",
+    )
     return rows, metrics, sheet
 
 
@@ -125,8 +146,9 @@ def _generate(client: Any, out: Path, *, seeds: int = 8) -> tuple[Any, Path]:
     from models.preprocessing import decode_image
     from models.train.generation import gan_input
 
-    batches = [np.stack([decode_image(im.png) for im in client.generate(count=64, seed=s).images])
-               for s in range(seeds)]
+    batches = [
+        np.stack([decode_image(im.png) for im in client.generate(count=64, seed=s).images]) for s in range(seeds)
+    ]
     grid = cv2.resize(image_grid(batches[0]), None, fx=3, fy=3, interpolation=cv2.INTER_NEAREST)
     target = out / "generated_samples.png"
     cv2.imwrite(str(target), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
@@ -169,10 +191,14 @@ def run(args: argparse.Namespace) -> int:
     data, det, seg, cap, gan = _train(out, args.seed)
     paths = sorted((data / "images" / "test").glob("*.png"))
     print("[6/7] serving the four models on a free local port", flush=True)
-    with running_server(task=["detection", "segmentation", "captioning", "generation"],
-                        model_store=out / "model_store") as address:
-        print(f"      serving on {address}; detecting, segmenting and captioning {len(paths)} held-out images "
-              "and drawing 512 generated ones over gRPC", flush=True)
+    with running_server(
+        task=["detection", "segmentation", "captioning", "generation"], model_store=out / "model_store"
+    ) as address:
+        print(
+            f"      serving on {address}; detecting, segmenting and captioning {len(paths)} held-out images "
+            "and drawing 512 generated ones over gRPC",
+            flush=True,
+        )
         with CvtasksClient(address, timeout=60) as client:
             rows = _detect(client, paths, out)
             classes = checkpoints.load_config(seg.model_dir).classes
@@ -186,35 +212,54 @@ def run(args: argparse.Namespace) -> int:
     (out / "captions.json").write_text(json.dumps(captions, indent=2) + "\n")
     boxes = sum(1 for r in rows for d in r.get("detections", []) if d["score"] >= SHOW_SCORE)
     for row in captions[:5]:
-        print(f"      {Path(row['image']).name}: \"{row['caption']}\"   (reference: \"{row['references'][0]}\")")
+        print(f'      {Path(row["image"]).name}: "{row["caption"]}"   (reference: "{row["references"][0]}")')
     print(f"[7/7] done in {time.perf_counter() - started:.0f} s")
-    print(json.dumps({
-        "detection": {
-            "held_out_metrics_from_the_service": {k: round(v, 3) for k, v in
-                                                  _held_out_ap(rows, data / "annotations" / "test.json").items()},
-            "training_seconds": round(det.seconds, 1), "model": str(det.model_dir), "curves": str(det.plot),
-            "results": str(out / "detections.json"),
-            "annotated_images": f"{out / 'annotated'} ({len(rows)} images, {boxes} boxes with score >= {SHOW_SCORE})",
-        },
-        "segmentation": {
-            "held_out_mIoU_from_the_service": round(seg_report.miou, 3),
-            "held_out_IoU_per_class": {k: round(v, 3) for k, v in seg_report.iou.items()},
-            "training_seconds": round(seg.seconds, 1), "model": str(seg.model_dir), "curves": str(seg.plot),
-            "masks_and_overlays": str(out / "segmented"), "examples": str(sheet),
-        },
-        "captioning": {
-            "held_out_metrics_from_the_service": {k: round(v, 3) for k, v in cap_metrics.items()},
-            "training_seconds": round(cap["seconds"], 1), "model": str(cap["model_dir"]), "curves": str(cap["plot"]),
-            "captions": str(out / "captions.json"), "examples": str(cap_sheet),
-        },
-        "generation": {
-            "samples_from_the_service": gan_report["samples"],
-            "frechet_distance": round(gan_report["model"]["frechet_distance"], 2),
-            "untrained_baseline_frechet_distance": round(gan_report["untrained baseline"]["frechet_distance"], 2),
-            "frechet_ratio_to_baseline": round(gan_report["frechet_ratio_to_baseline"], 3),
-            "recognised_share": round(gan_report["model"]["recognised_share"], 3),
-            "training_seconds": round(gan["seconds"], 1), "model": str(gan["model_dir"]), "losses": str(gan["plot"]),
-            "sample_grid": str(gan_grid),
-        },
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "detection": {
+                    "held_out_metrics_from_the_service": {
+                        k: round(v, 3) for k, v in _held_out_ap(rows, data / "annotations" / "test.json").items()
+                    },
+                    "training_seconds": round(det.seconds, 1),
+                    "model": str(det.model_dir),
+                    "curves": str(det.plot),
+                    "results": str(out / "detections.json"),
+                    "annotated_images": f"{out / 'annotated'} ({len(rows)} images, "
+                    f"{boxes} boxes with score >= {SHOW_SCORE})",
+                },
+                "segmentation": {
+                    "held_out_mIoU_from_the_service": round(seg_report.miou, 3),
+                    "held_out_IoU_per_class": {k: round(v, 3) for k, v in seg_report.iou.items()},
+                    "training_seconds": round(seg.seconds, 1),
+                    "model": str(seg.model_dir),
+                    "curves": str(seg.plot),
+                    "masks_and_overlays": str(out / "segmented"),
+                    "examples": str(sheet),
+                },
+                "captioning": {
+                    "held_out_metrics_from_the_service": {k: round(v, 3) for k, v in cap_metrics.items()},
+                    "training_seconds": round(cap["seconds"], 1),
+                    "model": str(cap["model_dir"]),
+                    "curves": str(cap["plot"]),
+                    "captions": str(out / "captions.json"),
+                    "examples": str(cap_sheet),
+                },
+                "generation": {
+                    "samples_from_the_service": gan_report["samples"],
+                    "frechet_distance": round(gan_report["model"]["frechet_distance"], 2),
+                    "untrained_baseline_frechet_distance": round(
+                        gan_report["untrained baseline"]["frechet_distance"], 2
+                    ),
+                    "frechet_ratio_to_baseline": round(gan_report["frechet_ratio_to_baseline"], 3),
+                    "recognised_share": round(gan_report["model"]["recognised_share"], 3),
+                    "training_seconds": round(gan["seconds"], 1),
+                    "model": str(gan["model_dir"]),
+                    "losses": str(gan["plot"]),
+                    "sample_grid": str(gan_grid),
+                },
+            },
+            indent=2,
+        )
+    )
     return 0

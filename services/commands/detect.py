@@ -23,10 +23,17 @@ def response_to_json(path: str, response: Any) -> dict[str, Any]:
     from models.detection import detection_row
     from services.client import detections_from_proto
 
-    return {"image": path, "model": model_of(response), "width": response.image_width,
-            "height": response.image_height, **detection_row(detections_from_proto(response)),
-            "timings_ms": {k: round(getattr(response.timings, k), 2)
-                           for k in ("decode_ms", "queue_ms", "inference_ms", "postprocess_ms", "total_ms")}}
+    return {
+        "image": path,
+        "model": model_of(response),
+        "width": response.image_width,
+        "height": response.image_height,
+        **detection_row(detections_from_proto(response)),
+        "timings_ms": {
+            k: round(getattr(response.timings, k), 2)
+            for k in ("decode_ms", "queue_ms", "inference_ms", "postprocess_ms", "total_ms")
+        },
+    }
 
 
 def annotate(path: str, response: Any, out_dir: Path, *, min_score: float = 0.0) -> Path:

@@ -10,8 +10,9 @@ from pathlib import Path
 from services.commands.train import ANNOTATIONS, CAPTIONS, MASKS, add_data_args, data_paths
 
 
-def _task(task_sub: argparse._SubParsersAction, task: str, help_: str, out_help: str,
-          run: Callable) -> argparse.ArgumentParser:
+def _task(
+    task_sub: argparse._SubParsersAction, task: str, help_: str, out_help: str, run: Callable
+) -> argparse.ArgumentParser:
     """The sub-command of one task with the arguments every evaluation takes."""
     p = task_sub.add_parser(task, help=help_)
     p.add_argument("--model", required=True, help="model name in the store")
@@ -24,27 +25,55 @@ def _task(task_sub: argparse._SubParsersAction, task: str, help_: str, out_help:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     task_sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
-    p = _task(task_sub, "detection", "COCO AP, AP50, AP75 (pycocotools) of a stored detector",
-              "also write the metrics JSON here", run_detection)
+    p = _task(
+        task_sub,
+        "detection",
+        "COCO AP, AP50, AP75 (pycocotools) of a stored detector",
+        "also write the metrics JSON here",
+        run_detection,
+    )
     add_data_args(p, ANNOTATIONS, splits=("test",))
     p.add_argument("--batch-size", type=int, default=8)
 
-    s = _task(task_sub, "segmentation", "mIoU, per-class IoU/Dice, pixel accuracy, confusion matrix",
-              "folder for metrics.json and confusion.png", run_segmentation)
+    s = _task(
+        task_sub,
+        "segmentation",
+        "mIoU, per-class IoU/Dice, pixel accuracy, confusion matrix",
+        "folder for metrics.json and confusion.png",
+        run_segmentation,
+    )
     add_data_args(s, MASKS, splits=("test",))
 
-    c = _task(task_sub, "captioning", "corpus BLEU-1..4 and CIDEr-D against all reference captions",
-              "folder for metrics.json, captions.json and examples.png", run_captioning)
+    c = _task(
+        task_sub,
+        "captioning",
+        "corpus BLEU-1..4 and CIDEr-D against all reference captions",
+        "folder for metrics.json, captions.json and examples.png",
+        run_captioning,
+    )
     add_data_args(c, CAPTIONS, splits=("test",))
-    c.add_argument("--beam-sizes", type=int, nargs="+", default=[1, 3],
-                   help="decode with each beam size and report each (1 = greedy)")
+    c.add_argument(
+        "--beam-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 3],
+        help="decode with each beam size and report each (1 = greedy)",
+    )
     c.add_argument("--max-length", type=int, default=None, help="default: the model's training max_length")
 
-    g = _task(task_sub, "generation", "Fréchet distance and recognised share vs an untrained baseline",
-              "folder for metrics.json and sample grids", run_generation)
-    g.add_argument("--data", required=True,
-                   help="labelled real images in the `cvtasks data synth` layout (images/<split>/, "
-                        "annotations/<split>.json; each image labelled by its largest box)")
+    g = _task(
+        task_sub,
+        "generation",
+        "Fréchet distance and recognised share vs an untrained baseline",
+        "folder for metrics.json and sample grids",
+        run_generation,
+    )
+    g.add_argument(
+        "--data",
+        required=True,
+        help="labelled real images in the `cvtasks data synth` layout (images/<split>/, "
+        "annotations/<split>.json; each image labelled by its largest box)",
+    )
     g.add_argument("--train-split", default="train", help="real images the feature classifier learns from")
     g.add_argument("--test-split", default="test", help="real images the samples are compared with")
     g.add_argument("--samples", type=int, default=500, help="generated images to score")
@@ -66,8 +95,9 @@ def run_detection(args: argparse.Namespace) -> int:
     if list(dataset.class_names) != list(config.classes):
         raise ValueError(f"dataset classes {list(dataset.class_names)} differ from the model's {list(config.classes)}")
     gt = coco_from_dict(json.loads(Path(annotations).read_text()))
-    metrics = evaluate_detector(model, dataset, gt=gt, label_to_category=dataset.label_to_category,
-                                device=device, batch_size=args.batch_size)
+    metrics = evaluate_detector(
+        model, dataset, gt=gt, label_to_category=dataset.label_to_category, device=device, batch_size=args.batch_size
+    )
     report = {"model": config.name, "version": config.version, "images": len(dataset), **metrics}
     print(json.dumps(report, indent=2))
     if args.out:
@@ -85,8 +115,9 @@ def run_segmentation(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
     dataset = SegmentationDataset(images, masks, class_names=config.classes)
-    report = evaluate_segmenter(model, dataset, device=device, mean=config.normalization["mean"],
-                                std=config.normalization["std"])
+    report = evaluate_segmenter(
+        model, dataset, device=device, mean=config.normalization["mean"], std=config.normalization["std"]
+    )
     print(f"model {config.name} v{config.version} on {len(dataset)} images")
     print(f"mIoU {report.miou:.4f}   pixel accuracy {report.pixel_accuracy:.4f}")
     for name in config.classes:
@@ -119,9 +150,13 @@ def run_captioning(args: argparse.Namespace) -> int:
     max_length = args.max_length or int(config.extra.get("max_length", 20))
     references = load_captions(captions_file)
     dataset = CaptionDataset(images, references, vocab, size=config.input_size, max_length=max_length)
-    report: dict = {"model": config.name, "version": config.version, "images": len(dataset),
-                    "metric_implementation": "models.caption_metrics (pure Python: corpus BLEU, CIDEr-D)",
-                    "by_beam_size": {}}
+    report: dict = {
+        "model": config.name,
+        "version": config.version,
+        "images": len(dataset),
+        "metric_implementation": "models.caption_metrics (pure Python: corpus BLEU, CIDEr-D)",
+        "by_beam_size": {},
+    }
     decoded = {}
     for k in args.beam_sizes:
         decoded[k] = decode_dataset(model, dataset, vocab, device=device, beam_size=k, max_length=max_length)
@@ -132,9 +167,13 @@ def run_captioning(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
         best_k = args.beam_sizes[-1]
-        (out / "captions.json").write_text(json.dumps(
-            [{"image": n, "caption": decoded[best_k][n], "references": references[n]} for n in dataset.names],
-            indent=2) + "\n")
+        (out / "captions.json").write_text(
+            json.dumps(
+                [{"image": n, "caption": decoded[best_k][n], "references": references[n]} for n in dataset.names],
+                indent=2,
+            )
+            + "\n"
+        )
         rows = [(read_image(Path(images) / n), decoded[best_k][n], references[n][0]) for n in dataset.names[:12]]
         sheet = caption_sheet(rows, out / "examples.png", title=f"{config.name} (beam {best_k})")
         print(f"wrote {out / 'metrics.json'}, {out / 'captions.json'} and {sheet}")
@@ -152,15 +191,27 @@ def run_generation(args: argparse.Namespace) -> int:
     generator, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model))
     if config.task != "generation":
         raise ValueError(f"model {args.model} is a {config.task} model, not a generator")
-    scores, drawn = evaluate_generator(generator, dict(config.model_args), args.data, train_split=args.train_split,
-                                       test_split=args.test_split, count=args.samples, seed=args.seed,
-                                       confidence=args.confidence, classifier_epochs=args.classifier_epochs)
+    scores, drawn = evaluate_generator(
+        generator,
+        dict(config.model_args),
+        args.data,
+        train_split=args.train_split,
+        test_split=args.test_split,
+        count=args.samples,
+        seed=args.seed,
+        confidence=args.confidence,
+        classifier_epochs=args.classifier_epochs,
+    )
     report = {"model": config.name, "version": config.version, **scores}
-    print(f"feature classifier: {scores['feature_classifier']['train_images']} real training images, test accuracy "
-          f"{scores['feature_classifier']['test_accuracy']:.3f}")
+    print(
+        f"feature classifier: {scores['feature_classifier']['train_images']} real training images, test accuracy "
+        f"{scores['feature_classifier']['test_accuracy']:.3f}"
+    )
     for key in drawn:
-        print(f"{key:20s} Fréchet distance {scores[key]['frechet_distance']:9.3f}   recognised "
-              f"{scores[key]['recognised_share']:.3f}")
+        print(
+            f"{key:20s} Fréchet distance {scores[key]['frechet_distance']:9.3f}   recognised "
+            f"{scores[key]['recognised_share']:.3f}"
+        )
     print(f"Fréchet distance / baseline: {report['frechet_ratio_to_baseline']:.3f}")
     if args.out:
         out = Path(args.out)

@@ -53,15 +53,27 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Collec
         text = spec.help + (f" (default {default})" if shown else "")
         if kind is bool and default is True:
             name = flag if spec.flag else f"no-{flag}"
-            parser.add_argument(f"--{name}", dest=field.name, action="store_const", const=False, default=None,
-                                help=text if spec.flag else f"turn off: {text}")
+            parser.add_argument(
+                f"--{name}",
+                dest=field.name,
+                action="store_const",
+                const=False,
+                default=None,
+                help=text if spec.flag else f"turn off: {text}",
+            )
         elif kind is bool:
-            parser.add_argument(f"--{flag}", dest=field.name, action="store_const", const=True, default=None,
-                                help=text)
+            parser.add_argument(f"--{flag}", dest=field.name, action="store_const", const=True, default=None, help=text)
         else:
             parse = json.loads if kind is dict else kind
-            parser.add_argument(f"--{flag}", dest=field.name, type=parse, default=None, choices=spec.choices,
-                                required=required, help=text)
+            parser.add_argument(
+                f"--{flag}",
+                dest=field.name,
+                type=parse,
+                default=None,
+                choices=spec.choices,
+                required=required,
+                help=text,
+            )
 
 
 def config_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:

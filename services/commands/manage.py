@@ -14,8 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = actions.add_parser("list", help="the loaded models")
     ls.add_argument("--task", default="", help="only this task's models")
-    load = actions.add_parser("load", help="(re)load a model from the server's model store; a new version "
-                                           "swaps in without failing requests")
+    load = actions.add_parser(
+        "load", help="(re)load a model from the server's model store; a new version swaps in without failing requests"
+    )
     load.add_argument("name")
     load.add_argument("--default", action="store_true", help="make it its task's default model")
     unload = actions.add_parser("unload", help="stop serving a model (its queued requests finish first)")
@@ -33,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "list":
             result = [MessageToDict(m, preserving_proto_field_name=True) for m in client.list_models(args.task)]
         elif args.action == "load":
-            result = MessageToDict(client.load_model(args.name, make_default=args.default),
-                                   preserving_proto_field_name=True)
+            result = MessageToDict(
+                client.load_model(args.name, make_default=args.default), preserving_proto_field_name=True
+            )
         else:
             result = MessageToDict(client.unload_model(args.name), preserving_proto_field_name=True)
     print(json.dumps(result, indent=2))

@@ -24,15 +24,22 @@ def response_to_json(path: str, response: Any, mask: Path | None, overlay: Path 
     from services.client import processing_name
 
     row: dict[str, Any] = {
-        "image": path, "model": model_of(response), "width": response.image_width, "height": response.image_height,
-        "processing": processing_name(response.processing), "processing_detail": response.processing_detail,
-        "areas": {a.class_name: {"pixels": a.pixel_count, "fraction": round(a.area_fraction, 5)}
-                  for a in response.areas},
-        "mask": str(mask) if mask else None, "overlay": str(overlay) if overlay else None,
+        "image": path,
+        "model": model_of(response),
+        "width": response.image_width,
+        "height": response.image_height,
+        "processing": processing_name(response.processing),
+        "processing_detail": response.processing_detail,
+        "areas": {
+            a.class_name: {"pixels": a.pixel_count, "fraction": round(a.area_fraction, 5)} for a in response.areas
+        },
+        "mask": str(mask) if mask else None,
+        "overlay": str(overlay) if overlay else None,
     }
     if response.contours:
-        row["contours"] = {c.class_name: [[[p.x, p.y] for p in poly.points] for poly in c.polygons]
-                           for c in response.contours}
+        row["contours"] = {
+            c.class_name: [[[p.x, p.y] for p in poly.points] for poly in c.polygons] for c in response.contours
+        }
     return row
 
 

@@ -26,59 +26,109 @@ def _metrics_port(value: str) -> int | None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     s = ServingConfig()
-    p.add_argument("--task", action="append", required=True, help="task to serve (repeat for several): detection, segmentation, captioning, generation")
+    p.add_argument(
+        "--task",
+        action="append",
+        required=True,
+        help="task to serve (repeat for several): detection, segmentation, captioning, generation",
+    )
     p.add_argument("--model-store", default=os.environ.get("CVTASKS_MODEL_STORE", "model_store"))
     p.add_argument("--models", nargs="*", default=(), help="model names to load (default: all of the task)")
     p.add_argument("--default-model", default=None, help="model used when a request names none")
-    p.add_argument("--host", default="0.0.0.0",
-                   help="interface to listen on (default every one); LoadModel/UnloadModel are open without admin "
-                        "tokens only on loopback (127.0.0.1, ::1, localhost)")
+    p.add_argument(
+        "--host",
+        default="0.0.0.0",
+        help="interface to listen on (default every one); LoadModel/UnloadModel are open without admin "
+        "tokens only on loopback (127.0.0.1, ::1, localhost)",
+    )
     p.add_argument("--port", type=int, default=int(os.environ.get("CVTASKS_PORT", "50051")), help="0 = any free port")
-    p.add_argument("--metrics-port", type=_metrics_port, default=os.environ.get("CVTASKS_METRICS_PORT", "off"),
-                   help="serve Prometheus metrics over HTTP on this port at /metrics (0 = any free port; the URL "
-                        "is printed). HTTPS with the server's certificate when TLS is on; needs a bearer token "
-                        "when tokens are on. Default: $CVTASKS_METRICS_PORT, else off")
-    p.add_argument("--metrics-host", default=os.environ.get("CVTASKS_METRICS_HOST") or None,
-                   help="interface of the metrics endpoint (default: --host), e.g. 127.0.0.1 to keep it local")
-    p.add_argument("--health-port", type=_metrics_port, default=os.environ.get("CVTASKS_HEALTH_PORT", "off"),
-                   help="also serve the gRPC health service alone, in plaintext, on this port of --host (for "
-                        "probes without a client certificate under mutual TLS; 0 = any free port). "
-                        "Default: $CVTASKS_HEALTH_PORT, else off")
+    p.add_argument(
+        "--metrics-port",
+        type=_metrics_port,
+        default=os.environ.get("CVTASKS_METRICS_PORT", "off"),
+        help="serve Prometheus metrics over HTTP on this port at /metrics (0 = any free port; the URL "
+        "is printed). HTTPS with the server's certificate when TLS is on; needs a bearer token "
+        "when tokens are on. Default: $CVTASKS_METRICS_PORT, else off",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=os.environ.get("CVTASKS_METRICS_HOST") or None,
+        help="interface of the metrics endpoint (default: --host), e.g. 127.0.0.1 to keep it local",
+    )
+    p.add_argument(
+        "--health-port",
+        type=_metrics_port,
+        default=os.environ.get("CVTASKS_HEALTH_PORT", "off"),
+        help="also serve the gRPC health service alone, in plaintext, on this port of --host (for "
+        "probes without a client certificate under mutual TLS; 0 = any free port). "
+        "Default: $CVTASKS_HEALTH_PORT, else off",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
-    p.add_argument("--devices", type=lambda v: tuple(d.strip() for d in v.split(",") if d.strip()), default=(),
-                   help="one replica of each model per device, e.g. cuda:0,cuda:1 (requests go to the shortest "
-                        "queue; a GPU this machine lacks falls back to the CPU)")
+    p.add_argument(
+        "--devices",
+        type=lambda v: tuple(d.strip() for d in v.split(",") if d.strip()),
+        default=(),
+        help="one replica of each model per device, e.g. cuda:0,cuda:1 (requests go to the shortest "
+        "queue; a GPU this machine lacks falls back to the CPU)",
+    )
     p.add_argument("--max-batch-size", type=int, default=s.max_batch_size)
     p.add_argument("--max-delay-ms", type=float, default=s.max_delay_ms, help="how long a batch waits to fill")
-    p.add_argument("--max-queue", type=int, default=s.max_queue_size, help="queued requests per model before RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--max-queue", type=int, default=s.max_queue_size, help="queued requests per model before RESOURCE_EXHAUSTED"
+    )
     p.add_argument("--max-pixels", type=int, default=s.max_pixels, help="largest accepted image, in pixels")
-    p.add_argument("--max-inflight-pixels", type=int, default=s.max_inflight_pixels,
-                   help="decoded pixels a model may hold at once over the requests it has taken on (about 30 "
-                        "bytes each: the memory ceiling of its images); beyond it requests are refused before "
-                        "decoding with RESOURCE_EXHAUSTED")
-    p.add_argument("--default-deadline-s", type=float, default=s.default_deadline_s,
-                   help="deadline of a unary call whose client set none")
-    p.add_argument("--max-deadline-s", type=float, default=s.max_deadline_s,
-                   help="longer unary deadlines are cut to this")
+    p.add_argument(
+        "--max-inflight-pixels",
+        type=int,
+        default=s.max_inflight_pixels,
+        help="decoded pixels a model may hold at once over the requests it has taken on (about 30 "
+        "bytes each: the memory ceiling of its images); beyond it requests are refused before "
+        "decoding with RESOURCE_EXHAUSTED",
+    )
+    p.add_argument(
+        "--default-deadline-s",
+        type=float,
+        default=s.default_deadline_s,
+        help="deadline of a unary call whose client set none",
+    )
+    p.add_argument(
+        "--max-deadline-s", type=float, default=s.max_deadline_s, help="longer unary deadlines are cut to this"
+    )
     p.add_argument("--max-message-mb", type=float, default=64, help="largest gRPC message, MiB")
     p.add_argument("--decode-workers", type=int, default=s.decode_workers)
-    p.add_argument("--max-concurrent-rpcs", type=int, default=None,
-                   help="RPCs in flight at once over every model (a stream counts once); beyond it new calls get "
-                        "RESOURCE_EXHAUSTED before their message is read (default: no bound)")
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=None,
+        help="RPCs in flight at once over every model (a stream counts once); beyond it new calls get "
+        "RESOURCE_EXHAUSTED before their message is read (default: no bound)",
+    )
     p.add_argument("--grace-s", type=float, default=10.0, help="time in-flight requests get on SIGTERM")
     env = os.environ.get
     p.add_argument("--tls-cert", default=env("CVTASKS_TLS_CERT"), help="server certificate (PEM): TLS on")
     p.add_argument("--tls-key", default=env("CVTASKS_TLS_KEY"), help="its private key (PEM)")
-    p.add_argument("--tls-client-ca", default=env("CVTASKS_TLS_CLIENT_CA"),
-                   help="CA (PEM) that client certificates must chain to: mutual TLS on")
-    p.add_argument("--tokens-file", default=env("CVTASKS_TOKENS_FILE"),
-                   help="accepted bearer tokens, one per line (also $CVTASKS_TOKENS, comma-separated); "
-                        "tokens are never taken on the command line")
-    p.add_argument("--admin-tokens-file", default=env("CVTASKS_ADMIN_TOKENS_FILE"),
-                   help="tokens that may also load/unload models (also $CVTASKS_ADMIN_TOKENS)")
-    p.add_argument("--open-management", action="store_true",
-                   help="open LoadModel/UnloadModel without admin tokens on every interface: only on a trusted "
-                        "network (by default they need admin tokens unless --host is loopback)")
+    p.add_argument(
+        "--tls-client-ca",
+        default=env("CVTASKS_TLS_CLIENT_CA"),
+        help="CA (PEM) that client certificates must chain to: mutual TLS on",
+    )
+    p.add_argument(
+        "--tokens-file",
+        default=env("CVTASKS_TOKENS_FILE"),
+        help="accepted bearer tokens, one per line (also $CVTASKS_TOKENS, comma-separated); "
+        "tokens are never taken on the command line",
+    )
+    p.add_argument(
+        "--admin-tokens-file",
+        default=env("CVTASKS_ADMIN_TOKENS_FILE"),
+        help="tokens that may also load/unload models (also $CVTASKS_ADMIN_TOKENS)",
+    )
+    p.add_argument(
+        "--open-management",
+        action="store_true",
+        help="open LoadModel/UnloadModel without admin tokens on every interface: only on a trusted "
+        "network (by default they need admin tokens unless --host is loopback)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--plain-logs", action="store_true", help="text logs instead of JSON lines")
     p.set_defaults(run=run)
@@ -90,18 +140,34 @@ def run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level, json_lines=not args.plain_logs)
     serving = ServingConfig(
-        max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue_size=args.max_queue,
-        default_deadline_s=args.default_deadline_s, max_deadline_s=args.max_deadline_s,
-        max_pixels=args.max_pixels, max_inflight_pixels=args.max_inflight_pixels, device=args.device,
-        devices=args.devices, decode_workers=args.decode_workers,
+        max_batch_size=args.max_batch_size,
+        max_delay_ms=args.max_delay_ms,
+        max_queue_size=args.max_queue,
+        default_deadline_s=args.default_deadline_s,
+        max_deadline_s=args.max_deadline_s,
+        max_pixels=args.max_pixels,
+        max_inflight_pixels=args.max_inflight_pixels,
+        device=args.device,
+        devices=args.devices,
+        decode_workers=args.decode_workers,
     )
     security = SecurityConfig(
-        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         tokens=read_tokens(args.tokens_file, env=TOKENS_ENV),
-        admin_tokens=read_tokens(args.admin_tokens_file, env=ADMIN_TOKENS_ENV), open_management=args.open_management)
-    config = ServerConfig(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * MiB),
-                          grace_s=args.grace_s, security=security, health_port=args.health_port,
-                          max_concurrent_rpcs=args.max_concurrent_rpcs)
+        admin_tokens=read_tokens(args.admin_tokens_file, env=ADMIN_TOKENS_ENV),
+        open_management=args.open_management,
+    )
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_message_bytes=int(args.max_message_mb * MiB),
+        grace_s=args.grace_s,
+        security=security,
+        health_port=args.health_port,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+    )
     app = build_app(args.task, args.model_store, serving, models=args.models, default_model=args.default_model)
 
     def ready(port: int) -> None:
@@ -113,6 +179,15 @@ def run(args: argparse.Namespace) -> int:
     def health(port: int) -> None:
         print(f"cvtasks: health on {args.host}:{port} (plaintext, health service only)", flush=True)
 
-    asyncio.run(run_app(app, config, on_ready=ready, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-                        on_metrics=metrics, on_health=health))
+    asyncio.run(
+        run_app(
+            app,
+            config,
+            on_ready=ready,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            on_metrics=metrics,
+            on_health=health,
+        )
+    )
     return 0

@@ -18,15 +18,18 @@ from services.commands.flags import add_config_flags, config_from_args
 class Labels:
     """A task's second training input beside the images: its option name and its place under ``--data``."""
 
-    name: str        # --<split>-<name>
+    name: str  # --<split>-<name>
     under_data: str  # default path under --data; "{split}" is filled in
-    help: str        # "{split}" is filled in
+    help: str  # "{split}" is filled in
 
 
 ANNOTATIONS = Labels("annotations", "annotations/{split}.json", "{split} COCO JSON (overrides --data)")
 MASKS = Labels("masks", "masks/{split}", "{split} mask folder: PNG label maps or palette PNGs (overrides --data)")
-CAPTIONS = Labels("captions", "captions/{split}.json",
-                  "{split} captions: COCO captions JSON, JSONL or CSV (image, caption) (overrides --data)")
+CAPTIONS = Labels(
+    "captions",
+    "captions/{split}.json",
+    "{split} captions: COCO captions JSON, JSONL or CSV (image, caption) (overrides --data)",
+)
 
 
 def add_data_args(parser: argparse.ArgumentParser, labels: Labels, *, splits: tuple[str, ...]) -> None:
@@ -77,8 +80,11 @@ class Trainer:
 def _summary(result: Any, **extra: str) -> dict[str, Any]:
     """What a train_* function returned, as the JSON the command prints."""
     get = (lambda key: result[key]) if isinstance(result, dict) else (lambda key: getattr(result, key))
-    return {name: (str(value) if name in ("model", "plot", "samples") else value)
-            for name, key in extra.items() if (value := get(key)) is not None}
+    return {
+        name: (str(value) if name in ("model", "plot", "samples") else value)
+        for name, key in extra.items()
+        if (value := get(key)) is not None
+    }
 
 
 def _trainers() -> dict[str, Trainer]:
@@ -86,36 +92,65 @@ def _trainers() -> dict[str, Trainer]:
 
     def captioning_recipe(given: dict[str, Any]) -> dict[str, Any]:
         store = given.get("model_store", captioning.CaptioningTrainConfig.model_store)
-        return {**captioning.QUICKSTART_RECIPE,
-                "encoder_weights_path": str(Path(store) / captioning.QUICKSTART_ENCODER_FROM)}
+        return {
+            **captioning.QUICKSTART_RECIPE,
+            "encoder_weights_path": str(Path(store) / captioning.QUICKSTART_ENCODER_FROM),
+        }
 
     def classes_settings(args: argparse.Namespace) -> dict[str, Any]:
         return {"classes_file": classes_file(args)}
 
     return {
         "detection": Trainer(
-            "train a Faster R-CNN detector on COCO-format boxes", detection.DetectionTrainConfig,
-            detection.train_detection, lambda r: {**_summary(r, model="model_dir", plot="plot"),
-                                                  "metrics": r.metrics, "seconds": round(r.seconds, 1)},
-            labels=ANNOTATIONS),
+            "train a Faster R-CNN detector on COCO-format boxes",
+            detection.DetectionTrainConfig,
+            detection.train_detection,
+            lambda r: {
+                **_summary(r, model="model_dir", plot="plot"),
+                "metrics": r.metrics,
+                "seconds": round(r.seconds, 1),
+            },
+            labels=ANNOTATIONS,
+        ),
         "segmentation": Trainer(
-            "train a U-Net / DeepLabV3+ segmenter on image + mask folders", segmentation.SegmentationTrainConfig,
+            "train a U-Net / DeepLabV3+ segmenter on image + mask folders",
+            segmentation.SegmentationTrainConfig,
             segmentation.train_segmentation,
-            lambda r: {**_summary(r, model="model_dir", plot="plot"), "metrics": r.metrics,
-                       "stopped_early": r.stopped_early, "seconds": round(r.seconds, 1)},
-            labels=MASKS, extra=add_classes_arg, settings=classes_settings, skip=("classes_file",)),
+            lambda r: {
+                **_summary(r, model="model_dir", plot="plot"),
+                "metrics": r.metrics,
+                "stopped_early": r.stopped_early,
+                "seconds": round(r.seconds, 1),
+            },
+            labels=MASKS,
+            extra=add_classes_arg,
+            settings=classes_settings,
+            skip=("classes_file",),
+        ),
         "captioning": Trainer(
-            "train a Show-and-Tell captioner (ResNet + LSTM)", captioning.CaptioningTrainConfig,
+            "train a Show-and-Tell captioner (ResNet + LSTM)",
+            captioning.CaptioningTrainConfig,
             captioning.train_captioning,
-            lambda r: {**_summary(r, model="model_dir"), "best_val_bleu4": round(r["best_bleu4"], 4),
-                       **_summary(r, plot="plot"), "seconds": round(r["seconds"], 1)},
-            labels=CAPTIONS, recipe=captioning_recipe,
-            recipe_help="the demo's; its encoder starts from <model-store>/quickstart-unet"),
+            lambda r: {
+                **_summary(r, model="model_dir"),
+                "best_val_bleu4": round(r["best_bleu4"], 4),
+                **_summary(r, plot="plot"),
+                "seconds": round(r["seconds"], 1),
+            },
+            labels=CAPTIONS,
+            recipe=captioning_recipe,
+            recipe_help="the demo's; its encoder starts from <model-store>/quickstart-unet",
+        ),
         "generation": Trainer(
-            "train a DCGAN on a folder of images", generation.GenerationTrainConfig, generation.train_generation,
-            lambda r: {**_summary(r, model="model_dir", samples="samples", plot="plot"),
-                       "seconds": round(r["seconds"], 1)},
-            recipe=lambda given: dict(generation.QUICKSTART_RECIPE)),
+            "train a DCGAN on a folder of images",
+            generation.GenerationTrainConfig,
+            generation.train_generation,
+            lambda r: {
+                **_summary(r, model="model_dir", samples="samples", plot="plot"),
+                "seconds": round(r["seconds"], 1),
+            },
+            recipe=lambda given: dict(generation.QUICKSTART_RECIPE),
+        ),
     }
 
 
@@ -130,8 +165,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         trainer.extra(p)
         if trainer.recipe is not None:
             shown = trainer.recipe_help or f"the demo's: {as_flags(trainer.recipe({}))}"
-            p.add_argument("--quickstart", action="store_true",
-                           help=f"use the quickstart recipe ({shown}); flags you give override it")
+            p.add_argument(
+                "--quickstart",
+                action="store_true",
+                help=f"use the quickstart recipe ({shown}); flags you give override it",
+            )
         add_config_flags(p, trainer.config, skip=skip)
         p.set_defaults(run=run, trainer=task)
 
@@ -153,8 +191,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_classes_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--classes", default=None,
-                        help="class-name file, one per line for ids 0.. (default: <data>/classes.txt)")
+    parser.add_argument(
+        "--classes", default=None, help="class-name file, one per line for ids 0.. (default: <data>/classes.txt)"
+    )
 
 
 def classes_file(args: argparse.Namespace) -> str:

@@ -47,8 +47,11 @@ def run_import(args: argparse.Namespace) -> int:
     model = build_coco_pretrained(args.architecture, path=args.path)
     transform = model.transform
     config = checkpoints.ModelConfig(
-        name=args.name or args.architecture, task="detection", architecture=args.architecture,
-        classes=tuple(coco_category_names(args.architecture)), input_size=int(transform.min_size[0]),
+        name=args.name or args.architecture,
+        task="detection",
+        architecture=args.architecture,
+        classes=tuple(coco_category_names(args.architecture)),
+        input_size=int(transform.min_size[0]),
         normalization={"mean": list(transform.image_mean), "std": list(transform.image_std)},
         version=checkpoints.next_version(args.model_store, args.name or args.architecture),
         extra={"source": "torchvision COCO_V1 weights"},

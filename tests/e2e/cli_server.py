@@ -8,9 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from collections.abc import Sequence
 from pathlib import Path
 
 from services.launch import ServerAddress
@@ -24,14 +23,30 @@ def _name(task: str | Sequence[str]) -> str:
 
 
 @contextmanager
-def cli_server(task: str | Sequence[str], model_store: Path, log_dir: Path,
-               *extra: str) -> Iterator[tuple[subprocess.Popen, ServerAddress]]:
+def cli_server(
+    task: str | Sequence[str], model_store: Path, log_dir: Path, *extra: str
+) -> Iterator[tuple[subprocess.Popen, ServerAddress]]:
     tasks = [task] if isinstance(task, str) else list(task)
     log_path = Path(log_dir) / f"serve-{_name(task)}.log"
     with log_path.open("w") as log:
-        proc = subprocess.Popen([*CLI, "serve", *(a for t in tasks for a in ("--task", t)),
-                                 "--model-store", str(model_store), "--host", "127.0.0.1", "--port", "0", *extra],
-                                stdout=subprocess.PIPE, stderr=log, text=True, env={**ENV, "PYTHONFAULTHANDLER": "1"})
+        proc = subprocess.Popen(
+            [
+                *CLI,
+                "serve",
+                *(a for t in tasks for a in ("--task", t)),
+                "--model-store",
+                str(model_store),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env={**ENV, "PYTHONFAULTHANDLER": "1"},
+        )
         try:
             metrics_url = None
             line = proc.stdout.readline()  # "serving" once models are loaded, warmed up and health says SERVING

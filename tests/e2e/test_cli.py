@@ -24,9 +24,24 @@ def test_serve_detect_and_sigterm(served, shapes_dir, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole jpeg")
     out = subprocess.run(
-        [*CLI, "detect", *map(str, images), str(bad), "--server", address, "--score-threshold", "0.1",
-         "--annotate-dir", str(tmp_path / "annotated"), "--output", str(tmp_path / "results.json")],
-        capture_output=True, text=True, timeout=120, env=ENV,
+        [
+            *CLI,
+            "detect",
+            *map(str, images),
+            str(bad),
+            "--server",
+            address,
+            "--score-threshold",
+            "0.1",
+            "--annotate-dir",
+            str(tmp_path / "annotated"),
+            "--output",
+            str(tmp_path / "results.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
     )
     assert out.returncode == 1, out.stderr  # one file failed: the exit code says so
     rows = json.loads((tmp_path / "results.json").read_text())
@@ -43,12 +58,25 @@ def test_serve_detect_and_sigterm(served, shapes_dir, tmp_path):
 
 
 def test_train_resume_and_eval(shapes_dir, tmp_path):
-    common = ["train", "detection", "--data", str(shapes_dir), "--name", "cli-det", "--model-store",
-              str(tmp_path / "store"), "--run-dir", str(tmp_path / "run"), "--warmup-steps", "5"]
+    common = [
+        "train",
+        "detection",
+        "--data",
+        str(shapes_dir),
+        "--name",
+        "cli-det",
+        "--model-store",
+        str(tmp_path / "store"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--warmup-steps",
+        "5",
+    ]
     first = subprocess.run([*CLI, *common, "--epochs", "1"], capture_output=True, text=True, timeout=300, env=ENV)
     assert first.returncode == 0, first.stderr
-    resumed = subprocess.run([*CLI, *common, "--epochs", "2", "--resume"], capture_output=True, text=True,
-                             timeout=300, env=ENV)
+    resumed = subprocess.run(
+        [*CLI, *common, "--epochs", "2", "--resume"], capture_output=True, text=True, timeout=300, env=ENV
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "epoch 1/" not in resumed.stdout and "epoch 2/2" in resumed.stdout
     history = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -57,17 +85,38 @@ def test_train_resume_and_eval(shapes_dir, tmp_path):
     config = json.loads((tmp_path / "store" / "cli-det" / "config.json").read_text())
     assert config["version"] == "1" and set(config["metrics"]) == {"AP", "AP50", "AP75"}
 
-    ev = subprocess.run([*CLI, "eval", "detection", "--model", "cli-det", "--model-store", str(tmp_path / "store"),
-                         "--data", str(shapes_dir), "--out", str(tmp_path / "eval.json")],
-                        capture_output=True, text=True, timeout=300, env=ENV)
+    ev = subprocess.run(
+        [
+            *CLI,
+            "eval",
+            "detection",
+            "--model",
+            "cli-det",
+            "--model-store",
+            str(tmp_path / "store"),
+            "--data",
+            str(shapes_dir),
+            "--out",
+            str(tmp_path / "eval.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert ev.returncode == 0, ev.stderr
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["images"] == 16 and 0.0 <= report["AP50"] <= 1.0
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
-    out = subprocess.run([*CLI, "train", "detection", "--data", str(tmp_path), "--arch", "nope"],
-                         capture_output=True, text=True, timeout=120, env=ENV)
+    out = subprocess.run(
+        [*CLI, "train", "detection", "--data", str(tmp_path), "--arch", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
     assert out.returncode == 2
     assert "Unknown detection architecture `nope`" in out.stderr and "Traceback" not in out.stderr
 
@@ -81,24 +130,54 @@ def test_fine_tune_a_stored_model_on_a_new_class_set(shapes_dir, detector_store,
     (tmp_path / "two.json").write_text(json.dumps(coco))
     images = str(shapes_dir / "images" / "val")
     out = subprocess.run(
-        [*CLI, "train", "detection", "--train-images", images, "--train-annotations", str(tmp_path / "two.json"),
-         "--val-images", images, "--val-annotations", str(tmp_path / "two.json"), "--name", "two-class",
-         "--pretrained", str(detector_store / "tiny-detector"), "--model-store", str(tmp_path / "store"),
-         "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--warmup-steps", "2", "--batch-size", "4"],
-        capture_output=True, text=True, timeout=300, env=ENV,
+        [
+            *CLI,
+            "train",
+            "detection",
+            "--train-images",
+            images,
+            "--train-annotations",
+            str(tmp_path / "two.json"),
+            "--val-images",
+            images,
+            "--val-annotations",
+            str(tmp_path / "two.json"),
+            "--name",
+            "two-class",
+            "--pretrained",
+            str(detector_store / "tiny-detector"),
+            "--model-store",
+            str(tmp_path / "store"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--warmup-steps",
+            "2",
+            "--batch-size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
     )
     assert out.returncode == 0, out.stderr
     config = json.loads((tmp_path / "store" / "two-class" / "config.json").read_text())
     assert config["classes"] == ["round", "angular"] and config["architecture"] == "fasterrcnn_tiny"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["detect", "--help"], ["generate", "--help"], ["models", "list", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["detect", "--help"], ["generate", "--help"], ["models", "list", "--help"]]
+)
 def test_help_and_client_commands_do_not_import_torch(argv):
     """Only the named command's module is imported: `cvtasks --help` and the client commands start
     in well under a second, not after the seconds torch takes to load."""
-    probe = ("import sys; from services import cli\n"
-             "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-             "print('TORCH', 'torch' in sys.modules)")
+    probe = (
+        "import sys; from services import cli\n"
+        "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH', 'torch' in sys.modules)"
+    )
     out = subprocess.run([CLI[0], "-c", probe, *argv], capture_output=True, text=True, timeout=120, env=ENV)
     assert out.stdout.strip().endswith("TORCH False"), out.stdout + out.stderr
     assert "usage: cvtasks" in out.stdout

@@ -39,10 +39,21 @@ def folder(tmp_path_factory):
 
 def test_sigkill_mid_run_then_rerun_completes_every_input_exactly_once(segmenter_store, folder, tmp_path):
     out = tmp_path / "out"
-    args = ["segmentation", folder, "--out", out, "--model-store", segmenter_store, "--batch-size", "2",
-            "--overlay", "--no-progress"]
-    proc = subprocess.Popen([*CLI, "batch", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
+    args = [
+        "segmentation",
+        folder,
+        "--out",
+        out,
+        "--model-store",
+        segmenter_store,
+        "--batch-size",
+        "2",
+        "--overlay",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        [*CLI, "batch", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     deadline = time.monotonic() + 300
     while len(_lines(out / "manifest.jsonl")) < 10:
         assert proc.poll() is None, f"the job ended early: {proc.stderr.read()}"
@@ -62,7 +73,7 @@ def test_sigkill_mid_run_then_rerun_completes_every_input_exactly_once(segmenter
     assert len(rows) == 150 and len({r["input"] for r in rows}) == 150
     assert len(list((out / "masks").iterdir())) == 150 and len(list((out / "overlays").iterdir())) == 150
     assert not list(out.rglob("*.tmp"))
-    for row in rows[:: 25]:
+    for row in rows[::25]:
         assert decode_image((out / row["mask"]).read_bytes()).shape == (96, 96, 3)
     assert len(_lines(out / "segments.csv")) == 151
 
@@ -78,8 +89,18 @@ def test_bad_files_give_exit_code_1_errors_file_and_a_summary(detector_store, fo
     (small / "zero.jpg").write_bytes(b"")
     (small / "text.png").write_text("hello")
     out = tmp_path / "out"
-    proc = _batch("detection", small, "--out", out, "--model-store", detector_store, "--annotate",
-                  "--score-threshold", "0.2", check_rc=1)
+    proc = _batch(
+        "detection",
+        small,
+        "--out",
+        out,
+        "--model-store",
+        detector_store,
+        "--annotate",
+        "--score-threshold",
+        "0.2",
+        check_rc=1,
+    )
     summary = json.loads(proc.stdout)
     assert (summary["total"], summary["processed"], summary["failed"]) == (8, 6, 2)
     assert "6 processed, 0 skipped (already done), 2 failed of 8" in proc.stderr and "errors.jsonl" in proc.stderr
@@ -95,33 +116,64 @@ def test_remote_mode_through_cvtasks_serve_gives_the_local_results(captioner_sto
     small.mkdir()
     for path in sorted(folder.glob("*.png"))[:24]:
         (small / path.name).write_bytes(path.read_bytes())
-    local = json.loads(_batch("captioning", small, "--out", tmp_path / "local", "--model-store", captioner_store,
-                              "--beam-size", "1", check_rc=0).stdout)
+    local = json.loads(
+        _batch(
+            "captioning",
+            small,
+            "--out",
+            tmp_path / "local",
+            "--model-store",
+            captioner_store,
+            "--beam-size",
+            "1",
+            check_rc=0,
+        ).stdout
+    )
     with cli_server("captioning", captioner_store, tmp_path) as (_, address):
-        remote = json.loads(_batch("captioning", small, "--out", tmp_path / "remote", "--server", address,
-                                   "--beam-size", "1", check_rc=0).stdout)
+        remote = json.loads(
+            _batch(
+                "captioning", small, "--out", tmp_path / "remote", "--server", address, "--beam-size", "1", check_rc=0
+            ).stdout
+        )
     assert local["processed"] == remote["processed"] == 24
     assert (tmp_path / "local" / "captions.csv").read_text() == (tmp_path / "remote" / "captions.csv").read_text()
 
 
 def test_generate_writes_images_and_grid(generator_store, tmp_path):
-    summary = json.loads(_batch("generate", "--count", "20", "--seed", "4", "--out", tmp_path / "g",
-                                "--model-store", generator_store, check_rc=0).stdout)
+    summary = json.loads(
+        _batch(
+            "generate",
+            "--count",
+            "20",
+            "--seed",
+            "4",
+            "--out",
+            tmp_path / "g",
+            "--model-store",
+            generator_store,
+            check_rc=0,
+        ).stdout
+    )
     assert summary["processed"] == 20 and len(list((tmp_path / "g" / "images" / "4").iterdir())) == 20
     grid = decode_image((tmp_path / "g" / "grid.png").read_bytes())
     assert grid.shape[0] > 32 * 4 and np.ptp(grid) > 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["segmentation", "/no/such/folder", "--out", "{tmp}/o"], "no such input folder"),
-    (["segmentation", "{folder}", "--out", "{tmp}/o", "--model", "nope"], "nope"),
-    (["detection", "{folder}", "--out", "{tmp}/o"], "no detection model"),
-    (["segmentation", "{folder}", "--out", "{tmp}/o", "--glob", "*.gif"], "no files matching *.gif"),
-    (["segmentation", "{folder}", "--out", "{tmp}/o", "--max-side", "10"], "max_side must be in 64..4096"),
-    (["segmentation", "{folder}", "--out", "{tmp}/o", "--batch-size", "8", "--max-in-flight", "2"],
-     "max_in_flight >= batch_size"),
-    (["generate", "--count", "0", "--out", "{tmp}/o"], "--count must be in 1..1000000"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["segmentation", "/no/such/folder", "--out", "{tmp}/o"], "no such input folder"),
+        (["segmentation", "{folder}", "--out", "{tmp}/o", "--model", "nope"], "nope"),
+        (["detection", "{folder}", "--out", "{tmp}/o"], "no detection model"),
+        (["segmentation", "{folder}", "--out", "{tmp}/o", "--glob", "*.gif"], "no files matching *.gif"),
+        (["segmentation", "{folder}", "--out", "{tmp}/o", "--max-side", "10"], "max_side must be in 64..4096"),
+        (
+            ["segmentation", "{folder}", "--out", "{tmp}/o", "--batch-size", "8", "--max-in-flight", "2"],
+            "max_in_flight >= batch_size",
+        ),
+        (["generate", "--count", "0", "--out", "{tmp}/o"], "--count must be in 1..1000000"),
+    ],
+)
 def test_wrong_arguments_get_a_one_line_error(segmenter_store, folder, tmp_path, args, message, capsys):
     filled = [a.format(tmp=tmp_path, folder=folder) for a in args]
     assert main(["batch", *filled, "--model-store", str(segmenter_store)]) == 2  # in-process: the CLI's handler

@@ -20,19 +20,27 @@ def test_demo_trains_serves_and_writes_every_output(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(detection, "quickstart_config", _shrunk(detection.quickstart_config, epochs=1))
     monkeypatch.setattr(segmentation, "quickstart_config", _shrunk(segmentation.quickstart_config, epochs=1))
     monkeypatch.setattr(captioning, "quickstart_config", _shrunk(captioning.quickstart_config, epochs=1))
-    monkeypatch.setattr(generation, "QUICKSTART_DATA", {**generation.QUICKSTART_DATA,
-                                                        "splits": {"train": 48, "test": 24}})
+    monkeypatch.setattr(
+        generation, "QUICKSTART_DATA", {**generation.QUICKSTART_DATA, "splits": {"train": 48, "test": 24}}
+    )
     monkeypatch.setattr(generation, "quickstart_config", _shrunk(generation.quickstart_config, epochs=1))
 
     assert demo.run(argparse.Namespace(out=str(tmp_path), seed=0)) == 0
 
     printed = capsys.readouterr().out
-    summary = json.loads(printed[printed.rindex("\n{\n") + 1:])  # the summary is printed last
+    summary = json.loads(printed[printed.rindex("\n{\n") + 1 :])  # the summary is printed last
     assert set(summary) == {"detection", "segmentation", "captioning", "generation"}
     assert summary["generation"]["samples_from_the_service"] == 512
     assert summary["generation"]["untrained_baseline_frechet_distance"] > 0
-    for name in ("detections.json", "segmentation_metrics.json", "captions.json", "segmentation_examples.png",
-                 "captioning_examples.png", "generated_samples.png", "run-generator/losses.png"):
+    for name in (
+        "detections.json",
+        "segmentation_metrics.json",
+        "captions.json",
+        "segmentation_examples.png",
+        "captioning_examples.png",
+        "generated_samples.png",
+        "run-generator/losses.png",
+    ):
         assert (tmp_path / name).is_file(), name
     assert len(json.loads((tmp_path / "captions.json").read_text())) == 6
     assert len(list((tmp_path / "annotated").iterdir())) == 6

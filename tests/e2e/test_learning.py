@@ -28,7 +28,9 @@ def test_quickstart_detector_reaches_ap50_on_held_out_images(tmp_path, capsys):
     gt = coco_from_dict(json.loads((data / "annotations" / "test.json").read_text()))
     metrics = evaluate_detector(model, test, gt=gt, label_to_category=test.label_to_category, progress=False)
     with capsys.disabled():
-        print(f"\nquickstart detector: held-out test AP50 {metrics['AP50']:.3f}, AP {metrics['AP']:.3f}, "
-              f"trained in {minutes:.1f} min")
+        print(
+            f"\nquickstart detector: held-out test AP50 {metrics['AP50']:.3f}, AP {metrics['AP']:.3f}, "
+            f"trained in {minutes:.1f} min"
+        )
     assert len(test) == QUICKSTART_SPLITS["test"]
     assert metrics["AP50"] >= 0.80

@@ -17,8 +17,9 @@ from models.train.detection import QUICKSTART_SPLITS
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_quickstart_captioner_reaches_bleu4_on_held_out_images(quickstart_data, quickstart_out, quickstart_unet,
-                                                              capsys):
+def test_quickstart_captioner_reaches_bleu4_on_held_out_images(
+    quickstart_data, quickstart_out, quickstart_unet, capsys
+):
     data = quickstart_data
     started = time.perf_counter()
     cfg = quickstart_config(data, quickstart_out, progress=False)
@@ -27,8 +28,9 @@ def test_quickstart_captioner_reaches_bleu4_on_held_out_images(quickstart_data, 
     model, config = checkpoints.load_model(result["model_dir"])
     vocab = Vocabulary.from_json(config.extra["vocab"])
     references = load_captions(data / "captions" / "test.json")
-    test = CaptionDataset(data / "images" / "test", references, vocab, size=config.input_size,
-                          max_length=cfg.max_length)
+    test = CaptionDataset(
+        data / "images" / "test", references, vocab, size=config.input_size, max_length=cfg.max_length
+    )
     scores = {}
     for k in (1, 3):
         decoded = decode_dataset(model, test, vocab, device=torch.device("cpu"), beam_size=k, max_length=cfg.max_length)

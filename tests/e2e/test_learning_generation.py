@@ -30,11 +30,14 @@ def test_quickstart_generator_beats_the_untrained_baseline_on_held_out_shapes(tm
     report, _ = evaluate_generator(generator, dict(config.model_args), data, count=500, seed=0)
     model, baseline = report["model"], report["untrained baseline"]
     with capsys.disabled():
-        print(f"\nquickstart generator: Fréchet distance {model['frechet_distance']:.1f} vs untrained "
-              f"{baseline['frechet_distance']:.1f} (ratio {report['frechet_ratio_to_baseline']:.3f}), recognised "
-              f"{model['recognised_share']:.3f} (" + ", ".join(f"{c} {model['share_' + c]:.2f}" for c in CLASSES)
-              + f"); classifier test accuracy {report['feature_classifier']['test_accuracy']:.3f}; "
-              f"{minutes:.1f} min training")
+        print(
+            f"\nquickstart generator: Fréchet distance {model['frechet_distance']:.1f} vs untrained "
+            f"{baseline['frechet_distance']:.1f} (ratio {report['frechet_ratio_to_baseline']:.3f}), recognised "
+            f"{model['recognised_share']:.3f} ("
+            + ", ".join(f"{c} {model['share_' + c]:.2f}" for c in CLASSES)
+            + f"); classifier test accuracy {report['feature_classifier']['test_accuracy']:.3f}; "
+            f"{minutes:.1f} min training"
+        )
     assert report["feature_classifier"]["test_accuracy"] >= 0.95  # the yardstick itself knows the shapes
     assert report["frechet_ratio_to_baseline"] <= 0.5
     assert model["recognised_share"] >= 0.6 and baseline["recognised_share"] <= 0.05

@@ -26,10 +26,13 @@ def test_quickstart_segmenter_reaches_miou_on_held_out_images(request, quickstar
         minutes = (time.perf_counter() - started) / 60
     model, config = checkpoints.load_model(result.model_dir)
     test = SegmentationDataset(data / "images" / "test", data / "masks" / "test", class_names=config.classes)
-    report = evaluate_segmenter(model, test, mean=config.normalization["mean"], std=config.normalization["std"],
-                                progress=False)
+    report = evaluate_segmenter(
+        model, test, mean=config.normalization["mean"], std=config.normalization["std"], progress=False
+    )
     with capsys.disabled():
-        print(f"\nquickstart {arch}: held-out mIoU {report.miou:.3f}, pixel accuracy {report.pixel_accuracy:.3f}, "
-              f"per-class IoU { {k: round(v, 3) for k, v in report.iou.items()} }, trained in {minutes:.1f} min")
+        print(
+            f"\nquickstart {arch}: held-out mIoU {report.miou:.3f}, pixel accuracy {report.pixel_accuracy:.3f}, "
+            f"per-class IoU { {k: round(v, 3) for k, v in report.iou.items()} }, trained in {minutes:.1f} min"
+        )
     assert len(test) == QUICKSTART_SPLITS["test"]
     assert report.miou >= 0.85

@@ -22,9 +22,10 @@ import textwrap
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -64,27 +65,34 @@ STREAMS = {
     "DetectStream": Stream(
         "/cvtasks.v1.DetectionService/DetectStream",
         lambda ch, reqs, t: detection_pb2_grpc.DetectionServiceStub(ch).DetectStream(reqs, timeout=t),
-        lambda png: detect_request(png, score_threshold=0.0)),
+        lambda png: detect_request(png, score_threshold=0.0),
+    ),
     "SegmentStream": Stream(
         "/cvtasks.v1.SegmentationService/SegmentStream",
         lambda ch, reqs, t: segmentation_pb2_grpc.SegmentationServiceStub(ch).SegmentStream(reqs, timeout=t),
-        lambda png: segment_request(png, contours=True)),
+        lambda png: segment_request(png, contours=True),
+    ),
     "CaptionStream": Stream(
         "/cvtasks.v1.CaptioningService/CaptionStream",
         lambda ch, reqs, t: captioning_pb2_grpc.CaptioningServiceStub(ch).CaptionStream(reqs, timeout=t),
-        lambda png: caption_request(png, beam_size=3)),
+        lambda png: caption_request(png, beam_size=3),
+    ),
     "ModelStreamInfer": Stream(
         "/inference.GRPCInferenceService/ModelStreamInfer",
         lambda ch, reqs, t: kgrpc.GRPCInferenceServiceStub(ch).ModelStreamInfer(reqs, timeout=t),
-        _kserve_request),
+        _kserve_request,
+    ),
 }
 
 
 @pytest.fixture(scope="module")
 def store(random_detector_store, segmenter_store, captioner_store, tmp_path_factory):
     store = tmp_path_factory.mktemp("faults-store")
-    for source, name in ((random_detector_store, "random-detector"), (segmenter_store, "tiny-segmenter"),
-                         (captioner_store, "tiny-captioner")):
+    for source, name in (
+        (random_detector_store, "random-detector"),
+        (segmenter_store, "tiny-segmenter"),
+        (captioner_store, "tiny-captioner"),
+    ):
         shutil.copytree(source / name, store / name)
     return store
 
@@ -116,8 +124,11 @@ def _give_up(address: str, stream: Stream, way: str, images: list[bytes], seed: 
             time.sleep(rng.uniform(0, 0.02))
             call.cancel()
         else:
-            wanted = {"cancel_after_first": 1, "cancel_midway": rng.randint(2, ITEMS - 2),
-                      "close_channel": rng.randint(1, ITEMS - 1)}.get(way, ITEMS + 1)
+            wanted = {
+                "cancel_after_first": 1,
+                "cancel_midway": rng.randint(2, ITEMS - 2),
+                "close_channel": rng.randint(1, ITEMS - 1),
+            }.get(way, ITEMS + 1)
             for got, _ in enumerate(call, start=1):
                 if got >= wanted:
                     break
@@ -148,8 +159,9 @@ KILLED_CLIENT = textwrap.dedent("""
 
 
 def _kill_a_client_mid_stream(address: str, png_path: str) -> None:
-    client = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, address, png_path], stdout=subprocess.PIPE,
-                              text=True, env=ENV)
+    client = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CLIENT, address, png_path], stdout=subprocess.PIPE, text=True, env=ENV
+    )
     try:
         assert client.stdout.readline().strip() == "streaming"
     finally:
@@ -171,7 +183,7 @@ def _requests_total(url: str) -> Counter:
 def _assert_alive(proc: subprocess.Popen, log_dir) -> None:
     if proc.poll() is not None:
         log = server_log(log_dir, TASKS)
-        crash = log[log.find("Fatal Python error"):][:2500] if "Fatal Python error" in log else log[-2500:]
+        crash = log[log.find("Fatal Python error") :][:2500] if "Fatal Python error" in log else log[-2500:]
         pytest.fail(f"the server died (exit {proc.returncode}):\n{crash}")
 
 
@@ -182,8 +194,9 @@ def test_streams_given_up_on_in_every_way_never_crash_the_server(store, images, 
         jobs = [(name, way, seed) for name in STREAMS for way in WAYS for seed in range(REPETITIONS)]
         random.Random(17).shuffle(jobs)
         with ThreadPoolExecutor(4) as pool:
-            seen = list(pool.map(lambda job: (job[0], job[1], _give_up(address, STREAMS[job[0]], job[1], images,
-                                                                        job[2])), jobs))
+            seen = list(
+                pool.map(lambda job: (job[0], job[1], _give_up(address, STREAMS[job[0]], job[1], images, job[2])), jobs)
+            )
         _assert_alive(proc, tmp_path)
         for _ in range(3):
             _kill_a_client_mid_stream(address, str(png_path))

@@ -15,8 +15,8 @@ import torch
 
 from models import checkpoints
 from models.batch.engine import file_work, index_work, run_local
-from models.batch.store import Manifest, list_inputs
 from models.batch.job import build_job
+from models.batch.store import Manifest, list_inputs
 from models.captioning import beam_search, image_input
 from models.generation import latents, to_uint8
 from models.preprocessing import decode_image, read_image, to_tensor
@@ -63,8 +63,9 @@ def test_listing_is_sorted_recursive_and_skips_the_output_folder(folder, tmp_pat
         shutil.rmtree(nested)
 
 
-def test_detection_rows_coco_file_pycocotools_can_evaluate_and_annotations(detector_store, folder, shapes_dir,
-                                                                           tmp_path):
+def test_detection_rows_coco_file_pycocotools_can_evaluate_and_annotations(
+    detector_store, folder, shapes_dir, tmp_path
+):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -81,7 +82,10 @@ def test_detection_rows_coco_file_pycocotools_can_evaluate_and_annotations(detec
 
     results = COCO(str(out / "detections_coco.json"))  # loads as a COCO dataset: images, categories, annotations
     assert len(results.getImgIds()) == 16 and [c["name"] for c in results.loadCats(results.getCatIds())] == [
-        "circle", "square", "triangle"]
+        "circle",
+        "square",
+        "triangle",
+    ]
     gt = COCO(str(shapes_dir / "annotations" / "test.json"))
     gt_id = {img["file_name"]: img["id"] for img in gt.dataset["images"]}
     ours = {img["id"]: gt_id[img["file_name"].rsplit("/", 1)[-1]] for img in results.dataset["images"]}
@@ -100,8 +104,12 @@ def test_segmentation_masks_equal_a_direct_call_with_stats_csv_and_overlays(segm
     for row in rows[:3]:
         mask = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED)
         with torch.inference_mode():
-            direct = segment_image(model, to_tensor(read_image(folder / row["input"])),
-                                   mean=config.normalization["mean"], std=config.normalization["std"])
+            direct = segment_image(
+                model,
+                to_tensor(read_image(folder / row["input"])),
+                mean=config.normalization["mean"],
+                std=config.normalization["std"],
+            )
         np.testing.assert_array_equal(mask, direct.labels)
         assert row["classes"]["circle"]["pixels"] == int((mask == 1).sum())
         assert decode_image((out / row["overlay"]).read_bytes()).shape == (128, 128, 3)
@@ -172,8 +180,9 @@ def test_another_job_in_the_same_folder_is_refused_unless_forced(segmenter_store
     _run(segmenter_store, "tiny-segmenter", "segmentation", folder, out, recursive=False)
     with pytest.raises(ValueError, match="another job.*max_side.*--force"):
         _run(segmenter_store, "tiny-segmenter", "segmentation", folder, out, recursive=False, max_side=512)
-    forced = _run(segmenter_store, "tiny-segmenter", "segmentation", folder, out, recursive=False, max_side=512,
-                  force=True)
+    forced = _run(
+        segmenter_store, "tiny-segmenter", "segmentation", folder, out, recursive=False, max_side=512, force=True
+    )
     assert forced.skipped == 0 and forced.processed == 8
 
 
@@ -197,8 +206,16 @@ def test_images_in_flight_stay_within_the_bound(segmenter_store, folder, tmp_pat
 
     task.prepare, task.record = counting_prepare, counting_record
     inputs = [f for f in list_inputs(folder, recursive=True) if f.key.endswith("0.png") or "/" in f.key]
-    summary = run_local(task, model, file_work(task, inputs), Manifest(tmp_path / "bound", task.job()),
-                        batch_size=2, decode_workers=3, max_in_flight=3, progress=False)
+    summary = run_local(
+        task,
+        model,
+        file_work(task, inputs),
+        Manifest(tmp_path / "bound", task.job()),
+        batch_size=2,
+        decode_workers=3,
+        max_in_flight=3,
+        progress=False,
+    )
     assert summary.processed == len(inputs) and 0 < peak[0] <= 3
 
 

@@ -13,9 +13,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")  # R
 
 from models import checkpoints  # noqa: E402
 from models.batch.engine import Summary, file_work, run_local  # noqa: E402
+from models.batch.job import build_job  # noqa: E402
 from models.batch.ray_engine import run_ray  # noqa: E402
 from models.batch.store import InputFile, Manifest, list_inputs  # noqa: E402
-from models.batch.job import build_job  # noqa: E402
 from models.preprocessing import decode_image  # noqa: E402
 from models.synth import generate_shapes  # noqa: E402
 
@@ -39,8 +39,17 @@ def images(tmp_path_factory) -> Path:
     return folder
 
 
-def _run(engine: str, store: Path, name: str, inputs: list[InputFile], out: Path, *, actors: int = 1,
-         device: str | None = None, **options) -> Summary:
+def _run(
+    engine: str,
+    store: Path,
+    name: str,
+    inputs: list[InputFile],
+    out: Path,
+    *,
+    actors: int = 1,
+    device: str | None = None,
+    **options,
+) -> Summary:
     folder = checkpoints.resolve(store, name)
     config = checkpoints.load_config(folder)
     task = build_job(config.task, config, out, **options)
@@ -95,10 +104,12 @@ def test_detection_same_rows_as_local_engine(detections):
     assert [r["input"] for r in remote] == [r["input"] for r in local] and len(remote) == 8
     assert sum(len(r["detections"]) for r in remote) > 0
     for got, want in zip(remote, local):
-        assert {k: v for k, v in got.items() if k != "detections"} == {k: v for k, v in want.items()
-                                                                         if k != "detections"}
-        assert [(d["label"], d["class"]) for d in got["detections"]] == [(d["label"], d["class"])
-                                                                         for d in want["detections"]]
+        assert {k: v for k, v in got.items() if k != "detections"} == {
+            k: v for k, v in want.items() if k != "detections"
+        }
+        assert [(d["label"], d["class"]) for d in got["detections"]] == [
+            (d["label"], d["class"]) for d in want["detections"]
+        ]
         for d, e in zip(got["detections"], want["detections"]):
             assert d["box"] == pytest.approx(e["box"], abs=1e-3) and d["score"] == pytest.approx(e["score"], abs=1e-3)
         assert decode_image((detections[1] / got["annotated"]).read_bytes()).shape == (96, 96, 3)

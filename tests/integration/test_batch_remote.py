@@ -17,8 +17,8 @@ import pytest
 
 from models import checkpoints
 from models.batch.engine import file_work, index_work, run_local
-from models.batch.store import Manifest, list_inputs
 from models.batch.job import build_job
+from models.batch.store import Manifest, list_inputs
 from models.preprocessing import decode_image
 from models.synth import generate_shapes
 from services.batch_remote import remote_config, run_remote, run_remote_generate
@@ -53,8 +53,9 @@ def _remote(address, task_name, folder, out, **kwargs):
 def test_remote_outputs_equal_the_local_engines_and_bad_files_are_recorded(segmenter_store, folder, tmp_path):
     model, config = checkpoints.load_model(segmenter_store / "tiny-segmenter")
     task = build_job("segmentation", config, tmp_path / "local")
-    run_local(task, model, file_work(task, list_inputs(folder)), Manifest(tmp_path / "local", task.job()),
-              progress=False)
+    run_local(
+        task, model, file_work(task, list_inputs(folder)), Manifest(tmp_path / "local", task.job()), progress=False
+    )
     with running_server(task="segmentation", model_store=segmenter_store) as address:
         summary = _remote(address, "segmentation", folder, tmp_path / "remote", in_flight=8)
     assert (summary.processed, summary.failed) == (40, 1)
@@ -66,16 +67,18 @@ def test_remote_outputs_equal_the_local_engines_and_bad_files_are_recorded(segme
     assert error["input"] == "broken.png" and error["error"].startswith("INVALID_ARGUMENT: ")
 
 
-def test_a_server_restart_mid_run_is_retried_and_every_input_is_answered_once(segmenter_store, folder, tmp_path,
-                                                                               caplog):
+def test_a_server_restart_mid_run_is_retried_and_every_input_is_answered_once(
+    segmenter_store, folder, tmp_path, caplog
+):
     out = tmp_path / "restart"
     caplog.set_level(logging.WARNING, logger="cvtasks.batch")
     with contextlib.ExitStack() as first:
         address = first.enter_context(running_server(task="segmentation", model_store=segmenter_store, grace_s=0))
         port = int(address.rsplit(":", 1)[1])
         result: dict = {}
-        job = threading.Thread(target=lambda: result.update(
-            summary=_remote(address, "segmentation", folder, out, in_flight=2, retry_s=60)))
+        job = threading.Thread(
+            target=lambda: result.update(summary=_remote(address, "segmentation", folder, out, in_flight=2, retry_s=60))
+        )
         job.start()
         deadline = time.monotonic() + 60
         while not (out / "manifest.jsonl").is_file() or len((out / "manifest.jsonl").read_text().splitlines()) < 4:
@@ -101,19 +104,18 @@ def test_an_unknown_model_or_a_model_of_another_task_is_refused(segmenter_store)
                 remote_config(client, "segmentation", "nope")
 
 
-@pytest.mark.parametrize("store, name", [("generator_store", "tiny-generator"),
-                                         ("mixture_generator_store", "tiny-mixture-generator")])
+@pytest.mark.parametrize(
+    "store, name", [("generator_store", "tiny-generator"), ("mixture_generator_store", "tiny-mixture-generator")]
+)
 def test_remote_generation_draws_the_same_images_as_local(store, name, request, tmp_path):
     generator_store = request.getfixturevalue(store)  # a standard-normal prior, and a mixture's
     model, config = checkpoints.load_model(generator_store / name)
     local = build_job("generation", config, tmp_path / "local", seed=3)
-    run_local(local, model, index_work(local, 70),
-              Manifest(tmp_path / "local", local.job()), progress=False)
+    run_local(local, model, index_work(local, 70), Manifest(tmp_path / "local", local.job()), progress=False)
     with running_server(task="generation", model_store=generator_store) as address:
         with CvtasksClient(address, timeout=60) as client:
             task = build_job("generation", remote_config(client, "generation", ""), tmp_path / "remote", seed=3)
-            summary = run_remote_generate(task, client, 70, Manifest(tmp_path / "remote", task.job()),
-                                          progress=False)
+            summary = run_remote_generate(task, client, 70, Manifest(tmp_path / "remote", task.job()), progress=False)
     assert summary.processed == 70  # two Generate calls: 64 + 6
     for index in (0, 1, 63, 64, 69):
         name = f"images/3/{index:06d}.png"

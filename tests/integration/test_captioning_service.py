@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-import torch
 
 from models import checkpoints
 from models.captioning import MAX_CAPTION_LENGTH, beam_search, image_input

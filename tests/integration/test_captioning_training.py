@@ -14,10 +14,20 @@ from models.train.captioning import CaptioningTrainConfig, collate_captions, tra
 
 def _config(shapes_dir, tmp_path, **kw) -> CaptioningTrainConfig:
     return CaptioningTrainConfig(
-        train_images=str(shapes_dir / "images" / "val"), train_captions=str(shapes_dir / "captions" / "val.json"),
-        val_images=str(shapes_dir / "images" / "test"), val_captions=str(shapes_dir / "captions" / "test.json"),
-        run_dir=str(tmp_path / "run"), model_store=str(tmp_path / "store"), name="cap", embed_size=32,
-        hidden_size=64, batch_size=16, warmup_steps=2, progress=False, **kw)
+        train_images=str(shapes_dir / "images" / "val"),
+        train_captions=str(shapes_dir / "captions" / "val.json"),
+        val_images=str(shapes_dir / "images" / "test"),
+        val_captions=str(shapes_dir / "captions" / "test.json"),
+        run_dir=str(tmp_path / "run"),
+        model_store=str(tmp_path / "store"),
+        name="cap",
+        embed_size=32,
+        hidden_size=64,
+        batch_size=16,
+        warmup_steps=2,
+        progress=False,
+        **kw,
+    )
 
 
 def test_train_store_rebuild_decode_and_resume(shapes_dir, tmp_path):
@@ -36,6 +46,7 @@ def test_train_store_rebuild_decode_and_resume(shapes_dir, tmp_path):
 
 
 def test_collate_pads_with_zero():
-    images, captions = collate_captions([(torch.zeros(3, 4, 4), torch.tensor([1, 5, 2])),
-                                         (torch.zeros(3, 4, 4), torch.tensor([1, 2]))])
+    images, captions = collate_captions(
+        [(torch.zeros(3, 4, 4), torch.tensor([1, 5, 2])), (torch.zeros(3, 4, 4), torch.tensor([1, 2]))]
+    )
     assert images.shape == (2, 3, 4, 4) and captions.tolist() == [[1, 5, 2], [1, 2, 0]]

@@ -69,12 +69,15 @@ def test_service_boxes_equal_a_direct_model_call(client, detector_store, test_im
     model, config = checkpoints.load_model(detector_store / "tiny-detector", device=SERVING_DEVICE)
     for path in test_images[:4]:
         data = path.read_bytes()
-        direct = predict(model, [to_tensor(decode_image(data)).to(SERVING_DEVICE)], class_names=config.classes,
-                         options=DetectOptions(score_threshold=0.2))[0]
+        direct = predict(
+            model,
+            [to_tensor(decode_image(data)).to(SERVING_DEVICE)],
+            class_names=config.classes,
+            options=DetectOptions(score_threshold=0.2),
+        )[0]
         response = client.detect(data, score_threshold=0.2)
         assert [d.class_name for d in response.detections] == [d.class_name for d in direct]
-        np.testing.assert_allclose(_boxes(response), np.array([d.box for d in direct]).reshape(-1, 4),
-                                   atol=BOX_ATOL)
+        np.testing.assert_allclose(_boxes(response), np.array([d.box for d in direct]).reshape(-1, 4), atol=BOX_ATOL)
         np.testing.assert_allclose([d.score for d in response.detections], [d.score for d in direct], atol=SCORE_ATOL)
 
 
@@ -151,8 +154,11 @@ def test_unknown_model_is_not_found_and_lists_served_models(client, test_images)
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"score_threshold": 1.5}, "score_threshold"), ({"max_detections": 0}, "max_detections"),
-     ({"classes": ["hexagon"]}, "hexagon")],
+    [
+        ({"score_threshold": 1.5}, "score_threshold"),
+        ({"max_detections": 0}, "max_detections"),
+        ({"classes": ["hexagon"]}, "hexagon"),
+    ],
 )
 def test_bad_options_are_invalid_argument(client, test_images, options, message):
     with pytest.raises(grpc.RpcError) as err:
@@ -175,5 +181,6 @@ def test_concurrent_requests_are_batched(client, test_images):
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda d: client.detect(d, score_threshold=0.05), data))
     assert all(r.image_width == 128 for r in responses)
-    torch.testing.assert_close(torch.tensor(_boxes(responses[0])), torch.tensor(_boxes(responses[8])), atol=1e-3,
-                               rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(_boxes(responses[0])), torch.tensor(_boxes(responses[8])), atol=1e-3, rtol=0
+    )

@@ -28,8 +28,10 @@ def _free_port() -> int:
 
 def _digests(module: torch.nn.Module) -> dict[str, str]:
     """sha256 of every tensor of ``module``'s state dict (parameters and buffers)."""
-    return {name: hashlib.sha256(tensor.detach().contiguous().numpy().tobytes()).hexdigest()
-            for name, tensor in module.state_dict().items()}
+    return {
+        name: hashlib.sha256(tensor.detach().contiguous().numpy().tobytes()).hexdigest()
+        for name, tensor in module.state_dict().items()
+    }
 
 
 def _train_gan(rank: int, world_size: int, ports: list[int], cfg: GenerationTrainConfig, out: str) -> None:
@@ -41,17 +43,31 @@ def _train_gan(rank: int, world_size: int, ports: list[int], cfg: GenerationTrai
         task = GenerationTask(dataclasses.replace(cfg, epochs=epochs, resume=resume))
         outcome = loop.fit(task, loop.Settings.of(task.cfg))
     parts = {**task.networks(), "generator_ema": task.average}
-    report = {"digests": {name: _digests(part) for name, part in parts.items()}, "history": outcome.history,
-              "grid": str(task.grid)}
+    report = {
+        "digests": {name: _digests(part) for name, part in parts.items()},
+        "history": outcome.history,
+        "grid": str(task.grid),
+    }
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(report, f)
 
 
 def test_two_processes_train_halves_of_the_data_and_end_with_one_state(shapes_dir, tmp_path):
-    cfg = GenerationTrainConfig(images=str(shapes_dir / "images" / "val"), run_dir=str(tmp_path / "run"),
-                                model_store=str(tmp_path / "store"), name="gan", image_size=32, nz=16, ngf=8, ndf=8,
-                                batch_size=4, sample_count=4, ema_decay=0.9, augment="translation,color",
-                                progress=False)
+    cfg = GenerationTrainConfig(
+        images=str(shapes_dir / "images" / "val"),
+        run_dir=str(tmp_path / "run"),
+        model_store=str(tmp_path / "store"),
+        name="gan",
+        image_size=32,
+        nz=16,
+        ngf=8,
+        ndf=8,
+        batch_size=4,
+        sample_count=4,
+        ema_decay=0.9,
+        augment="translation,color",
+        progress=False,
+    )
     mp.spawn(_train_gan, args=(2, [_free_port(), _free_port()], cfg, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # weights, batch-norm buffers and the weight average alike on both, and as rank 0 stored them
@@ -68,18 +84,53 @@ def test_two_processes_train_halves_of_the_data_and_end_with_one_state(shapes_di
 
 def test_cli_train_runs_under_torchrun_and_only_rank_0_reports(shapes_dir, tmp_path):
     store, run = tmp_path / "store", tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "services.cli", "train", "segmentation",
-               "--train-images", str(shapes_dir / "images" / "val"), "--train-masks", str(shapes_dir / "masks" / "val"),
-               "--val-images", str(shapes_dir / "images" / "test"), "--val-masks", str(shapes_dir / "masks" / "test"),
-               "--classes", str(shapes_dir / "classes.txt"), "--name", "ddp-seg", "--arch", "unet",
-               "--encoder", "tu-mobilenetv3_small_100", "--model-args", '{"decoder_channels": [32, 16, 16, 8, 8]}',
-               "--model-store", str(store), "--run-dir", str(run), "--epochs", "1", "--batch-size", "4",
-               "--warmup-steps", "1", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "services.cli",
+        "train",
+        "segmentation",
+        "--train-images",
+        str(shapes_dir / "images" / "val"),
+        "--train-masks",
+        str(shapes_dir / "masks" / "val"),
+        "--val-images",
+        str(shapes_dir / "images" / "test"),
+        "--val-masks",
+        str(shapes_dir / "masks" / "test"),
+        "--classes",
+        str(shapes_dir / "classes.txt"),
+        "--name",
+        "ddp-seg",
+        "--arch",
+        "unet",
+        "--encoder",
+        "tu-mobilenetv3_small_100",
+        "--model-args",
+        '{"decoder_channels": [32, 16, 16, 8, 8]}',
+        "--model-store",
+        str(store),
+        "--run-dir",
+        str(run),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--warmup-steps",
+        "1",
+        "--device",
+        "cpu",
+    ]
     out = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**ENV, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("epoch 1/1: loss") == 1 and out.stdout.count('"model":') == 1, out.stdout
-    report = json.loads(out.stdout[out.stdout.index("{"):])
+    report = json.loads(out.stdout[out.stdout.index("{") :])
     assert report["model"] == str(store / "ddp-seg") and set(report["metrics"]) == {"mIoU", "pixel_accuracy"}
     history = json.loads((run / "history.json").read_text())
     assert len(history["mIoU"]) == 1 and history["mIoU"][0] == report["metrics"]["mIoU"]

@@ -27,8 +27,9 @@ def server(tmp_path_factory, detector_store, segmenter_store, captioner_store):
         for folder in source.iterdir():
             shutil.copytree(folder, store / folder.name)
     # A long batching delay, so that requests sent together share a batch.
-    with running_server(task=["detection", "segmentation", "captioning"], model_store=store, max_batch_size=8,
-                        max_delay_ms=300) as address:
+    with running_server(
+        task=["detection", "segmentation", "captioning"], model_store=store, max_batch_size=8, max_delay_ms=300
+    ) as address:
         yield address
 
 

@@ -14,14 +14,31 @@ from models.errors import DatasetError
 from models.generation import LatentPrior, image_grid, latents, to_uint8
 from models.preprocessing import center_crop_resize
 from models.train import common
-from models.train.generation import (GenerationTrainConfig, diff_augment, ema_update, gan_input, learning_rate,
-                                     train_generation)
+from models.train.generation import (
+    GenerationTrainConfig,
+    diff_augment,
+    ema_update,
+    gan_input,
+    learning_rate,
+    train_generation,
+)
 
 
 def _config(shapes_dir, tmp_path, **kw) -> GenerationTrainConfig:
-    return GenerationTrainConfig(images=str(shapes_dir / "images" / "val"), run_dir=str(tmp_path / "run"),
-                                 model_store=str(tmp_path / "store"), name="gan", image_size=32, nz=16, ngf=8,
-                                 ndf=8, batch_size=8, sample_count=9, progress=False, **kw)
+    return GenerationTrainConfig(
+        images=str(shapes_dir / "images" / "val"),
+        run_dir=str(tmp_path / "run"),
+        model_store=str(tmp_path / "store"),
+        name="gan",
+        image_size=32,
+        nz=16,
+        ngf=8,
+        ndf=8,
+        batch_size=8,
+        sample_count=9,
+        progress=False,
+        **kw,
+    )
 
 
 def test_train_store_samples_and_resume(shapes_dir, tmp_path):
@@ -74,8 +91,9 @@ def test_the_average_generator_is_stored_and_kept_for_resume(shapes_dir, tmp_pat
     for name, tensor in stored.state_dict().items():
         assert torch.equal(tensor, state["generator_ema"][name]), name
     assert any(not torch.equal(state["generator"][k], state["generator_ema"][k]) for k in state["generator"])
-    resumed = train_generation(_config(shapes_dir, tmp_path, epochs=2, ema_decay=0.9, augment="translation,color",
-                                       resume=True))
+    resumed = train_generation(
+        _config(shapes_dir, tmp_path, epochs=2, ema_decay=0.9, augment="translation,color", resume=True)
+    )
     assert len(resumed["history"]["g_loss"]) == 2
     common.save_parts(tmp_path / "run", {"generator": torch.nn.Linear(1, 1)}, epoch=1, history={}, best=0.0)
     with pytest.raises(ValueError, match="resume has no discriminator, opt_g, opt_d, generator_ema: it was written"):

@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from models.preprocessing import encode_image, read_image
+from models.preprocessing import encode_image
 from services.client import CvtasksClient
 from services.launch import running_server
 from tests.devices import BOX_ATOL, SCORE_ATOL
@@ -25,11 +25,16 @@ DETECTOR, SEGMENTER, CAPTIONER, GENERATOR = "tiny-detector", "tiny-segmenter", "
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, detector_store, segmenter_store, captioner_store, generator_store):
     store = tmp_path_factory.mktemp("kserve-store")
-    for source, name in ((detector_store, DETECTOR), (segmenter_store, SEGMENTER), (captioner_store, CAPTIONER),
-                         (generator_store, GENERATOR)):
+    for source, name in (
+        (detector_store, DETECTOR),
+        (segmenter_store, SEGMENTER),
+        (captioner_store, CAPTIONER),
+        (generator_store, GENERATOR),
+    ):
         shutil.copytree(source / name, store / name)
-    with running_server(task=["detection", "segmentation", "captioning", "generation"], model_store=store,
-                        max_batch_size=4) as address:
+    with running_server(
+        task=["detection", "segmentation", "captioning", "generation"], model_store=store, max_batch_size=4
+    ) as address:
         yield address
 
 
@@ -59,8 +64,13 @@ def _input(name: str, array: np.ndarray) -> grpcclient.InferInput:
 
 def infer(client, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, **parameters):
     requested = [grpcclient.InferRequestedOutput(n) for n in outputs] if outputs else None
-    return client.infer(model, [_input(n, a) for n, a in inputs.items()], outputs=requested,
-                        parameters=parameters or None, client_timeout=60)
+    return client.infer(
+        model,
+        [_input(n, a) for n, a in inputs.items()],
+        outputs=requested,
+        parameters=parameters or None,
+        client_timeout=60,
+    )
 
 
 def encoded(*images: bytes) -> dict[str, np.ndarray]:
@@ -68,8 +78,14 @@ def encoded(*images: bytes) -> dict[str, np.ndarray]:
 
 
 def pixels(*images: bytes) -> dict[str, np.ndarray]:
-    return {"PIXELS": np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR),
-                                             cv2.COLOR_BGR2RGB) for b in images])}
+    return {
+        "PIXELS": np.stack(
+            [
+                cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                for b in images
+            ]
+        )
+    }
 
 
 def _status(call) -> tuple[str, str]:
@@ -93,18 +109,43 @@ def test_liveness_readiness_server_metadata_and_index(triton):
     assert {m.state for m in index.models} == {"READY"}
 
 
-@pytest.mark.parametrize("model, inputs, outputs", [
-    (DETECTOR, {"IMAGE": ("BYTES", [-1]), "PIXELS": ("UINT8", [-1, -1, -1, -1])},
-     {"BOXES": ("FP32", [-1, -1, 4]), "SCORES": ("FP32", [-1, -1]), "LABELS": ("INT64", [-1, -1]),
-      "CLASS_NAMES": ("BYTES", [-1, -1]), "COUNT": ("INT32", [-1]), "IMAGE_SIZE": ("INT32", [-1, 2])}),
-    (SEGMENTER, {"IMAGE": ("BYTES", [-1]), "PIXELS": ("UINT8", [-1, -1, -1, -1])},
-     {"LABEL_MAP": ("UINT8", [-1, -1, -1]), "IMAGE_SIZE": ("INT32", [-1, 2])}),
-    (CAPTIONER, {"IMAGE": ("BYTES", [-1]), "PIXELS": ("UINT8", [-1, -1, -1, -1])},
-     {"CAPTION": ("BYTES", [-1, -1]), "LOG_PROB": ("FP32", [-1, -1]), "SCORE": ("FP32", [-1, -1]),
-      "IMAGE_SIZE": ("INT32", [-1, 2])}),
-    (GENERATOR, {"SEED": ("INT64", [1]), "LATENT": ("FP32", [-1, 16])},
-     {"IMAGE": ("UINT8", [-1, 32, 32, 3]), "LATENT": ("FP32", [-1, 16])}),
-])
+@pytest.mark.parametrize(
+    "model, inputs, outputs",
+    [
+        (
+            DETECTOR,
+            {"IMAGE": ("BYTES", [-1]), "PIXELS": ("UINT8", [-1, -1, -1, -1])},
+            {
+                "BOXES": ("FP32", [-1, -1, 4]),
+                "SCORES": ("FP32", [-1, -1]),
+                "LABELS": ("INT64", [-1, -1]),
+                "CLASS_NAMES": ("BYTES", [-1, -1]),
+                "COUNT": ("INT32", [-1]),
+                "IMAGE_SIZE": ("INT32", [-1, 2]),
+            },
+        ),
+        (
+            SEGMENTER,
+            {"IMAGE": ("BYTES", [-1]), "PIXELS": ("UINT8", [-1, -1, -1, -1])},
+            {"LABEL_MAP": ("UINT8", [-1, -1, -1]), "IMAGE_SIZE": ("INT32", [-1, 2])},
+        ),
+        (
+            CAPTIONER,
+            {"IMAGE": ("BYTES", [-1]), "PIXELS": ("UINT8", [-1, -1, -1, -1])},
+            {
+                "CAPTION": ("BYTES", [-1, -1]),
+                "LOG_PROB": ("FP32", [-1, -1]),
+                "SCORE": ("FP32", [-1, -1]),
+                "IMAGE_SIZE": ("INT32", [-1, 2]),
+            },
+        ),
+        (
+            GENERATOR,
+            {"SEED": ("INT64", [1]), "LATENT": ("FP32", [-1, 16])},
+            {"IMAGE": ("UINT8", [-1, 32, 32, 3]), "LATENT": ("FP32", [-1, 16])},
+        ),
+    ],
+)
 def test_model_metadata_and_config_describe_each_task(triton, model, inputs, outputs):
     meta = triton.get_model_metadata(model)
     assert meta.name == model and list(meta.versions) == ["1"] and meta.platform == "pytorch"
@@ -136,8 +177,9 @@ def test_detection_bytes_and_pixels_equal_typed_detect(triton, typed, pngs):
             expected = typed.detect(data, score_threshold=0.2).detections
             n = int(count[b])
             assert n == len(expected) > 0
-            np.testing.assert_allclose(boxes[b, :n], [[d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max]
-                                                      for d in expected], atol=BOX_ATOL)
+            np.testing.assert_allclose(
+                boxes[b, :n], [[d.box.x_min, d.box.y_min, d.box.x_max, d.box.y_max] for d in expected], atol=BOX_ATOL
+            )
             np.testing.assert_allclose(scores[b, :n], [d.score for d in expected], atol=SCORE_ATOL)
             assert result.as_numpy("LABELS")[b, :n].tolist() == [d.label for d in expected]
             assert [c.decode() for c in result.as_numpy("CLASS_NAMES")[b, :n]] == [d.class_name for d in expected]
@@ -145,8 +187,15 @@ def test_detection_bytes_and_pixels_equal_typed_detect(triton, typed, pngs):
 
 
 def test_detection_parameters_filter_and_requested_outputs(triton, typed, pngs):
-    result = infer(triton, DETECTOR, encoded(pngs[0]), outputs=["COUNT", "CLASS_NAMES"], score_threshold=0.05,
-                   max_detections=2, class_filter="square, circle")
+    result = infer(
+        triton,
+        DETECTOR,
+        encoded(pngs[0]),
+        outputs=["COUNT", "CLASS_NAMES"],
+        score_threshold=0.05,
+        max_detections=2,
+        class_filter="square, circle",
+    )
     assert [o.name for o in result.get_response().outputs] == ["COUNT", "CLASS_NAMES"]
     expected = typed.detect(pngs[0], score_threshold=0.05, max_detections=2, classes=["square", "circle"])
     assert result.as_numpy("COUNT").tolist() == [len(expected.detections)]
@@ -154,8 +203,10 @@ def test_detection_parameters_filter_and_requested_outputs(triton, typed, pngs):
 
 
 def test_segmentation_label_maps_equal_typed_segment_and_pad_smaller_images(triton, typed, pngs):
-    small = encode_image(cv2.cvtColor(cv2.imdecode(np.frombuffer(pngs[1], np.uint8), cv2.IMREAD_COLOR),
-                                      cv2.COLOR_BGR2RGB)[:96, :80], "png")
+    small = encode_image(
+        cv2.cvtColor(cv2.imdecode(np.frombuffer(pngs[1], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)[:96, :80],
+        "png",
+    )
     result = infer(triton, SEGMENTER, encoded(pngs[0], small))
     label_map = result.as_numpy("LABEL_MAP")
     assert label_map.shape == (2, 128, 128) and label_map.dtype == np.uint8
@@ -219,31 +270,46 @@ def test_stream_infer_answers_in_order_and_a_bad_request_does_not_end_it(triton,
 # --------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("model, inputs, params, status, message", [
-    ("no-such-model", "png", {}, "NOT_FOUND", "This server serves"),
-    (DETECTOR, {"IMAGE": np.array([b"\x89PNG\r\n\x1a\n broken"], dtype=object)}, {}, "INVALID_ARGUMENT",
-     "IMAGE[0]: truncated PNG"),
-    (DETECTOR, {"IMAGE": np.array([b"hello"], dtype=object)}, {}, "INVALID_ARGUMENT", "unrecognised image format"),
-    (DETECTOR, {"IMAGE": np.zeros((1, 8, 8, 3), np.uint8)}, {}, "INVALID_ARGUMENT", "IMAGE must be BYTES, got UINT8"),
-    (DETECTOR, {"PIXELS": np.zeros((8, 8, 3), np.uint8)}, {}, "INVALID_ARGUMENT", "has shape [8, 8, 3]"),
-    (DETECTOR, {"PIXELS": np.zeros((1, 8, 8, 2), np.uint8)}, {}, "INVALID_ARGUMENT", "channels must be 1"),
-    (DETECTOR, {"PIXELS": np.zeros((5, 8, 8, 3), np.uint8)}, {}, "INVALID_ARGUMENT", "max_batch_size 4"),
-    (DETECTOR, {"FOO": np.zeros(1, np.float32)}, {}, "INVALID_ARGUMENT", "unknown input `FOO`"),
-    (DETECTOR, {}, {}, "INVALID_ARGUMENT", "missing input"),
-    (DETECTOR, "png+pixels", {}, "INVALID_ARGUMENT", "give exactly one image input"),
-    (DETECTOR, "png", {"score_treshold": 0.3}, "INVALID_ARGUMENT", "unknown parameter `score_treshold`"),
-    (DETECTOR, "png", {"score_threshold": 1.5}, "INVALID_ARGUMENT", "score_threshold must be in [0, 1]"),
-    (DETECTOR, "png", {"max_detections": "ten"}, "INVALID_ARGUMENT", "must be an integer"),
-    (DETECTOR, "png", {"class_filter": "hexagon"}, "INVALID_ARGUMENT", "unknown classes"),
-    (SEGMENTER, "png", {"large_image_mode": "zoom"}, "INVALID_ARGUMENT", "resize` or `tile"),
-    (CAPTIONER, "png", {"beam_size": 0}, "INVALID_ARGUMENT", "beam_size must be in 1..16"),
-    (GENERATOR, {"SEED": np.array([1], np.int64)}, {"count": 65}, "INVALID_ARGUMENT", "count must be in 1..64"),
-    (GENERATOR, {"SEED": np.array([-1], np.int64)}, {}, "INVALID_ARGUMENT", "SEED must be >= 0"),
-    (GENERATOR, {"LATENT": np.zeros((2, 15), np.float32)}, {}, "INVALID_ARGUMENT", "expected [-1, 16]"),
-    (GENERATOR, {"SEED": np.array([1.0], np.float32)}, {}, "INVALID_ARGUMENT", "SEED must be INT64 or UINT64"),
-])
-def test_bad_requests_get_a_status_and_a_message_that_says_what_to_fix(triton, pngs, model, inputs, params,
-                                                                       status, message):
+@pytest.mark.parametrize(
+    "model, inputs, params, status, message",
+    [
+        ("no-such-model", "png", {}, "NOT_FOUND", "This server serves"),
+        (
+            DETECTOR,
+            {"IMAGE": np.array([b"\x89PNG\r\n\x1a\n broken"], dtype=object)},
+            {},
+            "INVALID_ARGUMENT",
+            "IMAGE[0]: truncated PNG",
+        ),
+        (DETECTOR, {"IMAGE": np.array([b"hello"], dtype=object)}, {}, "INVALID_ARGUMENT", "unrecognised image format"),
+        (
+            DETECTOR,
+            {"IMAGE": np.zeros((1, 8, 8, 3), np.uint8)},
+            {},
+            "INVALID_ARGUMENT",
+            "IMAGE must be BYTES, got UINT8",
+        ),
+        (DETECTOR, {"PIXELS": np.zeros((8, 8, 3), np.uint8)}, {}, "INVALID_ARGUMENT", "has shape [8, 8, 3]"),
+        (DETECTOR, {"PIXELS": np.zeros((1, 8, 8, 2), np.uint8)}, {}, "INVALID_ARGUMENT", "channels must be 1"),
+        (DETECTOR, {"PIXELS": np.zeros((5, 8, 8, 3), np.uint8)}, {}, "INVALID_ARGUMENT", "max_batch_size 4"),
+        (DETECTOR, {"FOO": np.zeros(1, np.float32)}, {}, "INVALID_ARGUMENT", "unknown input `FOO`"),
+        (DETECTOR, {}, {}, "INVALID_ARGUMENT", "missing input"),
+        (DETECTOR, "png+pixels", {}, "INVALID_ARGUMENT", "give exactly one image input"),
+        (DETECTOR, "png", {"score_treshold": 0.3}, "INVALID_ARGUMENT", "unknown parameter `score_treshold`"),
+        (DETECTOR, "png", {"score_threshold": 1.5}, "INVALID_ARGUMENT", "score_threshold must be in [0, 1]"),
+        (DETECTOR, "png", {"max_detections": "ten"}, "INVALID_ARGUMENT", "must be an integer"),
+        (DETECTOR, "png", {"class_filter": "hexagon"}, "INVALID_ARGUMENT", "unknown classes"),
+        (SEGMENTER, "png", {"large_image_mode": "zoom"}, "INVALID_ARGUMENT", "resize` or `tile"),
+        (CAPTIONER, "png", {"beam_size": 0}, "INVALID_ARGUMENT", "beam_size must be in 1..16"),
+        (GENERATOR, {"SEED": np.array([1], np.int64)}, {"count": 65}, "INVALID_ARGUMENT", "count must be in 1..64"),
+        (GENERATOR, {"SEED": np.array([-1], np.int64)}, {}, "INVALID_ARGUMENT", "SEED must be >= 0"),
+        (GENERATOR, {"LATENT": np.zeros((2, 15), np.float32)}, {}, "INVALID_ARGUMENT", "expected [-1, 16]"),
+        (GENERATOR, {"SEED": np.array([1.0], np.float32)}, {}, "INVALID_ARGUMENT", "SEED must be INT64 or UINT64"),
+    ],
+)
+def test_bad_requests_get_a_status_and_a_message_that_says_what_to_fix(
+    triton, pngs, model, inputs, params, status, message
+):
     if isinstance(inputs, str):
         inputs = {**encoded(pngs[0]), **(pixels(pngs[0]) if "pixels" in inputs else {})}
     code, text = _status(lambda: infer(triton, model, inputs, **params))
@@ -281,9 +347,11 @@ def test_typed_contents_work_like_raw_contents_and_bad_raw_data_is_refused(serve
         z = np.random.default_rng(0).standard_normal((2, 16)).astype(np.float32)
         response = stub.ModelInfer(request("LATENT", "FP32", [2, 16], GENERATOR, fp32_contents=z.ravel()), timeout=60)
         assert response.raw_output_contents[0] == infer(triton, GENERATOR, {"LATENT": z}).as_numpy("IMAGE").tobytes()
-        for bad, message in ((request("IMAGE", "BYTES", [1], raw=b"\x09\x00\x00\x00abc"), "truncated"),
-                             (request("LATENT", "FP32", [1, 16], GENERATOR, raw=b"\x00" * 60), "60 bytes of raw data"),
-                             (request("PIXELS", "UINT8", [1, 2, 2, 3], uint_contents=[300] * 12), "UINT8 range")):
+        for bad, message in (
+            (request("IMAGE", "BYTES", [1], raw=b"\x09\x00\x00\x00abc"), "truncated"),
+            (request("LATENT", "FP32", [1, 16], GENERATOR, raw=b"\x00" * 60), "60 bytes of raw data"),
+            (request("PIXELS", "UINT8", [1, 2, 2, 3], uint_contents=[300] * 12), "UINT8 range"),
+        ):
             with pytest.raises(grpc.RpcError) as info:
                 stub.ModelInfer(bad, timeout=60)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details()
@@ -301,8 +369,7 @@ def test_a_full_queue_is_unavailable_on_this_path(generator_store):
                     done.set()
 
         for _ in range(24):
-            client.async_infer(GENERATOR, [_input("SEED", np.array([3], np.int64))], callback,
-                               parameters={"count": 64})
+            client.async_infer(GENERATOR, [_input("SEED", np.array([3], np.int64))], callback, parameters={"count": 64})
         assert done.wait(120)
         client.close()
     assert "OK" in outcomes and "StatusCode.UNAVAILABLE" in outcomes, outcomes

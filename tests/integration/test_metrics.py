@@ -22,8 +22,11 @@ SEGMENT = "/cvtasks.v1.SegmentationService/Segment"
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def _requests(got, model: str, method: str, status: str) -> float:
@@ -41,16 +44,16 @@ def scraped(detector_store, segmenter_store, shapes_dir, tmp_path_factory):
         assert address.metrics_url and address.metrics_url.endswith("/metrics")
         with CvtasksClient(address, timeout=60) as client:
             for image in images[:3]:
-                client.detect(image)                                   # 3 x OK, 3 items
+                client.detect(image)  # 3 x OK, 3 items
             with pytest.raises(grpc.RpcError) as bad:
-                client.detect(images[0][:40])                          # corrupt PNG
+                client.detect(images[0][:40])  # corrupt PNG
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             with pytest.raises(grpc.RpcError) as unknown:
                 client.detect(images[0], model="no-such-model")
             assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
-            assert len(list(client.detect_stream(images))) == 4         # 1 RPC, 4 items
+            assert len(list(client.detect_stream(images))) == 4  # 1 RPC, 4 items
             for image in images[:2]:
-                client.segment(image)                                  # 2 x OK, 2 items
+                client.segment(image)  # 2 x OK, 2 items
         with urllib.request.urlopen(address.metrics_url, timeout=30) as response:
             assert response.status == 200
             yield _samples(response.read().decode())
@@ -89,8 +92,11 @@ def test_queue_depth_per_model_is_zero_once_idle(scraped):
 
 
 def test_gpu_memory_is_reported_exactly_when_the_models_run_on_cuda(scraped):
-    memory = {dict(labels)["kind"]: value for (name, labels), value in scraped.items()
-              if name == "cvtasks_gpu_memory_bytes" and ("device", "cuda:0") in labels}
+    memory = {
+        dict(labels)["kind"]: value
+        for (name, labels), value in scraped.items()
+        if name == "cvtasks_gpu_memory_bytes" and ("device", "cuda:0") in labels
+    }
     if torch.cuda.is_available():  # the server picks CUDA when present
         assert memory["reserved"] >= memory["allocated"] > 0
     else:

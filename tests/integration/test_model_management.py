@@ -83,11 +83,17 @@ def test_load_a_second_model_make_it_default_then_unload_it(store):
 def test_bad_load_and_unload_requests_are_refused(store):
     cases = [
         (lambda c: c.load_model("nope"), grpc.StatusCode.NOT_FOUND, "Available models"),
-        (lambda c: c.load_model("tiny-generator"), grpc.StatusCode.INVALID_ARGUMENT,
-         "does not serve generation models"),
+        (
+            lambda c: c.load_model("tiny-generator"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "does not serve generation models",
+        ),
         (lambda c: c.load_model(""), grpc.StatusCode.INVALID_ARGUMENT, "name the model"),
-        (lambda c: c.load_model("copied-segmenter"), grpc.StatusCode.INVALID_ARGUMENT,
-         "holds a model named `tiny-segmenter`"),
+        (
+            lambda c: c.load_model("copied-segmenter"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "holds a model named `tiny-segmenter`",
+        ),
         (lambda c: c.unload_model("nope"), grpc.StatusCode.NOT_FOUND, "tiny-segmenter"),
     ]
     with running_server(task="segmentation", model_store=store, models=["tiny-segmenter"]) as address:
@@ -134,8 +140,9 @@ def test_replicas_on_several_devices_share_the_load(store, shapes_dir):
     image = (shapes_dir / "images" / "test" / "000001.png").read_bytes()
 
     async def scenario():
-        host = ModelHost(store, SEGMENTATION, ServingConfig(devices=("cpu", "cpu"), max_delay_ms=20),
-                         names=["tiny-segmenter"])
+        host = ModelHost(
+            store, SEGMENTATION, ServingConfig(devices=("cpu", "cpu"), max_delay_ms=20), names=["tiny-segmenter"]
+        )
         await host.load_all()
         try:
             item = Item(to_tensor(decode_image(image)), SegmentOptions())
@@ -155,8 +162,9 @@ def test_gpus_this_machine_lacks_fall_back_to_the_cpu(store):
     from services.host import ServingConfig, serving_devices
 
     assert [str(d) for d in serving_devices(ServingConfig(devices=("cuda:0", "cuda:1")))] == ["cpu"]
-    with running_server(task="segmentation", model_store=store, models=["tiny-segmenter"],
-                        devices=("cuda:0", "cuda:1")) as address:
+    with running_server(
+        task="segmentation", model_store=store, models=["tiny-segmenter"], devices=("cuda:0", "cuda:1")
+    ) as address:
         with CvtasksClient(address, timeout=60) as client:
             assert client.get_model("tiny-segmenter").device == "cpu"
     with pytest.raises(ValueError, match="either device or devices"):

@@ -49,18 +49,36 @@ VARIANTS: dict[str, tuple] = {
     "classes-string": (GEN, _field(classes="abc"), None, None, "config.json", "`classes` must be a list of strings"),
     "classes-numbers": (GEN, _field(classes=[1, 2]), None, None, "config.json", "`classes` must be a list of strings"),
     "newer-format": (GEN, _field(format_version=99), None, None, "config.json", "upgrade cvtasks"),
-    "weights-from-passwd": (CAP, _args(encoder_weights_path="/etc/passwd"), None, None, "config.json",
-                            "remove `encoder_weights_path`"),
-    "weights-from-folder": (CAP, _args(encoder_weights_path="/"), None, None, "config.json",
-                            "names weights outside the model folder"),
+    "weights-from-passwd": (
+        CAP,
+        _args(encoder_weights_path="/etc/passwd"),
+        None,
+        None,
+        "config.json",
+        "remove `encoder_weights_path`",
+    ),
+    "weights-from-folder": (
+        CAP,
+        _args(encoder_weights_path="/"),
+        None,
+        None,
+        "config.json",
+        "names weights outside the model folder",
+    ),
     "negative-nz": (GEN, _args(nz=-5), None, None, "config.json", "`model_args.nz` is -5"),
     "negative-hidden": (CAP, _args(hidden_size=-1), None, None, "config.json", "`model_args.hidden_size` is -1"),
     "negative-layers": (CAP, _args(num_layers=-1), None, None, "config.json", "`model_args.num_layers` is -1"),
     "enormous-ngf": (GEN, _args(ngf=100000), None, None, "config.json", "parameters, more than cvtasks loads"),
     "enormous-hidden": (CAP, _args(hidden_size=10**6), None, None, "config.json", "parameters, more than"),
     "narrower-ngf": (GEN, _args(ngf=4), None, None, "model.safetensors", "of another shape"),
-    "bad-max-length": (CAP, lambda c: {**c, "extra": {**c["extra"], "max_length": "long"}}, None, None,
-                       "config.json", "fails its warm-up run"),
+    "bad-max-length": (
+        CAP,
+        lambda c: {**c, "extra": {**c["extra"], "max_length": "long"}},
+        None,
+        None,
+        "config.json",
+        "fails its warm-up run",
+    ),
 }
 BROKEN = sorted(VARIANTS) + ["captioner-weights", "self-referencing-captioner"]
 
@@ -146,8 +164,15 @@ def test_a_captioner_whose_encoder_weights_name_its_own_folder_fails_cleanly(cli
     assert "remove `encoder_weights_path`" in error.details() and _no_paths(error.details(), store)
 
 
-@pytest.mark.parametrize("name, words", [("x" * 300, "too long"), ("y" * 2**20, "too long"),
-                                         ("../tiny-generator", "plain folder name"), ("a b", "plain folder name")])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("x" * 300, "too long"),
+        ("y" * 2**20, "too long"),
+        ("../tiny-generator", "plain folder name"),
+        ("a b", "plain folder name"),
+    ],
+)
 def test_names_that_are_no_folder_name_are_invalid_and_not_echoed_in_full(client, name, words):
     error = _refusal(lambda: client.load_model(name))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and words in error.details()

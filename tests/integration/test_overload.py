@@ -24,8 +24,9 @@ from services.streaming import deadline_of
 
 def test_a_flood_beyond_the_queue_gets_resource_exhausted_and_the_rest_complete(segmenter_store, shapes_dir):
     image = (shapes_dir / "images" / "test" / "000001.png").read_bytes()
-    with running_server(task="segmentation", model_store=segmenter_store, max_batch_size=1, max_queue_size=2,
-                        max_delay_ms=0) as address:
+    with running_server(
+        task="segmentation", model_store=segmenter_store, max_batch_size=1, max_queue_size=2, max_delay_ms=0
+    ) as address:
 
         async def flood():
             async with grpc.aio.insecure_channel(address) as channel:
@@ -58,8 +59,9 @@ def test_a_flood_beyond_the_queue_gets_resource_exhausted_and_the_rest_complete(
 
 def test_a_call_without_a_deadline_gets_the_servers_default(segmenter_store, shapes_dir):
     image = (shapes_dir / "images" / "test" / "000001.png").read_bytes()
-    with running_server(task="segmentation", model_store=segmenter_store, default_deadline_s=1e-4,
-                        max_deadline_s=1.0) as address:
+    with running_server(
+        task="segmentation", model_store=segmenter_store, default_deadline_s=1e-4, max_deadline_s=1.0
+    ) as address:
         with grpc.insecure_channel(address) as channel:
             stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
             with pytest.raises(grpc.RpcError) as err:
@@ -91,7 +93,8 @@ BYTES_PER_PIXEL = 30  # the README's figure for the memory a decoded pixel costs
 
 
 def test_a_flood_of_large_images_is_refused_before_decoding_and_memory_stays_under_the_ceiling(
-        segmenter_store, tmp_path):
+    segmenter_store, tmp_path
+):
     """20 requests of a 25 Mpx image at once, a pixel bound of one such image: one is served at a
     time and the others are refused at once, without being decoded (20 decoded images would need
     about 8 GB; the bound holds the growth of the server's peak memory near one image's worth)."""

@@ -24,19 +24,27 @@ ADMIN = "admin-token-0123456789abcdef"
 def _cert(path, name, *, issuer=None, issuer_key=None, ca=False, server=False):
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer or subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer or subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
     cert = builder.sign(issuer_key or key, hashes.SHA256())
     (path / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (path / f"{name}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                         serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
+    (path / f"{name}.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert, key
 
 
@@ -52,8 +60,9 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def secured(generator_store, pki):
-    security = SecurityConfig(tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"),
-                              tokens=(USER,), admin_tokens=(ADMIN,))
+    security = SecurityConfig(
+        tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"), tokens=(USER,), admin_tokens=(ADMIN,)
+    )
     with running_server(task="generation", model_store=generator_store, security=security) as address:
         yield address.replace("127.0.0.1", "localhost")
 
@@ -100,8 +109,9 @@ def test_a_plaintext_client_cannot_talk_to_the_tls_port(secured):
 
 
 def test_mutual_tls_requires_a_client_certificate_from_the_ca(generator_store, pki):
-    security = SecurityConfig(tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"),
-                              tls_client_ca=str(pki / "ca.crt"))
+    security = SecurityConfig(
+        tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"), tls_client_ca=str(pki / "ca.crt")
+    )
     with running_server(task="generation", model_store=generator_store, security=security) as address:
         address = address.replace("127.0.0.1", "localhost")
         with _client(address, pki, tls_cert=str(pki / "client.crt"), tls_key=str(pki / "client.key")) as client:
@@ -115,8 +125,12 @@ def test_tokens_come_from_files_and_environment_and_bad_settings_are_refused(tmp
     path = tmp_path / "tokens"
     path.write_text(f"# service accounts\n{USER}\n\n  {ADMIN}  \n")
     monkeypatch.setenv("CVTASKS_TOKENS", "env-token-0123456789abcdef, other-token-0123456789ab")
-    assert read_tokens(path, env="CVTASKS_TOKENS") == (USER, ADMIN, "env-token-0123456789abcdef",
-                                                        "other-token-0123456789ab")
+    assert read_tokens(path, env="CVTASKS_TOKENS") == (
+        USER,
+        ADMIN,
+        "env-token-0123456789abcdef",
+        "other-token-0123456789ab",
+    )
     with pytest.raises(FileNotFoundError, match="no such token file"):
         read_tokens(tmp_path / "missing")
     with pytest.raises(ValueError, match="at least 16 characters"):
@@ -175,10 +189,10 @@ def _tls_context(pki, *, client=False):
 def test_metrics_need_a_token_and_tls_when_the_server_has_them(generator_store, pki):
     import urllib.request
 
-    security = SecurityConfig(tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"),
-                              tokens=(USER,), admin_tokens=(ADMIN,))
-    with running_server(task="generation", model_store=generator_store, security=security,
-                        metrics_port=0) as address:
+    security = SecurityConfig(
+        tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"), tokens=(USER,), admin_tokens=(ADMIN,)
+    )
+    with running_server(task="generation", model_store=generator_store, security=security, metrics_port=0) as address:
         with _client(address.replace("127.0.0.1", "localhost"), pki, token=USER) as client:
             client.generate(count=1)
         url = address.metrics_url.replace("127.0.0.1", "localhost")
@@ -196,10 +210,10 @@ def test_metrics_need_a_token_and_tls_when_the_server_has_them(generator_store, 
 
 def test_metrics_under_mutual_tls_need_a_client_certificate(generator_store, pki):
 
-    security = SecurityConfig(tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"),
-                              tls_client_ca=str(pki / "ca.crt"))
-    with running_server(task="generation", model_store=generator_store, security=security,
-                        metrics_port=0) as address:
+    security = SecurityConfig(
+        tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"), tls_client_ca=str(pki / "ca.crt")
+    )
+    with running_server(task="generation", model_store=generator_store, security=security, metrics_port=0) as address:
         url = address.metrics_url.replace("127.0.0.1", "localhost")
         status, body = _scrape(url, context=_tls_context(pki, client=True))
         assert status == 200 and "cvtasks_queue_depth" in body
@@ -219,10 +233,10 @@ def test_under_mutual_tls_the_health_port_answers_probes_without_a_certificate(g
 
     from services.healthcheck import main
 
-    security = SecurityConfig(tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"),
-                              tls_client_ca=str(pki / "ca.crt"))
-    with running_server(task="generation", model_store=generator_store, security=security,
-                        health_port=0) as address:
+    security = SecurityConfig(
+        tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"), tls_client_ca=str(pki / "ca.crt")
+    )
+    with running_server(task="generation", model_store=generator_store, security=security, health_port=0) as address:
         health = address.health_address
         assert health and health != address
         with CvtasksClient(health, timeout=10) as plain:
@@ -232,8 +246,9 @@ def test_under_mutual_tls_the_health_port_answers_probes_without_a_certificate(g
             code, _ = _code(lambda: plain.list_models())
             assert code == grpc.StatusCode.UNIMPLEMENTED
         with grpc.insecure_channel(health) as channel:  # a bad request there is the client's error too
-            call = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None,
-                                       response_deserializer=None)
+            call = channel.unary_unary(
+                "/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None
+            )
             code, _ = _code(lambda: call(b"\xff\xff garbage", timeout=10))
             assert code == grpc.StatusCode.INVALID_ARGUMENT
             stub = health_pb2_grpc.HealthStub(channel)

@@ -57,8 +57,12 @@ def test_service_label_map_equals_a_direct_model_call(client, segmenter_store, s
     for path in sorted((shapes_dir / "images" / "test").glob("*.png"))[:3]:
         data = path.read_bytes()
         with torch.inference_mode():
-            direct = segment_image(model, to_tensor(decode_image(data)).to(SERVING_DEVICE), mean=config.normalization["mean"],
-                                   std=config.normalization["std"])
+            direct = segment_image(
+                model,
+                to_tensor(decode_image(data)).to(SERVING_DEVICE),
+                mean=config.normalization["mean"],
+                std=config.normalization["std"],
+            )
         assert_labels_agree(_labels(client.segment(data)), np.asarray(direct.labels))
 
 
@@ -73,8 +77,9 @@ def test_contours_and_overlay_on_request(client, image_bytes):
             assert all(0 <= p.x < 128 and 0 <= p.y < 128 for p in polygon.points)
 
 
-@pytest.mark.parametrize("mode, processing", [("resize", segmentation_pb2.PROCESSING_RESIZED),
-                                              ("tile", segmentation_pb2.PROCESSING_TILED)])
+@pytest.mark.parametrize(
+    "mode, processing", [("resize", segmentation_pb2.PROCESSING_RESIZED), ("tile", segmentation_pb2.PROCESSING_TILED)]
+)
 def test_large_images_are_resized_or_tiled_as_asked(client, shapes_dir, mode, processing):
     big = cv2.resize(read_image(shapes_dir / "images" / "test" / "000002.png"), (300, 200))
     response = client.segment(encode_image(big, "jpeg"), large_image_mode=mode, max_side=128, tile_overlap=32)

@@ -58,8 +58,7 @@ def run(coro):
 async def _started(fake=None, **config):
     fake = fake or FakeDetection()
     health = new_health()
-    server, port = await create_server(ServerConfig(host="127.0.0.1", port=0, **config), [fake],
-                                       health_servicer=health)
+    server, port = await create_server(ServerConfig(host="127.0.0.1", port=0, **config), [fake], health_servicer=health)
     await server.start()
     return server, port, health, fake
 
@@ -130,8 +129,9 @@ def test_health_is_not_serving_until_marked():
 def test_message_limit_is_configurable():
     async def main():
         server, port, _, _ = await _started(max_message_bytes=1024 * 1024)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
-            ("grpc.max_send_message_length", 64 << 20)]) as channel:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
+        ) as channel:
             stub = detection_pb2_grpc.DetectionServiceStub(channel)
             ok = await stub.Detect(_request("small", b"x" * 1000))
             with pytest.raises(grpc.aio.AioRpcError) as err:

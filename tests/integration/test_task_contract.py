@@ -54,21 +54,47 @@ def _encoded(image: bytes) -> dict[str, np.ndarray]:
 
 CONTRACTS = {
     "detection": Contract(
-        "random-detector", lambda c, img, m: c.detect(img, model=m, score_threshold=0.0), "detect_stream",
-        lambda c, img: c.detect(img, score_threshold=1.5), "score_threshold", lambda r: len(r.detections),
-        lambda r: int(r.as_numpy("COUNT")[0]), _encoded, {"score_threshold": 0.0}),
+        "random-detector",
+        lambda c, img, m: c.detect(img, model=m, score_threshold=0.0),
+        "detect_stream",
+        lambda c, img: c.detect(img, score_threshold=1.5),
+        "score_threshold",
+        lambda r: len(r.detections),
+        lambda r: int(r.as_numpy("COUNT")[0]),
+        _encoded,
+        {"score_threshold": 0.0},
+    ),
     "segmentation": Contract(
-        "tiny-segmenter", lambda c, img, m: c.segment(img, model=m), "segment_stream",
-        lambda c, img: c.segment(img, max_side=10), "max_side",
-        _label_map, lambda r: r.as_numpy("LABEL_MAP")[0], _encoded),
+        "tiny-segmenter",
+        lambda c, img, m: c.segment(img, model=m),
+        "segment_stream",
+        lambda c, img: c.segment(img, max_side=10),
+        "max_side",
+        _label_map,
+        lambda r: r.as_numpy("LABEL_MAP")[0],
+        _encoded,
+    ),
     "captioning": Contract(
-        "tiny-captioner", lambda c, img, m: c.caption(img, model=m), "caption_stream",
-        lambda c, img: c.caption(img, beam_size=0), "beam_size", lambda r: r.captions[0].text, lambda r: r.as_numpy("CAPTION")[0, 0].decode(), _encoded),
+        "tiny-captioner",
+        lambda c, img, m: c.caption(img, model=m),
+        "caption_stream",
+        lambda c, img: c.caption(img, beam_size=0),
+        "beam_size",
+        lambda r: r.captions[0].text,
+        lambda r: r.as_numpy("CAPTION")[0, 0].decode(),
+        _encoded,
+    ),
     "generation": Contract(
-        "tiny-generator", lambda c, img, m: c.generate(model=m, seed=4, count=2, fmt="raw"), "",
-        lambda c, img: c.generate(count=65), "count must be in 1..64",
+        "tiny-generator",
+        lambda c, img, m: c.generate(model=m, seed=4, count=2, fmt="raw"),
+        "",
+        lambda c, img: c.generate(count=65),
+        "count must be in 1..64",
         lambda r: np.stack([np.frombuffer(i.raw.data, np.uint8).reshape(32, 32, 3) for i in r.images]),
-        lambda r: r.as_numpy("IMAGE"), lambda _: {"SEED": np.array([4], np.int64)}, {"count": 2}),
+        lambda r: r.as_numpy("IMAGE"),
+        lambda _: {"SEED": np.array([4], np.int64)},
+        {"count": 2},
+    ),
 }
 TASKS = sorted(CONTRACTS)
 IMAGE_TASKS = [t for t in TASKS if CONTRACTS[t].stream]
@@ -77,8 +103,10 @@ IMAGE_TASKS = [t for t in TASKS if CONTRACTS[t].stream]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, random_detector_store, segmenter_store, captioner_store, generator_store):
     root = tmp_path_factory.mktemp("contract-store")
-    for source, contract in zip((random_detector_store, segmenter_store, captioner_store, generator_store),
-                                (CONTRACTS[t] for t in ("detection", "segmentation", "captioning", "generation"))):
+    for source, contract in zip(
+        (random_detector_store, segmenter_store, captioner_store, generator_store),
+        (CONTRACTS[t] for t in ("detection", "segmentation", "captioning", "generation")),
+    ):
         shutil.copytree(source / contract.model, root / contract.model)
     return root
 

@@ -52,8 +52,11 @@ def _error(call) -> grpc.RpcError:
 def _logged(caplog, method: str) -> list[logging.LogRecord]:
     """The "rpc" lines of ``method`` that are not OK; each is written just after its status went out, so wait."""
     for _ in range(100):
-        lines = [r for r in caplog.records
-                 if r.getMessage() == "rpc" and getattr(r, "method", None) == method and r.status != "OK"]
+        lines = [
+            r
+            for r in caplog.records
+            if r.getMessage() == "rpc" and getattr(r, "method", None) == method and r.status != "OK"
+        ]
         if lines:
             return lines
         time.sleep(0.1)
@@ -66,12 +69,15 @@ def _still_serves(address, png) -> None:
         assert client.detect(png).image_width == 96
 
 
-@pytest.mark.parametrize(("method", "message_type"), [
-    (DETECT, "cvtasks.v1.DetectRequest"),
-    ("/grpc.health.v1.Health/Check", "grpc.health.v1.HealthCheckRequest"),
-    ("/inference.GRPCInferenceService/ModelInfer", "inference.ModelInferRequest"),
-    ("/cvtasks.v1.ModelService/ListModels", "cvtasks.v1.ListModelsRequest"),
-])
+@pytest.mark.parametrize(
+    ("method", "message_type"),
+    [
+        (DETECT, "cvtasks.v1.DetectRequest"),
+        ("/grpc.health.v1.Health/Check", "grpc.health.v1.HealthCheckRequest"),
+        ("/inference.GRPCInferenceService/ModelInfer", "inference.ModelInferRequest"),
+        ("/cvtasks.v1.ModelService/ListModels", "cvtasks.v1.ListModelsRequest"),
+    ],
+)
 def test_unary_bytes_that_are_not_a_protobuf_are_invalid_argument(served, channel, png, method, message_type, caplog):
     call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
     with caplog.at_level(logging.INFO, logger="cvtasks.server"):
@@ -84,12 +90,17 @@ def test_unary_bytes_that_are_not_a_protobuf_are_invalid_argument(served, channe
     assert "not a valid" in lines[0].error
 
 
-@pytest.mark.parametrize(("method", "message_type"), [
-    ("/cvtasks.v1.DetectionService/DetectStream", "cvtasks.v1.DetectRequest"),
-    ("/inference.GRPCInferenceService/ModelStreamInfer", "inference.ModelInferRequest"),
-    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-     "grpc.reflection.v1alpha.ServerReflectionRequest"),
-])
+@pytest.mark.parametrize(
+    ("method", "message_type"),
+    [
+        ("/cvtasks.v1.DetectionService/DetectStream", "cvtasks.v1.DetectRequest"),
+        ("/inference.GRPCInferenceService/ModelStreamInfer", "inference.ModelInferRequest"),
+        (
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            "grpc.reflection.v1alpha.ServerReflectionRequest",
+        ),
+    ],
+)
 def test_stream_messages_that_are_not_a_protobuf_are_invalid_argument(served, channel, png, method, message_type):
     call = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
     err = _error(lambda: list(call(iter([GARBAGE]), timeout=30)))
@@ -98,10 +109,22 @@ def test_stream_messages_that_are_not_a_protobuf_are_invalid_argument(served, ch
     _still_serves(served, png)
 
 
-@pytest.mark.parametrize("rpc", ["ModelStatistics", "RepositoryModelLoad", "RepositoryModelUnload",
-                                 "SystemSharedMemoryStatus", "SystemSharedMemoryRegister",
-                                 "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus", "CudaSharedMemoryRegister",
-                                 "CudaSharedMemoryUnregister", "TraceSetting", "LogSettings"])
+@pytest.mark.parametrize(
+    "rpc",
+    [
+        "ModelStatistics",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
+        "SystemSharedMemoryStatus",
+        "SystemSharedMemoryRegister",
+        "SystemSharedMemoryUnregister",
+        "CudaSharedMemoryStatus",
+        "CudaSharedMemoryRegister",
+        "CudaSharedMemoryUnregister",
+        "TraceSetting",
+        "LogSettings",
+    ],
+)
 def test_kserve_rpcs_that_are_not_implemented_answer_unimplemented(channel, rpc):
     stub = kgrpc.GRPCInferenceServiceStub(channel)
     request = getattr(kpb, f"{rpc}Request")()
@@ -111,8 +134,11 @@ def test_kserve_rpcs_that_are_not_implemented_answer_unimplemented(channel, rpc)
 
 
 def test_kserve_repository_load_says_what_to_use_instead(channel):
-    err = _error(lambda: kgrpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(
-        kpb.RepositoryModelLoadRequest(model_name=MODEL), timeout=30))
+    err = _error(
+        lambda: kgrpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(
+            kpb.RepositoryModelLoadRequest(model_name=MODEL), timeout=30
+        )
+    )
     assert "ModelService/LoadModel" in err.details()
 
 
@@ -132,25 +158,36 @@ def _short(err: grpc.RpcError, code: grpc.StatusCode, *expected: str) -> None:
 
 def test_a_1_mib_model_name_is_not_found_with_a_short_message(served, channel, png):
     with CvtasksClient(served, timeout=60) as client:
-        _short(_error(lambda: client.detect(png, model=MiB_NAME)), grpc.StatusCode.NOT_FOUND,
-               f"({1 << 20} characters)", MODEL)
+        _short(
+            _error(lambda: client.detect(png, model=MiB_NAME)),
+            grpc.StatusCode.NOT_FOUND,
+            f"({1 << 20} characters)",
+            MODEL,
+        )
     infer = kgrpc.GRPCInferenceServiceStub(channel).ModelInfer
-    _short(_error(lambda: infer(_infer_request(png, model_name=MiB_NAME), timeout=60)), grpc.StatusCode.NOT_FOUND,
-           f"({1 << 20} characters)", MODEL)
+    _short(
+        _error(lambda: infer(_infer_request(png, model_name=MiB_NAME), timeout=60)),
+        grpc.StatusCode.NOT_FOUND,
+        f"({1 << 20} characters)",
+        MODEL,
+    )
     _still_serves(served, png)
 
 
-def test_1_mib_parameter_keys_inputs_outputs_and_classes_are_invalid_argument_with_a_short_message(served, channel,
-                                                                                                 png):
+def test_1_mib_parameter_keys_inputs_outputs_and_classes_are_invalid_argument_with_a_short_message(
+    served, channel, png
+):
     infer = kgrpc.GRPCInferenceServiceStub(channel).ModelInfer
     request = _infer_request(png, model_name=MODEL)
     request.parameters[MiB_NAME].string_param = "x"
-    _short(_error(lambda: infer(request, timeout=60)), grpc.StatusCode.INVALID_ARGUMENT, "unknown parameter",
-           "characters)")
+    _short(
+        _error(lambda: infer(request, timeout=60)), grpc.StatusCode.INVALID_ARGUMENT, "unknown parameter", "characters)"
+    )
     request = _infer_request(png, model_name=MODEL)
     request.parameters["class_filter"].string_param = ",".join([MiB_NAME, *map(str, range(1000))])
-    _short(_error(lambda: infer(request, timeout=60)), grpc.StatusCode.INVALID_ARGUMENT, "class_filter",
-           "993 more]")  # 1001 unknown names, sorted: 8 are shown
+    _short(
+        _error(lambda: infer(request, timeout=60)), grpc.StatusCode.INVALID_ARGUMENT, "class_filter", "993 more]"
+    )  # 1001 unknown names, sorted: 8 are shown
     request = _infer_request(png, model_name=MODEL)
     request.outputs.add(name=MiB_NAME)
     _short(_error(lambda: infer(request, timeout=60)), grpc.StatusCode.INVALID_ARGUMENT, "unknown output")
@@ -158,8 +195,12 @@ def test_1_mib_parameter_keys_inputs_outputs_and_classes_are_invalid_argument_wi
     request.inputs[0].name = MiB_NAME
     _short(_error(lambda: infer(request, timeout=60)), grpc.StatusCode.INVALID_ARGUMENT, "unknown input")
     with CvtasksClient(served, timeout=60) as client:
-        _short(_error(lambda: client.detect(png, classes=[MiB_NAME])), grpc.StatusCode.INVALID_ARGUMENT,
-               "class_filter", "characters)")
+        _short(
+            _error(lambda: client.detect(png, classes=[MiB_NAME])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "class_filter",
+            "characters)",
+        )
     _still_serves(served, png)
 
 
@@ -172,8 +213,9 @@ def test_garbage_from_a_client_without_a_token_is_refused_for_the_token_first(ra
             call = channel.unary_unary(DETECT, request_serializer=None, response_deserializer=None)
             err = _error(lambda: call(GARBAGE, timeout=30))
             assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err.details()
-            err = _error(lambda: call(GARBAGE, timeout=30,
-                                      metadata=[("authorization", "Bearer user-token-0123456789abcdef")]))
+            err = _error(
+                lambda: call(GARBAGE, timeout=30, metadata=[("authorization", "Bearer user-token-0123456789abcdef")])
+            )
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # with the token: what is wrong with it
 
 
@@ -181,8 +223,10 @@ def test_model_management_is_closed_on_every_interface_without_admin_tokens(rand
     with running_server(task="detection", model_store=random_detector_store, host="0.0.0.0") as address:
         with grpc.insecure_channel(address.replace("0.0.0.0", "127.0.0.1")) as channel:
             stub = models_pb2_grpc.ModelServiceStub(channel)
-            for call, request in ((stub.LoadModel, models_pb2.LoadModelRequest(name=MODEL)),
-                                  (stub.UnloadModel, models_pb2.UnloadModelRequest(name=MODEL))):
+            for call, request in (
+                (stub.LoadModel, models_pb2.LoadModelRequest(name=MODEL)),
+                (stub.UnloadModel, models_pb2.UnloadModelRequest(name=MODEL)),
+            ):
                 err = _error(lambda: call(request, timeout=60))
                 assert err.code() == grpc.StatusCode.PERMISSION_DENIED
                 assert "admin tokens" in err.details() and "--host 127.0.0.1" in err.details()
@@ -192,8 +236,12 @@ def test_model_management_is_closed_on_every_interface_without_admin_tokens(rand
 def test_model_management_opens_on_a_trusted_network_when_asked(random_detector_store):
     from services.security import SecurityConfig
 
-    with running_server(task="detection", model_store=random_detector_store, host="0.0.0.0",
-                        security=SecurityConfig(open_management=True)) as address:
+    with running_server(
+        task="detection",
+        model_store=random_detector_store,
+        host="0.0.0.0",
+        security=SecurityConfig(open_management=True),
+    ) as address:
         with grpc.insecure_channel(address.replace("0.0.0.0", "127.0.0.1")) as channel:
             stub = models_pb2_grpc.ModelServiceStub(channel)
             assert stub.LoadModel(models_pb2.LoadModelRequest(name=MODEL), timeout=120).ready

@@ -46,8 +46,14 @@ def test_the_rpc_log_rate_limits_refusals_but_not_their_counts_nor_ok_lines(capl
     limiter = LogLimiter(burst=2, interval_s=5.0, clock=clock)
 
     def finish(status: str) -> None:
-        call = CallLog(method="/m/Detect", peer="ipv4:1.2.3.4:5", started=time.perf_counter(), deadline=None,
-                       record=None, status=status)
+        call = CallLog(
+            method="/m/Detect",
+            peer="ipv4:1.2.3.4:5",
+            started=time.perf_counter(),
+            deadline=None,
+            record=None,
+            status=status,
+        )
         call.end(limiter)
         call.end(limiter)  # once only
 
@@ -59,8 +65,11 @@ def test_the_rpc_log_rate_limits_refusals_but_not_their_counts_nor_ok_lines(capl
         clock.now += 6
         finish("OK")
     lines = [(r.getMessage(), r.status, getattr(r, "suppressed", None)) for r in caplog.records]
-    assert lines == ([("rpc", "INVALID_ARGUMENT", None)] * 2 + [("rpc", "OK", None)] * 5
-                     + [("rpc lines suppressed", "INVALID_ARGUMENT", 48), ("rpc", "OK", None)])
+    assert lines == (
+        [("rpc", "INVALID_ARGUMENT", None)] * 2
+        + [("rpc", "OK", None)] * 5
+        + [("rpc lines suppressed", "INVALID_ARGUMENT", 48), ("rpc", "OK", None)]
+    )
 
 
 def _call(deadline: float | None) -> CallLog:
@@ -115,10 +124,21 @@ def test_status_messages_are_capped_in_one_place():
     assert len(capped) < MAX_STATUS_MESSAGE + 100 and "cut at 1024 of 100000 characters" in capped
 
 
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True), ("localhost", True),
-    ("0.0.0.0", False), ("", False), ("::", False), ("10.0.0.5", False), ("example.org", False),
-])
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("example.org", False),
+    ],
+)
 def test_model_management_is_open_only_on_loopback_with_admin_tokens_or_when_asked(host, loopback):
     assert is_loopback(host) is loopback
     refusal = SecurityConfig().management_refusal(host)

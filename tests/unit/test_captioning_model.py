@@ -14,8 +14,9 @@ VOCAB = 9
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return Captioner(vocab_size=VOCAB, backbone="resnet18", embed_size=16, hidden_size=32, num_layers=2,
-                     dropout=0.1).eval()
+    return Captioner(
+        vocab_size=VOCAB, backbone="resnet18", embed_size=16, hidden_size=32, num_layers=2, dropout=0.1
+    ).eval()
 
 
 def test_teacher_forcing_shapes(model):
@@ -31,7 +32,7 @@ def test_greedy_equals_a_hand_written_loop(model):
     found = greedy(model, images, max_length=6)
     with torch.inference_mode():
         for b in range(2):
-            _, state = model.decoder.step(model.encoder(images)[b:b + 1], None)
+            _, state = model.decoder.step(model.encoder(images)[b : b + 1], None)
             token, words = torch.tensor([1]), []
             for _ in range(7):
                 log_probs, state = model.decoder.step(model.decoder.embed(token), state)
@@ -65,9 +66,14 @@ def test_beam_returns_ranked_distinct_captions(model):
     assert all(isinstance(t, int) for c in captions for t in c.tokens)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"beam_size": 0}, "beam_size"),
-                                             ({"max_length": MAX_CAPTION_LENGTH + 1}, "max_length"),
-                                             ({"beam_size": 2, "num_captions": 3}, "num_captions")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"beam_size": 0}, "beam_size"),
+        ({"max_length": MAX_CAPTION_LENGTH + 1}, "max_length"),
+        ({"beam_size": 2, "num_captions": 3}, "num_captions"),
+    ],
+)
 def test_bad_decoding_options(model, kwargs, message):
     with pytest.raises(InvalidInputError, match=message):
         beam_search(model, torch.rand(1, 3, 32, 32), **kwargs)
@@ -110,8 +116,9 @@ def test_encoder_weights_from_a_state_dict_file_or_a_stored_unet_encoder(tmp_pat
 
     args = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
     unet = build_segmenter("unet", num_classes=2, **args)
-    config = checkpoints.ModelConfig(name="u", task="segmentation", architecture="unet", classes=("a", "b"),
-                                     model_args=args, input_size=64)
+    config = checkpoints.ModelConfig(
+        name="u", task="segmentation", architecture="unet", classes=("a", "b"), model_args=args, input_size=64
+    )
     checkpoints.save_model(unet, config, tmp_path / "u")
     two = ImageEncoder(backbone="resnet18", embed_size=16, stages=2, weights_path=tmp_path / "u")
     assert torch.equal(two.trunk[0].weight, unet.encoder.conv1.weight)
@@ -133,7 +140,13 @@ def test_encoder_stages_and_pooling_give_the_embedding_size(stages, pooling):
 def test_a_stored_config_of_another_architecture_is_refused():
     from models import checkpoints
 
-    config = checkpoints.ModelConfig(name="c", task="captioning", architecture="transformer", classes=(),
-                                     model_args={"backbone": "resnet18"}, extra={"vocab": {"words": ["a"]}})
+    config = checkpoints.ModelConfig(
+        name="c",
+        task="captioning",
+        architecture="transformer",
+        classes=(),
+        model_args={"backbone": "resnet18"},
+        extra={"vocab": {"words": ["a"]}},
+    )
     with pytest.raises(InvalidInputError, match="unknown captioning architecture `transformer`"):
         checkpoints.build_model(config)

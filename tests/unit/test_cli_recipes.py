@@ -18,11 +18,14 @@ def test_the_quickstart_help_lists_the_recipe_as_flags_that_exist(capsys):
     assert as_flags(QUICKSTART_RECIPE) in help_text
     for key in QUICKSTART_RECIPE:
         assert f"[--{key.replace('_', '-')} " in help_text, key  # a flag of its own in the usage line
-    assert as_flags({"batch_size": 16, "augment": "translation,color"}) == "--batch-size 16, --augment translation,color"
+    assert (
+        as_flags({"batch_size": 16, "augment": "translation,color"}) == "--batch-size 16, --augment translation,color"
+    )
 
 
 def test_flags_given_explicitly_win_over_the_recipe():
     args = build_parser(COMMAND).parse_args([*COMMAND, "--images", "x", "--quickstart", "--epochs", "5"])
-    settings = under_recipe({"epochs": args.epochs, "ngf": args.ngf, "lr": args.lr}, GenerationTrainConfig,
-                            QUICKSTART_RECIPE)
+    settings = under_recipe(
+        {"epochs": args.epochs, "ngf": args.ngf, "lr": args.lr}, GenerationTrainConfig, QUICKSTART_RECIPE
+    )
     assert settings == {"epochs": 5, "ngf": QUICKSTART_RECIPE["ngf"], "lr": GenerationTrainConfig.lr}

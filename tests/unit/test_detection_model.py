@@ -36,8 +36,12 @@ def test_full_size_builders_take_num_classes_without_weights(name):
 def test_tiny_detector_outputs_boxes_in_input_pixels():
     torch.manual_seed(0)
     model = detection.build_detector("fasterrcnn_tiny", num_classes=4).eval()
-    out = detection.predict(model, [torch.rand(3, 96, 200)], class_names=("a", "b", "c"),
-                            options=detection.DetectOptions(score_threshold=0.0, max_detections=7))
+    out = detection.predict(
+        model,
+        [torch.rand(3, 96, 200)],
+        class_names=("a", "b", "c"),
+        options=detection.DetectOptions(score_threshold=0.0, max_detections=7),
+    )
     assert len(out) == 1 and len(out[0]) <= 7
     for det in out[0]:
         x1, y1, x2, y2 = det.box
@@ -54,8 +58,9 @@ def test_postprocess_filters_by_score_class_and_count():
     names = ("circle", "square")
     kept = detection.postprocess(output, class_names=names, options=detection.DetectOptions(score_threshold=0.5))
     assert [d.score for d in kept] == pytest.approx([0.95, 0.9, 0.8])
-    only = detection.postprocess(output, class_names=names,
-                                 options=detection.DetectOptions(score_threshold=0.5, class_filter=("circle",)))
+    only = detection.postprocess(
+        output, class_names=names, options=detection.DetectOptions(score_threshold=0.5, class_filter=("circle",))
+    )
     assert [d.class_name for d in only] == ["circle", "circle"]
     top1 = detection.postprocess(output, class_names=names, options=detection.DetectOptions(max_detections=1))
     assert [d.box for d in top1] == [(1.0, 1.0, 2.0, 2.0)]
@@ -75,8 +80,14 @@ def test_class_filter_with_unknown_class_says_which():
 def test_store_round_trip_rebuilds_identical_model(tmp_path):
     torch.manual_seed(1)
     model = detection.build_detector("fasterrcnn_tiny", num_classes=3, image_size=96).eval()
-    config = checkpoints.ModelConfig(name="tiny", task="detection", architecture="fasterrcnn_tiny",
-                                     classes=("cat", "dog"), model_args={"image_size": 96}, input_size=96)
+    config = checkpoints.ModelConfig(
+        name="tiny",
+        task="detection",
+        architecture="fasterrcnn_tiny",
+        classes=("cat", "dog"),
+        model_args={"image_size": 96},
+        input_size=96,
+    )
     checkpoints.save_model(model, config, tmp_path / "tiny")
     stored = json.loads((tmp_path / "tiny" / "config.json").read_text())
     assert stored["classes"] == ["cat", "dog"] and stored["created"]
@@ -90,9 +101,11 @@ def test_store_round_trip_rebuilds_identical_model(tmp_path):
 
 def test_store_unknown_name_lists_available(tmp_path):
     model = detection.build_detector("fasterrcnn_tiny", num_classes=2)
-    checkpoints.save_model(model, checkpoints.ModelConfig(name="one", task="detection",
-                                                          architecture="fasterrcnn_tiny", classes=("x",)),
-                           tmp_path / "one")
+    checkpoints.save_model(
+        model,
+        checkpoints.ModelConfig(name="one", task="detection", architecture="fasterrcnn_tiny", classes=("x",)),
+        tmp_path / "one",
+    )
     with pytest.raises(UnknownModelError, match=r"\['one'\]"):
         checkpoints.resolve(tmp_path, "two")
 
@@ -132,8 +145,22 @@ def test_weights_import_puts_coco_weights_into_the_store(tmp_path):
 
     source = detection.build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=91)
     torch.save(source.state_dict(), tmp_path / "coco.pth")
-    assert main(["weights", "import", "fasterrcnn_mobilenet_v3_large_320_fpn", "--name", "coco-mobile",
-                 "--path", str(tmp_path / "coco.pth"), "--model-store", str(tmp_path / "store")]) == 0
+    assert (
+        main(
+            [
+                "weights",
+                "import",
+                "fasterrcnn_mobilenet_v3_large_320_fpn",
+                "--name",
+                "coco-mobile",
+                "--path",
+                str(tmp_path / "coco.pth"),
+                "--model-store",
+                str(tmp_path / "store"),
+            ]
+        )
+        == 0
+    )
     model, config = checkpoints.load_model(tmp_path / "store" / "coco-mobile")
     assert len(config.classes) == 90 and config.classes[0] == "person" and config.input_size == 320
     assert torch.equal(model.roi_heads.box_predictor.bbox_pred.weight, source.roi_heads.box_predictor.bbox_pred.weight)
@@ -145,8 +172,9 @@ def test_images_of_any_shape_the_decoder_admits_are_detected(height, width):
     torch.manual_seed(0)
     model = detection.build_detector("fasterrcnn_tiny", num_classes=4).eval()
     image = torch.rand(3, height, width)
-    (found,) = detection.predict(model, [image], class_names=["a", "b", "c"],
-                                 options=detection.DetectOptions(score_threshold=0.0))
+    (found,) = detection.predict(
+        model, [image], class_names=["a", "b", "c"], options=detection.DetectOptions(score_threshold=0.0)
+    )
     for d in found:
         x1, y1, x2, y2 = d.box
         assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height

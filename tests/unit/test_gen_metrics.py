@@ -29,9 +29,9 @@ def _bars(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     for i, label in enumerate(labels.tolist()):
         at = int(torch.randint(2, 14, (), generator=g))
         if label:
-            images[i, 0, :, at - 1:at + 1] = 1.0
+            images[i, 0, :, at - 1 : at + 1] = 1.0
         else:
-            images[i, 0, at - 1:at + 1, :] = 1.0
+            images[i, 0, at - 1 : at + 1, :] = 1.0
     return images, labels
 
 
@@ -52,11 +52,18 @@ def test_evaluate_generator_scores_given_samples_against_an_untrained_baseline(t
     from models.generation import Generator
     from models.synth import generate_shapes
 
-    generate_shapes(tmp_path, splits={"train": 600, "test": 60, "more": 60}, image_size=32, max_shapes=1,
-                    solid_backgrounds=True, seed=3)
+    generate_shapes(
+        tmp_path,
+        splits={"train": 600, "test": 60, "more": 60},
+        image_size=32,
+        max_shapes=1,
+        solid_backgrounds=True,
+        seed=3,
+    )
     args = {"image_size": 32, "channels": 3, "nz": 8, "ngf": 8}
-    real_like, _, _ = labelled_images(tmp_path / "images" / "more", tmp_path / "annotations" / "more.json",
-                                      size=32, channels=3)
+    real_like, _, _ = labelled_images(
+        tmp_path / "images" / "more", tmp_path / "annotations" / "more.json", size=32, channels=3
+    )
     report, drawn = evaluate_generator(Generator(**args), args, tmp_path, classifier_epochs=8, generated=real_like)
     assert set(drawn) == {"model", "untrained baseline"} and len(drawn["untrained baseline"]) == 60
     assert report["samples"] == 60 and report["real_images_compared"] == 60

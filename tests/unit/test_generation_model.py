@@ -84,8 +84,14 @@ def test_a_standard_normal_prior_draws_what_latents_always_drew():
 def test_stored_generator_rebuilds_from_its_config(tmp_path):
     torch.manual_seed(0)
     g = Generator(image_size=32, channels=1, nz=8, ngf=8).eval()
-    config = checkpoints.ModelConfig(name="g", task="generation", architecture="dcgan", classes=(),
-                                     model_args={"image_size": 32, "channels": 1, "nz": 8, "ngf": 8}, input_size=32)
+    config = checkpoints.ModelConfig(
+        name="g",
+        task="generation",
+        architecture="dcgan",
+        classes=(),
+        model_args={"image_size": 32, "channels": 1, "nz": 8, "ngf": 8},
+        input_size=32,
+    )
     checkpoints.save_model(g, config, tmp_path / "g")
     loaded, _ = checkpoints.load_model(tmp_path / "g")
     z = latents(1, 2, 8)
@@ -108,9 +114,13 @@ def test_interpolation_ends_and_norms():
     assert torch.allclose(interpolate(a, a, 3, mode="spherical")[1], a, atol=1e-5)  # parallel: no NaN
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"steps": 1}, "steps"), ({"steps": 3, "mode": "cubic"}, "interpolation"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": 1}, "steps"),
+        ({"steps": 3, "mode": "cubic"}, "interpolation"),
+    ],
+)
 def test_bad_interpolation_options(kwargs, message):
     a = torch.zeros(4)
     with pytest.raises(InvalidInputError, match=message):

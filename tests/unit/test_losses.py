@@ -99,9 +99,17 @@ def test_gradients_are_finite():
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kwargs", [{"mode": "panoptic"}, {"dice_weight": 0, "focal_weight": 0},
-                                    {"focal_gamma": -1}, {"class_weights": (1.0, -2.0)},
-                                    {"mode": "binary", "class_weights": (1.0, 2.0)}, {"focal_alpha": 0.25}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "panoptic"},
+        {"dice_weight": 0, "focal_weight": 0},
+        {"focal_gamma": -1},
+        {"class_weights": (1.0, -2.0)},
+        {"mode": "binary", "class_weights": (1.0, 2.0)},
+        {"focal_alpha": 0.25},
+    ],
+)
 def test_bad_configs(kwargs):
     with pytest.raises(ValueError):
         SegLossConfig(**kwargs)
@@ -112,16 +120,19 @@ def test_unknown_spec_lists_the_options():
         build_loss("lovasz")
 
 
-@pytest.mark.parametrize(("logits", "target", "kwargs", "message"), [
-    (LOGITS, torch.tensor([[0, 1]]), {}, "must be \\(B, H, W\\)"),
-    (LOGITS, TARGET.float(), {}, "integer class ids"),
-    (LOGITS, torch.tensor([[[0, 2]]]), {}, "in 0..1, got 0..2"),
-    (LOGITS, torch.tensor([[[0, 7]]]), {"ignore_index": 255}, "or 255 \\(ignored\\)"),
-    (LOGITS, TARGET, {"class_weights": (1.0, 2.0, 3.0)}, "3 class_weights for 2 classes"),
-    (LOGITS, TARGET, {"mode": "binary"}, "binary mode needs"),
-    (LOGITS, TARGET, {"mode": "multilabel"}, "logits' shape"),
-    (LOGITS[0], TARGET, {}, "\\(B, C, H, W\\)"),
-])
+@pytest.mark.parametrize(
+    ("logits", "target", "kwargs", "message"),
+    [
+        (LOGITS, torch.tensor([[0, 1]]), {}, "must be \\(B, H, W\\)"),
+        (LOGITS, TARGET.float(), {}, "integer class ids"),
+        (LOGITS, torch.tensor([[[0, 2]]]), {}, "in 0..1, got 0..2"),
+        (LOGITS, torch.tensor([[[0, 7]]]), {"ignore_index": 255}, "or 255 \\(ignored\\)"),
+        (LOGITS, TARGET, {"class_weights": (1.0, 2.0, 3.0)}, "3 class_weights for 2 classes"),
+        (LOGITS, TARGET, {"mode": "binary"}, "binary mode needs"),
+        (LOGITS, TARGET, {"mode": "multilabel"}, "logits' shape"),
+        (LOGITS[0], TARGET, {}, "\\(B, C, H, W\\)"),
+    ],
+)
 def test_targets_that_do_not_fit_are_refused_with_what_was_expected(logits, target, kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_loss("dice+focal", **kwargs)(logits, target)

@@ -22,15 +22,20 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_models_never_import_grpc_or_services():
-    offenders = {str(p.relative_to(ROOT)): sorted(_imports(p) & {"grpc", "grpc_health", "grpc_reflection", "services",
-                                                                  "google"})
-                 for p in (ROOT / "models").rglob("*.py")}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(_imports(p) & {"grpc", "grpc_health", "grpc_reflection", "services", "google"})
+        for p in (ROOT / "models").rglob("*.py")
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
 def test_generated_stubs_match_the_protos():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -43,8 +43,12 @@ def test_dataset_pairs_by_stem_and_augments_image_and_mask_together(tmp_path):
     image = np.where(mask[..., None] == 1, 255, 0).astype(np.uint8).repeat(3, axis=2)  # white where class 1
     Image.fromarray(image).save(tmp_path / "images" / "a.jpg", quality=100)
     Image.fromarray(mask, mode="L").save(tmp_path / "masks" / "a.png")
-    dataset = SegmentationDataset(tmp_path / "images", tmp_path / "masks", class_names=("background", "box"),
-                                  transform=segmentation_train_transform(size=96, seed=3))
+    dataset = SegmentationDataset(
+        tmp_path / "images",
+        tmp_path / "masks",
+        class_names=("background", "box"),
+        transform=segmentation_train_transform(size=96, seed=3),
+    )
     for _ in range(5):  # several random geometries: image and mask must move together
         augmented, labels = dataset[0]
         assert augmented.shape == (3, 96, 96) and labels.shape == (96, 96) and str(labels.dtype) == "torch.int64"

@@ -68,27 +68,36 @@ def test_mobile_encoder_and_binary_head():
 def test_encoder_weights_from_a_local_file(tmp_path):
     source = segmentation.build_segmenter("unet", num_classes=3, encoder="resnet18")
     torch.save(source.encoder.state_dict(), tmp_path / "enc.pth")
-    model = segmentation.build_segmenter("unet", num_classes=3, encoder="resnet18",
-                                         encoder_weights_path=str(tmp_path / "enc.pth"))
+    model = segmentation.build_segmenter(
+        "unet", num_classes=3, encoder="resnet18", encoder_weights_path=str(tmp_path / "enc.pth")
+    )
     assert torch.equal(model.encoder.conv1.weight, source.encoder.conv1.weight)
 
 
 def test_stored_segmenter_round_trip(tmp_path):
     model = segmentation.build_segmenter("unet", num_classes=3, encoder="resnet18").eval()
-    config = checkpoints.ModelConfig(name="seg", task="segmentation", architecture="unet",
-                                     classes=("background", "a", "b"), model_args={"encoder": "resnet18"})
+    config = checkpoints.ModelConfig(
+        name="seg",
+        task="segmentation",
+        architecture="unet",
+        classes=("background", "a", "b"),
+        model_args={"encoder": "resnet18"},
+    )
     checkpoints.save_model(model, config, tmp_path / "seg")
     loaded, _ = checkpoints.load_model(tmp_path / "seg")
     x = torch.rand(3, 64, 64)
-    assert torch.equal(segmentation.predict_labels(model, x, mean=MEAN, std=STD),
-                       segmentation.predict_labels(loaded, x, mean=MEAN, std=STD))
+    assert torch.equal(
+        segmentation.predict_labels(model, x, mean=MEAN, std=STD),
+        segmentation.predict_labels(loaded, x, mean=MEAN, std=STD),
+    )
 
 
 @pytest.mark.parametrize("mode, processing", [("resize", "resized"), ("tile", "tiled")])
 def test_large_images_are_resized_or_tiled_and_come_back_full_size(mode, processing):
     model = segmentation.build_segmenter("unet", num_classes=3, encoder="resnet18").eval()
-    options = segmentation.SegmentOptions(max_side=64, large_image_mode=segmentation.LargeImageMode(mode),
-                                          tile_overlap=16)
+    options = segmentation.SegmentOptions(
+        max_side=64, large_image_mode=segmentation.LargeImageMode(mode), tile_overlap=16
+    )
     with torch.inference_mode():
         result = segmentation.segment_image(model, torch.rand(3, 150, 100), mean=MEAN, std=STD, options=options)
     assert result.labels.shape == (150, 100) and result.labels.dtype == np.uint8
@@ -138,8 +147,9 @@ def test_batched_segmentation_equals_one_by_one():
     options = [segmentation.SegmentOptions(max_side=128)] * 4
     with torch.inference_mode():
         batched = segmentation.segment_batch(model, images, mean=MEAN, std=STD, options=options)
-        single = [segmentation.segment_image(model, im, mean=MEAN, std=STD, options=o)
-                  for im, o in zip(images, options)]
+        single = [
+            segmentation.segment_image(model, im, mean=MEAN, std=STD, options=o) for im, o in zip(images, options)
+        ]
     for b, s in zip(batched, single):
         assert b.processing == s.processing
         assert (b.labels != s.labels).mean() < 0.001  # float sums differ in the last bits, argmax hardly

@@ -29,8 +29,11 @@ from services.typed import timings_proto
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Exposition text -> {(sample name, sorted labels): value}."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_each_series_is_exposed_with_its_labels():
@@ -82,8 +85,13 @@ def test_queue_depth_is_read_at_scrape_time_and_a_broken_source_does_not_fail_th
 def test_gpu_memory_is_absent_without_cuda_and_read_per_device_with_it(monkeypatch):
     if not torch.cuda.is_available():
         assert gpu_memory() == {} and "cvtasks_gpu_memory_bytes" not in ServingMetrics().text()
-    fake = {"is_available": lambda: True, "is_initialized": lambda: True, "device_count": lambda: 2,
-            "memory_allocated": lambda i: 100 + i, "memory_reserved": lambda i: 200 + i}
+    fake = {
+        "is_available": lambda: True,
+        "is_initialized": lambda: True,
+        "device_count": lambda: 2,
+        "memory_allocated": lambda i: 100 + i,
+        "memory_reserved": lambda i: 200 + i,
+    }
     for name, fn in fake.items():
         monkeypatch.setattr(torch.cuda, name, fn)
     got = samples(ServingMetrics().text())
@@ -158,13 +166,16 @@ def _serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@pytest.mark.parametrize(("env", "argv", "expected"), [
-    (None, [], None),  # off by default
-    ("9464", [], 9464),
-    ("9464", ["--metrics-port", "off"], None),
-    (None, ["--metrics-port", "0"], 0),
-    ("", ["--metrics-port", "9100"], 9100),
-])
+@pytest.mark.parametrize(
+    ("env", "argv", "expected"),
+    [
+        (None, [], None),  # off by default
+        ("9464", [], 9464),
+        ("9464", ["--metrics-port", "off"], None),
+        (None, ["--metrics-port", "0"], 0),
+        ("", ["--metrics-port", "9100"], 9100),
+    ],
+)
 def test_metrics_port_flag_and_env(monkeypatch, env, argv, expected):
     if env is None:
         monkeypatch.delenv("CVTASKS_METRICS_PORT", raising=False)

@@ -23,8 +23,9 @@ ARGS = {"image_size": 32, "channels": 1, "nz": 8, "ngf": 4}
 
 @pytest.fixture()
 def store(tmp_path):
-    config = checkpoints.ModelConfig(name="gen", task="generation", architecture="dcgan", classes=(),
-                                     model_args=ARGS, input_size=32)
+    config = checkpoints.ModelConfig(
+        name="gen", task="generation", architecture="dcgan", classes=(), model_args=ARGS, input_size=32
+    )
     checkpoints.save_model(Generator(**ARGS).eval(), config, tmp_path / "gen")
     return tmp_path
 
@@ -40,9 +41,20 @@ def test_plain_folder_names_are_model_names(name):
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("name, words", [("", "non-empty"), ("a" * 129, "too long"), ("a/b", "plain folder"),
-                                         ("..", "plain folder"), (".hidden", "plain folder"), ("-x", "plain"),
-                                         ("a\x00b", "plain folder"), ("é", "plain folder"), (3, "string")])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("", "non-empty"),
+        ("a" * 129, "too long"),
+        ("a/b", "plain folder"),
+        ("..", "plain folder"),
+        (".hidden", "plain folder"),
+        ("-x", "plain"),
+        ("a\x00b", "plain folder"),
+        ("é", "plain folder"),
+        (3, "string"),
+    ],
+)
 def test_other_names_are_refused_saying_why(name, words):
     with pytest.raises(InvalidInputError, match=words):
         check_name(name)
@@ -53,17 +65,20 @@ def test_a_config_naming_no_folder_is_refused_when_written():
         checkpoints.ModelConfig(name="../up", task="generation", architecture="dcgan", classes=())
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"task": 3}, "`task` must be a string"),
-    ({"input_size": -2}, "`input_size` must be an integer"),
-    ({"normalization": {"mean": [0.5], "std": [0]}}, "`normalization` must be"),
-    ({"metrics": {"AP": "high"}}, "`metrics` must be an object of numbers"),
-    ({"version": 2}, "`version` must be a string"),
-    ({"format_version": "1"}, "`format_version` must be a positive integer"),
-    ({"model_args": {**ARGS, "widths": list(range(65))}}, "has 65 items"),
-    ({"model_args": {**ARGS, "decoder": {"sizes": [4, -1]}}}, "`model_args.decoder.sizes[1]` is -1"),
-    ({"name": "x" * 200}, "too long"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"task": 3}, "`task` must be a string"),
+        ({"input_size": -2}, "`input_size` must be an integer"),
+        ({"normalization": {"mean": [0.5], "std": [0]}}, "`normalization` must be"),
+        ({"metrics": {"AP": "high"}}, "`metrics` must be an object of numbers"),
+        ({"version": 2}, "`version` must be a string"),
+        ({"format_version": "1"}, "`format_version` must be a positive integer"),
+        ({"model_args": {**ARGS, "widths": list(range(65))}}, "has 65 items"),
+        ({"model_args": {**ARGS, "decoder": {"sizes": [4, -1]}}}, "`model_args.decoder.sizes[1]` is -1"),
+        ({"name": "x" * 200}, "too long"),
+    ],
+)
 def test_each_wrong_field_is_named(store, change, words):
     config = {**json.loads((store / "gen" / "config.json").read_text()), **change}
     folder = _broken(store, text=json.dumps(config))
@@ -105,13 +120,17 @@ def test_listing_skips_a_broken_folder_and_logs_it_once(store, caplog):
 def test_weights_are_compared_with_the_config_by_name_and_shape(store):
     expected = {k: tuple(v.shape) for k, v in Generator(**ARGS).state_dict().items()}
     check_weights(store / "gen" / "model.safetensors", expected)
-    changed = {**{k: v for k, v in expected.items() if k != "net.0.weight"}, "extra.weight": (2,),
-               "net.1.weight": (5,)}
+    changed = {**{k: v for k, v in expected.items() if k != "net.0.weight"}, "extra.weight": (2,), "net.1.weight": (5,)}
     with pytest.raises(ValueError) as err:
         check_weights(store / "gen" / "model.safetensors", changed)
-    assert all(words in str(err.value) for words in ("1 weights missing from the file (e.g. extra.weight)",
-                                                     "1 in the file but not in the model (e.g. net.0.weight)",
-                                                     "net.1.weight: file [16], model [5]"))
+    assert all(
+        words in str(err.value)
+        for words in (
+            "1 weights missing from the file (e.g. extra.weight)",
+            "1 in the file but not in the model (e.g. net.0.weight)",
+            "net.1.weight: file [16], model [5]",
+        )
+    )
 
 
 def test_a_sound_folder_still_loads_the_same_weights(store):

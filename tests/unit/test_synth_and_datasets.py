@@ -55,8 +55,10 @@ def test_captions_name_the_shapes_left_to_right(small):
     coco = json.loads((small / "annotations/test.json").read_text())
     captions = json.loads((small / "captions/test.json").read_text())
     for image in coco["images"]:
-        anns = sorted((a for a in coco["annotations"] if a["image_id"] == image["id"]),
-                      key=lambda a: 2 * a["bbox"][0] + a["bbox"][2])
+        anns = sorted(
+            (a for a in coco["annotations"] if a["image_id"] == image["id"]),
+            key=lambda a: 2 * a["bbox"][0] + a["bbox"][2],
+        )
         first = next(c["caption"] for c in captions["annotations"] if c["image_id"] == image["id"])
         expected = [f"{a['attributes']['color']} {CLASSES[a['category_id'] - 1]}" for a in anns]
         positions = [first.index(e) for e in expected]
@@ -73,8 +75,9 @@ def test_dataset_gives_torchvision_targets_and_augments_consistently(small):
     image, target = plain[0]
     assert image.shape == (3, 96, 96) and str(image.dtype) == "torch.float32" and 0 <= image.min() <= image.max() <= 1
     assert target["boxes"].shape[1] == 4 and target["labels"].min() >= 1 and target["image_id"] == 1
-    augmented = CocoDetectionDataset(small / "images/train", small / "annotations/train.json",
-                                     transform=detection_train_transform(size=96, seed=1))
+    augmented = CocoDetectionDataset(
+        small / "images/train", small / "annotations/train.json", transform=detection_train_transform(size=96, seed=1)
+    )
     images, targets = collate_detection([augmented[i] for i in range(4)])
     for image, target in zip(images, targets):
         assert image.shape == (3, 96, 96)

@@ -13,7 +13,17 @@ from models.text import SPECIALS, Vocabulary, tokenize
 
 def test_tokenize_lowercases_and_drops_punctuation():
     assert tokenize("A red Circle, to the LEFT of a blue square!") == [
-        "a", "red", "circle", "to", "the", "left", "of", "a", "blue", "square"]
+        "a",
+        "red",
+        "circle",
+        "to",
+        "the",
+        "left",
+        "of",
+        "a",
+        "blue",
+        "square",
+    ]
     assert tokenize("it's 3 dogs... (maybe)") == ["it's", "3", "dogs", "maybe"]
 
 
@@ -50,8 +60,9 @@ def test_coco_captions_from_the_synthetic_dataset(shapes_dir):
 
 
 def test_jsonl_and_csv(tmp_path):
-    (tmp_path / "c.jsonl").write_text('{"image": "a.jpg", "caption": "one"}\n\n'
-                                      '{"image": "a.jpg", "captions": ["two", "three"]}\n')
+    (tmp_path / "c.jsonl").write_text(
+        '{"image": "a.jpg", "caption": "one"}\n\n{"image": "a.jpg", "captions": ["two", "three"]}\n'
+    )
     assert load_captions(tmp_path / "c.jsonl") == {"a.jpg": ["one", "two", "three"]}
     (tmp_path / "c.csv").write_text('image,caption\na.jpg,"a cat, sitting"\nb.jpg,a dog\n')
     assert load_captions(tmp_path / "c.csv") == {"a.jpg": ["a cat, sitting"], "b.jpg": ["a dog"]}
