@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from models.task import Task
 from services.batching import DynamicBatcher
 from services.errors import QueueFullError, UnavailableError
 from services.metrics import ServingMetrics
-from services.models import LoadedModelInfo
 
 log = logging.getLogger("cvtasks.host")
 
@@ -108,6 +107,23 @@ class Admission:
         finally:
             self.requests -= 1
             self.pixels -= pixels
+
+
+@dataclass(frozen=True)
+class LoadedModelInfo:
+    """What ModelService reports of one loaded model (the ModelInfo proto, transport-free)."""
+
+    name: str
+    task: str
+    architecture: str
+    classes: list[str]
+    version: str
+    device: str
+    ready: bool
+    input_size: int = 0
+    created: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    is_default: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -11,24 +10,8 @@ import grpc
 
 from models import checkpoints
 from models.errors import InvalidInputError, UnknownModelError, shown
+from services.host import LoadedModelInfo
 from services.pb import models_pb2, models_pb2_grpc
-
-
-@dataclass(frozen=True)
-class LoadedModelInfo:
-    """What ModelService reports of one loaded model (the ModelInfo proto, transport-free)."""
-
-    name: str
-    task: str
-    architecture: str
-    classes: list[str]
-    version: str
-    device: str
-    ready: bool
-    input_size: int = 0
-    created: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    is_default: bool = False
 
 
 class ModelSource(Protocol):
