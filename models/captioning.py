@@ -50,12 +50,32 @@ def image_input(image: np.ndarray, *, size: int) -> torch.Tensor:
 POOLINGS = ("avg", "grid")
 
 
-def load_trunk_weights(resnet: nn.Module, source: str | os.PathLike, *, stages: int = 4) -> None:
+# A captioner's encoder keeps the ResNet's children in ``trunk`` (an nn.Sequential): its index i
+# is the torchvision child of that position (conv1, bn1, relu, maxpool, layer1, ...).
+_TRUNK_NAMES = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+
+
+def _encoder_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """A stored model's encoder as torchvision ResNet parameter names (an smp ResNet encoder has
+    them already; a captioner's ``trunk.<i>.`` is renamed)."""
+    state = encoder.state_dict()
+    if not any(k.startswith("trunk.") for k in state):
+        return state
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "trunk" and parts[1] in _TRUNK_NAMES:
+            renamed[".".join([_TRUNK_NAMES[parts[1]], *parts[2:]])] = value
+    return renamed
+
+
+def load_trunk_weights(resnet: nn.Module, source: str | os.PathLike, *, stages: int | None = 4) -> int:
     """Initialise ``resnet`` from ``source``: a torchvision ResNet state dict file, or a
-    model-store folder of a model with a ResNet ``encoder`` (e.g. a stored U-Net with a resnet18
-    encoder, whose smp encoder keeps torchvision's parameter names). Only the stem and the first
-    ``stages`` residual stages must be present (an encoder of smaller depth is fine when the
-    captioner keeps as few stages); anything else in ``source`` is ignored."""
+    model-store folder of a model with a ResNet ``encoder`` (a stored U-Net with a resnet
+    encoder, whose smp encoder keeps torchvision's parameter names, or a stored captioner). Only
+    the stem and the first ``stages`` residual stages must be present (an encoder of smaller
+    depth is fine when the caller keeps as few stages; None: as many as ``source`` holds, the
+    rest keep their weights); anything else in ``source`` is ignored. Returns the stages loaded."""
     path = Path(source)
     if path.is_dir():
         from models import checkpoints
@@ -64,11 +84,13 @@ def load_trunk_weights(resnet: nn.Module, source: str | os.PathLike, *, stages: 
         encoder = getattr(stored, "encoder", None)
         if encoder is None:
             raise ValueError(f"{path} holds no model with an `encoder` to take weights from")
-        state = encoder.state_dict()
+        state = _encoder_state(encoder)
     elif path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
     else:
         raise FileNotFoundError(f"encoder weights {path}: no such file or model folder")
+    if stages is None:
+        stages = max((i for i in range(1, 5) if any(k.startswith(f"layer{i}.") for k in state)), default=0)
     needed = ("conv1.", "bn1.", *(f"layer{i}." for i in range(1, stages + 1)))
     own = {k: v for k, v in resnet.state_dict().items() if k.startswith(needed)}
     missing = [k for k in own if k not in state]
@@ -80,6 +102,7 @@ def load_trunk_weights(resnet: nn.Module, source: str | os.PathLike, *, stages: 
             f"(e.g. {mismatched[:2]})"
         )
     resnet.load_state_dict({k: state[k] for k in own}, strict=False)
+    return stages
 
 
 class ImageEncoder(nn.Module):

@@ -151,6 +151,7 @@ MAX_IMAGES = 64  # images per Generate call and steps per Interpolate call
 MAX_BEAM_SIZE = 16
 MAX_CAPTION_LENGTH = 64  # words
 MAX_LENGTH_PENALTY = 2.0
+MAX_TOP_K = 1000  # labels per classification answer
 
 
 @dataclass(frozen=True)
@@ -235,8 +236,19 @@ class GenerateOptions(Options):
     count: int = option(1, "images to draw", low=1, high=MAX_IMAGES)
 
 
+@dataclass(frozen=True)
+class ClassifyOptions(Options):
+    """Which labels to return: the ``top_k`` most probable (at most the model's class count), best first."""
+
+    task: ClassVar[str] = "classification"
+    top_k: int = option(
+        5, "return the K most probable classes (at most the model's class count)", low=1, high=MAX_TOP_K
+    )
+    min_probability: float = option(0.0, "drop labels less probable than this", low=0.0, high=1.0)
+
+
 # Task name -> its options class: the torch-free face of models/tasks.py (the command line and
 # the client look options up here without importing any model code).
 TASK_OPTIONS: dict[str, type[Options]] = {
-    cls.task: cls for cls in (DetectOptions, SegmentOptions, CaptionOptions, GenerateOptions)
+    cls.task: cls for cls in (DetectOptions, SegmentOptions, CaptionOptions, GenerateOptions, ClassifyOptions)
 }

@@ -6,6 +6,7 @@ A new task is its module (models/<task>.py, defining the task object) and one li
 from __future__ import annotations
 
 from models.captioning import CAPTIONING
+from models.classification import CLASSIFICATION
 from models.detection import DETECTION
 from models.generation import GENERATION
 from models.registry import Registry
@@ -13,7 +14,7 @@ from models.segmentation import SEGMENTATION
 from models.task import Task
 
 TASKS: Registry[Task] = Registry("task")
-for _task in (DETECTION, SEGMENTATION, CAPTIONING, GENERATION):
+for _task in (DETECTION, SEGMENTATION, CAPTIONING, GENERATION, CLASSIFICATION):
     TASKS.add(_task.name, _task)
 
 

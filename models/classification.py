@@ -1,0 +1,313 @@
+"""Image classification: torchvision and timm classifiers by name, a tiny CPU classifier, local
+backbone weights, the anatomy that transfer learning needs (backbone stages, head), and the task.
+
+Inputs are RGB images letterboxed to ``input_size`` x ``input_size`` and normalised with the
+stored mean/std (``classifier_input``: training, evaluation and serving all call it). Outputs
+are logits (B, C) over the model's ``classes`` (softmax: one label per image). Class ids are
+``0..C-1`` with ``classes[i]`` naming id i (no background class).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from models.batch.store import write_csv
+from models.captioning import load_trunk_weights
+from models.errors import InvalidInputError
+from models.options import ClassifyOptions
+from models.preprocessing import letterbox, normalize
+from models.registry import Registry
+from models.task import OutputFolder, Task, device_of
+
+if TYPE_CHECKING:
+    from models.checkpoints import ModelConfig
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build one classifier family with random weights, and where its head is.
+
+    ``head``: the dotted path of the final nn.Linear (replaced for a new class set); ``resnet``:
+    its trunk takes the weights of a stored model's ResNet encoder (a U-Net's, a captioner's)."""
+
+    build: Callable[..., nn.Module]
+    head: str
+    resnet: bool = False
+
+
+CLASSIFIERS: Registry[Architecture] = Registry("classification architecture")
+
+_TORCHVISION_HEADS = {
+    "resnet18": "fc",
+    "resnet34": "fc",
+    "resnet50": "fc",
+    "mobilenet_v3_small": "classifier.3",
+    "mobilenet_v3_large": "classifier.3",
+    "efficientnet_b0": "classifier.1",
+    "convnext_tiny": "classifier.2",
+}
+
+
+def _torchvision(name: str) -> Callable[..., nn.Module]:
+    def build(*, num_classes: int, **kwargs: Any) -> nn.Module:
+        return getattr(tvm, name)(weights=None, num_classes=num_classes, **kwargs)  # weights=None: no download
+
+    return build
+
+
+for _name, _head in _TORCHVISION_HEADS.items():
+    CLASSIFIERS.add(_name, Architecture(_torchvision(_name), _head, resnet=_name.startswith("resnet")))
+
+
+class TinyClassifier(nn.Module):
+    """A few stride-2 conv blocks, global average pooling and a linear head: the quickstart's and
+    the tests' CPU classifier. (B, 3, H, W) -> logits (B, num_classes); any H, W >= 2**len(widths)."""
+
+    def __init__(self, *, num_classes: int, widths: Sequence[int] = (16, 32, 64, 128), dropout: float = 0.0) -> None:
+        super().__init__()
+        blocks, in_ch = [], 3
+        for width in widths:
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(in_ch, width, 3, stride=2, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                    nn.Conv2d(width, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            in_ch = width
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_ch, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.pool(self.features(images)).flatten(1)))
+
+
+CLASSIFIERS.add("classifier_tiny", Architecture(TinyClassifier, "fc"))
+
+
+def _architecture(name: str) -> Architecture:
+    """The registry's entry, or for ``tu-<timm name>`` a timm model (random weights, no download)."""
+    if not name.startswith("tu-"):
+        return CLASSIFIERS.get(name)
+    import timm
+
+    timm_name = name[3:]
+    if not timm.is_model(timm_name):
+        raise InvalidInputError(
+            f"Unknown timm model `{timm_name}`; list them with timm.list_models(), or use one of {CLASSIFIERS.names()}"
+        )
+
+    def build(*, num_classes: int, **kwargs: Any) -> nn.Module:
+        return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **kwargs)
+
+    head = timm.models.get_pretrained_cfg(timm_name)
+    return Architecture(build, str(getattr(head, "classifier", None) or "fc"), resnet=False)
+
+
+def architectures() -> list[str]:
+    """The registered names (any timm model also works as ``tu-<name>``)."""
+    return CLASSIFIERS.names()
+
+
+def build_classifier(
+    architecture: str, *, num_classes: int, backbone_weights_path: str | os.PathLike | None = None, **kwargs: Any
+) -> nn.Module:
+    """``architecture`` with random weights and a new ``num_classes`` head; with
+    ``backbone_weights_path`` its backbone from a local file or a stored model (``load_backbone``)."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    arch = _architecture(architecture)
+    model = arch.build(num_classes=num_classes, **kwargs)
+    if backbone_weights_path is not None:
+        load_backbone(model, architecture, backbone_weights_path)
+    return model
+
+
+# --------------------------------------------------------------------------- backbone and head
+
+
+def head_of(model: nn.Module, architecture: str) -> nn.Linear:
+    return model.get_submodule(_architecture(architecture).head)
+
+
+def _is_leaf(module: nn.Module) -> bool:
+    """A single layer: none of its children holds parameters (a conv, a norm, a linear)."""
+    return not any(any(True for _ in child.parameters()) for child in module.children())
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+_CONTAINERS = ("features", "blocks", "stages", "layers")  # expanded into their children: one stage each
+
+
+def backbone_stages(model: nn.Module, architecture: str) -> list[nn.Module]:
+    """The backbone's stages from input to output, the head excluded: single layers in a row (a
+    stem's conv + norm) form one stage, a container of blocks (``features``, ``blocks``,
+    ``stages``) gives one stage per block, and what shares a parent with the head (a
+    pre-logits layer or norm) is the last stage. Fine-tuning the "last K stages" counts these."""
+    head = head_of(model, architecture)
+    stages: list[nn.Module] = []
+    layers: list[nn.Module] = []  # single layers in a row
+
+    def flush() -> None:
+        if layers:
+            stages.append(nn.ModuleList(layers) if len(layers) > 1 else layers[0])
+            layers.clear()
+
+    for name, child in model.named_children():
+        if child is head or not _has_parameters(child):
+            continue
+        if any(m is head for m in child.modules()):
+            flush()
+            rest = [m for m in child.children() if m is not head and _has_parameters(m)]
+            stages.extend([nn.ModuleList(rest)] if rest else [])
+        elif name in _CONTAINERS:
+            flush()
+            stages.extend(c for c in child.children() if _has_parameters(c))
+        elif _is_leaf(child):
+            layers.append(child)
+        else:
+            flush()
+            stages.append(child)
+    flush()
+    return stages
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        import safetensors.torch
+
+        return safetensors.torch.load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)  # tensors only: never arbitrary objects
+
+
+def load_backbone(model: nn.Module, architecture: str, source: str | os.PathLike) -> None:
+    """The backbone's weights from ``source``, the head left as it is (new, for the data's classes):
+
+    - a local state-dict file (.pth / .pt of torchvision's or timm's weights for the same
+      architecture, or .safetensors); every backbone weight must be in it, at its shape;
+    - for a ResNet classifier, also a model-store folder whose model has a ResNet ``encoder``
+      (a U-Net with a resnet encoder, a captioner): the stem and the stages it holds.
+    Never downloads."""
+    path, arch = Path(source), _architecture(architecture)
+    if arch.resnet:
+        load_trunk_weights(model, path, stages=None)
+        return
+    if path.is_dir():
+        raise InvalidInputError(
+            f"`{architecture}` takes backbone weights from a state-dict file; a stored model's encoder "
+            f"fits only the ResNet classifiers ({[n for n in CLASSIFIERS.names() if n.startswith('resnet')]})"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights {path}: no such file")
+    state = _read_state(path)
+    prefix = arch.head + "."
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
+    missing = [k for k in own if k not in state]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or mismatched:
+        raise ValueError(
+            f"backbone weights {path} do not fit `{architecture}`: {len(missing)} missing (e.g. {missing[:2]}), "
+            f"{len(mismatched)} of another shape (e.g. {mismatched[:2]})"
+        )
+    model.load_state_dict({k: state[k] for k in own}, strict=False)
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def classifier_input(rgb: np.ndarray, *, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalised float (3, size, size): aspect kept, padded with black."""
+    boxed = rgb if rgb.shape[:2] == (size, size) else letterbox(rgb, size=size)[0]
+    return torch.from_numpy(normalize(boxed, mean=mean, std=std)).permute(2, 0, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class Label:
+    """One class of an answer: its id (index into the model's classes), name and probability."""
+
+    label: int
+    class_name: str
+    probability: float
+
+
+def top_labels(
+    logits: torch.Tensor, class_names: Sequence[str], options: Sequence[ClassifyOptions]
+) -> list[list[Label]]:
+    """Logits (B, C) -> per image the ``top_k`` most probable labels (softmax), best first, those
+    below ``min_probability`` dropped."""
+    probs = logits.float().softmax(dim=1).cpu()
+    answers = []
+    for row, opt in zip(probs, options):
+        values, ids = row.topk(min(opt.top_k, row.numel()))
+        answers.append(
+            [
+                Label(int(i), class_names[int(i)], float(p))
+                for p, i in zip(values.tolist(), ids.tolist())
+                if p >= opt.min_probability
+            ]
+        )
+    return answers
+
+
+def labels_row(labels: Sequence[Label]) -> dict[str, Any]:
+    """``{"labels": [{"label", "class", "probability"}]}``, best first (rounded)."""
+    return {
+        "labels": [{"label": x.label, "class": x.class_name, "probability": round(x.probability, 5)} for x in labels]
+    }
+
+
+class ClassificationTask(Task[ClassifyOptions]):
+    """An image -> its most probable classes (a list of Label, best first). Batch jobs write rows
+    ``{"width", "height", "labels": [{"label", "class", "probability"}]}``,
+    ``classifications.jsonl`` and ``classifications.csv`` (input, top class, its probability)."""
+
+    name, Options, results = "classification", ClassifyOptions, "classifications"
+
+    def build_model(self, config: ModelConfig) -> nn.Module:
+        return build_classifier(config.architecture, num_classes=len(config.classes), **config.model_args)
+
+    def model_input(self, rgb: np.ndarray, config: ModelConfig) -> torch.Tensor:
+        norm = config.normalization
+        return classifier_input(rgb, size=config.input_size or 224, mean=norm["mean"], std=norm["std"])
+
+    def warmup_input(self, config: ModelConfig) -> torch.Tensor:
+        side = config.input_size or 224
+        return torch.zeros(3, side, side)
+
+    def run_batch(
+        self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor], options: Sequence[ClassifyOptions]
+    ) -> list[list[Label]]:
+        batch = torch.stack(list(inputs)).to(device_of(model), non_blocking=True)
+        with torch.inference_mode():
+            return top_labels(model(batch), config.classes, options)
+
+    def to_row(self, output: list[Label], config: ModelConfig, options: ClassifyOptions) -> dict[str, Any]:
+        return labels_row(output)
+
+    def finish(
+        self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig, options: ClassifyOptions
+    ) -> list[Path]:
+        best = [(r["labels"] or [{"class": "", "probability": ""}])[0] for r in rows]
+        table = [[r["input"], b["class"], b["probability"]] for r, b in zip(rows, best)]
+        csv_path = write_csv(out.root / "classifications.csv", ["input", "class", "probability"], table)
+        return [*super().finish(out, rows, config, options), csv_path]
+
+
+CLASSIFICATION = ClassificationTask()
