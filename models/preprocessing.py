@@ -498,23 +498,37 @@ def segmentation_train_transform(
     return A.Compose(transforms, seed=seed)
 
 
+def _shrink_only(
+    size: int, scale: tuple[float, float], hflip_p: float, color_jitter: float, seed: int | None, what: str
+):
+    _check_augment_args(size, hflip_p, scale, color_jitter)
+    if scale[1] > 1.0:
+        raise ValueError(f"{what} augmentation only shrinks (scale <= 1, or objects get cropped away), got {scale}")
+    return A.Compose(_random_geometry(size, scale, hflip_p, mask_fill=0) + _color(color_jitter), seed=seed)
+
+
 def caption_train_transform(
-    *,
-    size: int,
-    scale: tuple[float, float] = (0.7, 1.0),
-    color_jitter: float = 0.2,
-    seed: int | None = None,
+    *, size: int, scale: tuple[float, float] = (0.7, 1.0), color_jitter: float = 0.2, seed: int | None = None
 ) -> A.Compose:
     """Caption-preserving training augmentation: fit to ``size``, shrink by a random factor in
     ``scale`` (<= 1, so nothing is cropped away and every object the caption names stays), place
     at a random position on black, jitter brightness/contrast/saturation (never hue: captions name
     colours). No flips: captions say left and right. ``t(image=rgb)["image"]`` is size x size RGB.
     """
-    _check_augment_args(size, 0.0, scale, color_jitter)
-    if scale[1] > 1.0:
-        raise ValueError(f"caption augmentation only shrinks (scale <= 1, or objects get cropped away), got {scale}")
-    transforms = _random_geometry(size, scale, 0.0, mask_fill=0) + _color(color_jitter)
-    return A.Compose(transforms, seed=seed)
+    return _shrink_only(size, scale, 0.0, color_jitter, seed, "caption")
+
+
+def classification_train_transform(
+    *,
+    size: int,
+    hflip_p: float = 0.5,
+    scale: tuple[float, float] = (0.7, 1.0),
+    color_jitter: float = 0.2,
+    seed: int | None = None,
+) -> A.Compose:
+    """Label-preserving training augmentation for classifiers: as caption_train_transform (the
+    object is never cropped away, hue never changes), with horizontal flips."""
+    return _shrink_only(size, scale, hflip_p, color_jitter, seed, "classification")
 
 
 def seed_augmentations_in_worker(worker_id: int) -> None:

@@ -9,7 +9,9 @@ Coloured circles, squares and triangles on varied backgrounds (solid, gradient, 
     captions/<split>.json            COCO captions JSON (template captions, left to right)
     classes.txt, dataset.json        class names; a summary
 
-The same seed gives byte-identical files.
+The same seed gives byte-identical files. ``generate_classification`` writes the classification
+variant: one shape per image, in the ImageFolder layout ``images/<split>/<kind>/<id>.png``, in
+one of two visibly different domains of the same classes (``DOMAINS``).
 """
 
 from __future__ import annotations
@@ -245,4 +247,77 @@ def generate_shapes(
         )
     (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# --------------------------------------------------------------------------- classification
+
+#: The classification variant's domains: "source" draws large shapes on the dark backgrounds
+#: above; "target" draws smaller, darker shapes on bright checkerboard or dotted textures.
+DOMAINS = ("source", "target")
+
+
+def _bright_texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A light background with a checkerboard or a dot texture, RGB uint8 (size, size, 3)."""
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = rng.integers(150, 230, size=3)
+    period = int(rng.integers(4, 12))
+    yy, xx = np.mgrid[0:size, 0:size]
+    if rng.random() < 0.5:
+        pattern = ((yy // period + xx // period) % 2).astype(np.float32)
+    else:
+        pattern = (((yy % period) - period / 2) ** 2 + ((xx % period) - period / 2) ** 2 < (period / 3) ** 2).astype(
+            np.float32
+        )
+    img -= pattern[..., None] * rng.integers(20, 50, size=3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def render_single(rng: np.random.Generator, *, size: int, domain: str = "source") -> tuple[np.ndarray, Shape]:
+    """One image (RGB uint8 (size, size, 3)) holding one shape, and that shape."""
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    source = domain == "source"
+    img = _background(rng, size) if source else _bright_texture(rng, size)
+    low, high = (0.35, 0.75) if source else (0.2, 0.45)
+    side = int(rng.integers(round(size * low), round(size * high) + 1))
+    x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+    kind = CLASSES[int(rng.integers(len(CLASSES)))]
+    color = list(COLORS)[int(rng.integers(len(COLORS)))]
+    shape = Shape(kind, color, (x, y, x + side, y + side))
+    drawn = img.copy()
+    _draw(drawn, np.zeros((size, size), np.uint8), shape)
+    if not source:  # darker shapes: the same colours at 60 %
+        changed = np.any(drawn != img, axis=2)
+        drawn[changed] = (drawn[changed].astype(np.float32) * 0.6).astype(np.uint8)
+    return drawn, shape
+
+
+def generate_classification(
+    out_dir: str | Path,
+    *,
+    splits: Mapping[str, int] = DEFAULT_SPLITS,
+    image_size: int = 128,
+    domain: str = "source",
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write ``images/<split>/<kind>/<id>.png`` (one shape per image, labelled by its kind),
+    classes.txt and dataset.json; returns a summary with the images per class of each split."""
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32, got {image_size}")
+    out = Path(out_dir)
+    summary: dict[str, Any] = {"root": str(out), "image_size": image_size, "domain": domain, "seed": seed}
+    for index, (split, count) in enumerate(splits.items()):
+        rng = np.random.default_rng([seed, index, DOMAINS.index(domain) if domain in DOMAINS else 0])
+        for kind in CLASSES:
+            (out / "images" / split / kind).mkdir(parents=True, exist_ok=True)
+        counts = dict.fromkeys(CLASSES, 0)
+        for i in tqdm(range(1, count + 1), desc=f"synth {split}", disable=None if progress else True, leave=False):
+            img, shape = render_single(rng, size=image_size, domain=domain)
+            cv2.imwrite(str(out / "images" / split / shape.kind / f"{i:06d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            counts[shape.kind] += 1
+        summary[split] = counts
+    (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (out / "dataset.json").write_text(json.dumps({**summary, "classes": list(CLASSES)}, indent=2) + "\n")
     return summary

@@ -22,6 +22,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="plain one-colour backgrounds only (the quickstart generator's data)",
     )
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--task",
+        choices=("shapes", "classification"),
+        default="shapes",
+        help="shapes: images, masks, boxes and captions of up to --max-shapes shapes; classification: one "
+        "shape per image in the ImageFolder layout images/<split>/<class>/",
+    )
+    synth.add_argument(
+        "--domain",
+        choices=("source", "target"),
+        default="source",
+        help="classification: source (large shapes, dark backgrounds) or target (smaller, darker shapes on "
+        "bright textures): two domains of the same classes, to transfer between",
+    )
     synth.set_defaults(run=run_synth)
 
     voc = data_sub.add_parser("voc2coco", help="convert Pascal VOC XML annotations to COCO JSON")
@@ -40,8 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from models.synth import generate_shapes
+    from models.synth import generate_classification, generate_shapes
 
+    splits = {"train": args.train, "val": args.val, "test": args.test}
+    if args.task == "classification":
+        summary = generate_classification(
+            args.out, splits=splits, image_size=args.size, domain=args.domain, seed=args.seed, progress=True
+        )
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
     summary = generate_shapes(
         args.out,
         splits={"train": args.train, "val": args.val, "test": args.test},
