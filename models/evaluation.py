@@ -1,5 +1,6 @@
 """Evaluation metrics. Detection: pycocotools COCOeval (AP@[.5:.95], AP50, AP75).
-Segmentation: smp.metrics per-class IoU and Dice, mIoU, pixel accuracy, confusion matrix."""
+Segmentation: smp.metrics per-class IoU and Dice, mIoU, pixel accuracy, confusion matrix.
+Classification: top-1 / top-5 accuracy, per-class precision, recall and F1, confusion matrix."""
 
 from __future__ import annotations
 
@@ -119,12 +120,21 @@ class SegmentationReport:
             "confusion": self.confusion.tolist(),
         }
 
+    @property
+    def headline(self) -> str:
+        return f"mIoU {self.miou:.3f}, pixel accuracy {self.pixel_accuracy:.3f}"
+
     def confusion_text(self) -> str:
-        width = max(8, *(len(n) for n in self.class_names)) + 1
-        lines = ["true \\ pred".ljust(width) + "".join(n[: width - 1].rjust(width) for n in self.class_names)]
-        for name, row in zip(self.class_names, self.confusion):
-            lines.append(name.ljust(width) + "".join(str(int(v)).rjust(width) for v in row))
-        return "\n".join(lines)
+        return confusion_text(self.confusion, self.class_names)
+
+
+def confusion_text(confusion: np.ndarray, class_names: Sequence[str]) -> str:
+    """A confusion matrix (rows: true class, columns: predicted) as aligned text."""
+    width = max(8, *(len(n) for n in class_names)) + 1
+    lines = ["true \\ pred".ljust(width) + "".join(n[: width - 1].rjust(width) for n in class_names)]
+    for name, row in zip(class_names, confusion):
+        lines.append(name.ljust(width) + "".join(str(int(v)).rjust(width) for v in row))
+    return "\n".join(lines)
 
 
 def segmentation_report(
@@ -197,8 +207,84 @@ def evaluate_segmenter(
     return totals.report()
 
 
-def plot_confusion(report: SegmentationReport, path: str | os.PathLike) -> Path:
-    """Row-normalised confusion matrix as a PNG heat map with counts."""
+@dataclass
+class ClassificationReport:
+    """Dataset-level classification metrics. ``confusion[i, j]``: images of class i predicted j;
+    ``top5`` counts a hit among the min(5, classes) most probable."""
+
+    class_names: tuple[str, ...]
+    top1: float
+    top5: float
+    precision: dict[str, float]
+    recall: dict[str, float]
+    f1: dict[str, float]
+    confusion: np.ndarray  # (K, K) int64
+
+    @classmethod
+    def of(cls, confusion: np.ndarray, top5_hits: int, class_names: Sequence[str]) -> ClassificationReport:
+        """The report of a confusion matrix (K, K) and the number of top-5 hits."""
+        total, hits = max(1, int(confusion.sum())), np.diag(confusion).astype(np.float64)
+        precision = hits / np.maximum(1, confusion.sum(0))
+        recall = hits / np.maximum(1, confusion.sum(1))
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(1e-12, precision + recall), 0.0)
+        names = tuple(class_names)
+        return cls(
+            class_names=names,
+            top1=float(hits.sum() / total),
+            top5=float(top5_hits / total),
+            precision={n: float(v) for n, v in zip(names, precision)},
+            recall={n: float(v) for n, v in zip(names, recall)},
+            f1={n: float(v) for n, v in zip(names, f1)},
+            confusion=confusion,
+        )
+
+    @property
+    def headline(self) -> str:
+        return f"top-1 {self.top1:.3f}, top-5 {self.top5:.3f}"
+
+    def confusion_text(self) -> str:
+        return confusion_text(self.confusion, self.class_names)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "top1": self.top1,
+            "top5": self.top5,
+            "images": int(self.confusion.sum()),
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "classes": list(self.class_names),
+            "confusion": self.confusion.tolist(),
+        }
+
+
+def evaluate_classifier(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> ClassificationReport:
+    """Classify every (input, class id) of ``dataset`` (inputs as classifier_input makes them)."""
+    names = dataset.class_names
+    k = len(names)
+    confusion, top5_hits = np.zeros((k, k), np.int64), 0
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        for images, labels in tqdm(loader, desc="eval", leave=False, disable=None if progress else True):
+            logits = model(images.to(device)).float().cpu()
+            top = logits.topk(min(5, k), dim=1).indices
+            top5_hits += int((top == labels[:, None]).any(1).sum())
+            confusion += np.bincount((labels * k + top[:, 0]).numpy(), minlength=k * k).reshape(k, k)
+    model.train(was_training)
+    return ClassificationReport.of(confusion, top5_hits, names)
+
+
+def plot_confusion(report: SegmentationReport | ClassificationReport, path: str | os.PathLike) -> Path:
+    """Row-normalised confusion matrix as a PNG heat map with counts, the report's headline on top."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,7 +309,7 @@ def plot_confusion(report: SegmentationReport, path: str | os.PathLike) -> Path:
             )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"mIoU {report.miou:.3f}, pixel accuracy {report.pixel_accuracy:.3f}")
+    ax.set_title(report.headline)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -28,10 +28,23 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(
-    params: Iterable[nn.Parameter], *, name: str, lr: float, weight_decay: float, momentum: float = 0.9
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
+    *,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
 ) -> torch.optim.Optimizer:
-    """``sgd`` (with momentum) or ``adamw``."""
-    params = [p for p in params if p.requires_grad]
+    """``sgd`` (with momentum) or ``adamw`` over the parameters that train. ``params`` may be
+    parameter groups (dicts with ``params`` and an ``lr_scale``: that group's lr is lr x lr_scale)."""
+    items = list(params)
+    if items and isinstance(items[0], dict):
+        params = [
+            {"params": [p for p in g["params"] if p.requires_grad], "lr": lr * g.get("lr_scale", 1.0)} for g in items
+        ]
+        params = [g for g in params if g["params"]]
+    else:
+        params = [p for p in items if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":

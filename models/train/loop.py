@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from models import checkpoints
@@ -73,6 +73,7 @@ class TrainData:
     collate_fn: Callable | None = None
     worker_init_fn: Callable | None = None
     drop_last: bool = True  # drop a smaller last batch, when there is more than one batch
+    sampler: Sampler | None = None  # instead of shuffling (e.g. a weighted sampler); not under DDP
 
 
 @dataclass
@@ -245,8 +246,9 @@ def _fit(task: TrainTask, settings: Settings, procs: Processes, device: torch.de
 def make_loader(data: TrainData, settings: Settings, procs: Processes) -> tuple[DataLoader, DistributedSampler | None]:
     """Shuffled batches of the training set; under DDP, of this process's shard (DistributedSampler,
     reshuffled each epoch by ``set_epoch``)."""
-    sampler = None
-    size = len(data.dataset)
+    sampler, size = None, len(data.dataset)
+    if procs.distributed and data.sampler is not None:
+        raise ValueError("a task's own sampler (e.g. a weighted sampler) does not shard: train it in one process")
     if procs.distributed:
         sampler = DistributedSampler(
             data.dataset, num_replicas=procs.world_size, rank=procs.rank, shuffle=True, seed=settings.seed
@@ -255,8 +257,8 @@ def make_loader(data: TrainData, settings: Settings, procs: Processes) -> tuple[
     loader = DataLoader(
         data.dataset,
         batch_size=settings.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
+        shuffle=sampler is None and data.sampler is None,
+        sampler=sampler or data.sampler,
         collate_fn=data.collate_fn,
         num_workers=settings.workers,
         drop_last=data.drop_last and size > settings.batch_size,

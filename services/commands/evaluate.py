@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from services.commands.train import ANNOTATIONS, CAPTIONS, MASKS, add_data_args, data_paths
+from services.commands.train import ANNOTATIONS, CAPTIONS, CLASS_LABELS, MASKS, add_data_args, data_paths
 
 
 def _task(
@@ -60,6 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode with each beam size and report each (1 = greedy)",
     )
     c.add_argument("--max-length", type=int, default=None, help="default: the model's training max_length")
+
+    k = _task(
+        task_sub,
+        "classification",
+        "top-1 / top-5 accuracy, per-class precision/recall/F1, confusion matrix",
+        "folder for metrics.json and confusion.png",
+        run_classification,
+    )
+    add_data_args(k, CLASS_LABELS, splits=("test",))
+    k.add_argument("--batch-size", type=int, default=32)
 
     g = _task(
         task_sub,
@@ -128,6 +138,38 @@ def run_segmentation(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        print(f"wrote {out / 'metrics.json'} and {plot_confusion(report, out / 'confusion.png')}")
+    return 0
+
+
+def run_classification(args: argparse.Namespace) -> int:
+    from models import checkpoints
+    from models.class_datasets import ClassificationDataset, load_items
+    from models.evaluation import evaluate_classifier, plot_confusion
+    from models.train.common import pick_device
+
+    images, labels = data_paths(args, CLASS_LABELS, "test")
+    device = pick_device(args.device)
+    model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
+    if config.task != "classification":
+        raise ValueError(f"model {args.model} is a {config.task} model, not a classifier")
+    classes, items = load_items(images, labels, config.classes)
+    norm = config.normalization
+    dataset = ClassificationDataset(items, classes, size=config.input_size or 224, mean=norm["mean"], std=norm["std"])
+    report = evaluate_classifier(model, dataset, device=device, batch_size=args.batch_size)
+    print(f"model {config.name} v{config.version} on {len(dataset)} images")
+    print(f"top-1 {report.top1:.4f}   top-5 {report.top5:.4f}")
+    for name in config.classes:
+        scores = (f"{key} {getattr(report, key)[name]:.4f}" for key in ("precision", "recall", "f1"))
+        print(f"  {name:16s} " + "   ".join(scores))
+    print("confusion matrix (images):")
+    print(report.confusion_text())
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(
+            json.dumps({"model": config.name, "version": config.version, **report.to_json()}, indent=2) + "\n"
+        )
         print(f"wrote {out / 'metrics.json'} and {plot_confusion(report, out / 'confusion.png')}")
     return 0
 

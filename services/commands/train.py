@@ -19,12 +19,15 @@ class Labels:
     """A task's second training input beside the images: its option name and its place under ``--data``."""
 
     name: str  # --<split>-<name>
-    under_data: str  # default path under --data; "{split}" is filled in
+    under_data: str  # default path under --data; "{split}" is filled in ("": none, the labels are optional)
     help: str  # "{split}" is filled in
 
 
 ANNOTATIONS = Labels("annotations", "annotations/{split}.json", "{split} COCO JSON (overrides --data)")
 MASKS = Labels("masks", "masks/{split}", "{split} mask folder: PNG label maps or palette PNGs (overrides --data)")
+CLASS_LABELS = Labels(
+    "labels", "", "{split} labels CSV (image, label), images relative to --{split}-images (default: ImageFolder layout)"
+)
 CAPTIONS = Labels(
     "captions",
     "captions/{split}.json",
@@ -40,14 +43,17 @@ def add_data_args(parser: argparse.ArgumentParser, labels: Labels, *, splits: tu
         parser.add_argument(f"--{split}-{labels.name}", help=labels.help.format(split=split))
 
 
-def data_paths(args: argparse.Namespace, labels: Labels, split: str) -> tuple[str, str]:
+def data_paths(args: argparse.Namespace, labels: Labels, split: str) -> tuple[str, str | None]:
     """(images, labels) of one split: the explicit options first, else their places under ``--data``."""
     images = getattr(args, f"{split}_images")
     second = getattr(args, f"{split}_{labels.name}")
     if args.data:
         images = images or str(Path(args.data) / "images" / split)
-        second = second or str(Path(args.data) / labels.under_data.format(split=split))
-    if not images or not second:
+        if labels.under_data:
+            second = second or str(Path(args.data) / labels.under_data.format(split=split))
+    if not labels.under_data and not images:
+        raise ValueError(f"give --data DIR or --{split}-images (with --{split}-{labels.name} for a CSV)")
+    if not images or not (second or not labels.under_data):
         raise ValueError(f"give --data DIR or both --{split}-images and --{split}-{labels.name}")
     return images, second
 
@@ -88,7 +94,7 @@ def _summary(result: Any, **extra: str) -> dict[str, Any]:
 
 
 def _trainers() -> dict[str, Trainer]:
-    from models.train import captioning, detection, generation, segmentation
+    from models.train import captioning, classification, detection, generation, segmentation
 
     def captioning_recipe(given: dict[str, Any]) -> dict[str, Any]:
         store = given.get("model_store", captioning.CaptioningTrainConfig.model_store)
@@ -150,6 +156,19 @@ def _trainers() -> dict[str, Trainer]:
                 "seconds": round(r["seconds"], 1),
             },
             recipe=lambda given: dict(generation.QUICKSTART_RECIPE),
+        ),
+        "classification": Trainer(
+            "train an image classifier (from scratch, or transfer from local backbone weights)",
+            classification.ClassificationTrainConfig,
+            classification.train_classification,
+            lambda r: {
+                **_summary(r, model="model_dir", plot="plot"),
+                "metrics": r.metrics,
+                "stopped_early": r.stopped_early,
+                "seconds": round(r.seconds, 1),
+            },
+            labels=CLASS_LABELS,
+            recipe=lambda given: dict(classification.QUICKSTART_RECIPE),
         ),
     }
 
