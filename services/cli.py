@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("detect", "detect objects in images with a running detection server"),
     "segment": ("segment", "segment images with a running segmentation server"),
     "caption": ("caption", "caption images with a running captioning server"),
+    "classify": ("classify", "classify images with a running classification server"),
     "generate": ("generate", "draw images from a running generation server"),
     "batch": ("batch", "run a model over a folder of images (or generate many), results on disk"),
     "models": ("manage", "list, load or unload the models of a running server"),

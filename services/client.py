@@ -16,10 +16,12 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from models.options import CaptionOptions, DetectOptions, SegmentOptions
+from models.options import CaptionOptions, ClassifyOptions, DetectOptions, SegmentOptions
 from services.pb import (
     captioning_pb2,
     captioning_pb2_grpc,
+    classification_pb2,
+    classification_pb2_grpc,
     common_pb2,
     detection_pb2,
     detection_pb2_grpc,
@@ -82,6 +84,17 @@ def caption_request(
     1 caption)."""
     message = options_to_proto(CaptionOptions, captioning_pb2.CaptionOptions(), options)
     return captioning_pb2.CaptionRequest(
+        model=common_pb2.ModelRef(name=model), image=image_proto(image), options=message, request_id=request_id
+    )
+
+
+def classify_request(
+    image: ImageLike, *, model: str = "", request_id: str = "", **options: Any
+) -> classification_pb2.ClassifyRequest:
+    """Options (models.options.ClassifyOptions: top_k, min_probability) left out or None take the
+    server's defaults (top 5, every probability)."""
+    message = options_to_proto(ClassifyOptions, classification_pb2.ClassifyOptions(), options)
+    return classification_pb2.ClassifyRequest(
         model=common_pb2.ModelRef(name=model), image=image_proto(image), options=message, request_id=request_id
     )
 
@@ -160,6 +173,7 @@ class CvtasksClient:
         self.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(self.channel)
         self.captioning = captioning_pb2_grpc.CaptioningServiceStub(self.channel)
         self.generation = generation_pb2_grpc.GenerationServiceStub(self.channel)
+        self.classification = classification_pb2_grpc.ClassificationServiceStub(self.channel)
         self.models = models_pb2_grpc.ModelServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
@@ -203,6 +217,19 @@ class CvtasksClient:
     ) -> Iterator[captioning_pb2.CaptionResponse]:
         requests = (caption_request(img, request_id=str(i), **options) for i, img in enumerate(images))
         return self.captioning.CaptionStream(requests, timeout=timeout, metadata=self.metadata or None)
+
+    def classify(
+        self, image: ImageLike, *, timeout: float | None = None, **options: Any
+    ) -> classification_pb2.ClassifyResponse:
+        """Classify one image (options: model, top_k, min_probability, request_id). The most
+        probable class is ``response.classes[0]`` (label, class_name, probability)."""
+        return self.classification.Classify(classify_request(image, **options), **self._call_args(timeout))
+
+    def classify_stream(
+        self, images: Iterable[ImageLike], *, timeout: float | None = None, **options: Any
+    ) -> Iterator[classification_pb2.ClassifyResponse]:
+        requests = (classify_request(img, request_id=str(i), **options) for i, img in enumerate(images))
+        return self.classification.ClassifyStream(requests, timeout=timeout, metadata=self.metadata or None)
 
     def generate(
         self,

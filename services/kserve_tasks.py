@@ -1,7 +1,7 @@
 """The KServe v2 path's per-task codecs: input tensors + parameters -> a pipeline ``Call``; the
 ``Answer`` -> output tensors. services/kserve.py runs the RPCs and (de)serialises tensors.
 
-Image tasks (detection, segmentation, captioning) take exactly one of
+Image tasks (detection, segmentation, captioning, classification) take exactly one of
     IMAGE   BYTES [B]           encoded JPEG/PNG/WebP/BMP/TIFF files, one element per image
     PIXELS  UINT8 [B, H, W, C]  raw pixels, C = 1 (gray), 3 (RGB) or 4 (RGBA)
 and answer with a batch dimension B on every output, plus IMAGE_SIZE INT32 [B, 2] (height, width).
@@ -237,6 +237,30 @@ class CaptioningCodec(ImageCodec):
             for k, c in enumerate(captions[: shape[1]]):
                 text[b, k], log_prob[b, k], score[b, k] = c.text.encode(), c.log_prob, c.score
         return {"CAPTION": text, "LOG_PROB": log_prob, "SCORE": score}
+
+
+class ClassificationCodec(ImageCodec):
+    """LABELS INT64 [B, K] (class ids: indices into the model's classes), CLASS_NAMES BYTES [B, K],
+    PROBABILITIES FP32 [B, K]: the K = min(top_k, classes) most probable, best first. An image with
+    fewer (``min_probability``) has label -1, b"" and 0 in the rest of its row."""
+
+    task = "classification"
+
+    def task_outputs(self, config: ModelConfig) -> list[TensorSpec]:
+        return [
+            TensorSpec("LABELS", ("INT64",), (-1, -1)),
+            TensorSpec("CLASS_NAMES", ("BYTES",), (-1, -1)),
+            TensorSpec("PROBABILITIES", ("FP32",), (-1, -1)),
+        ]
+
+    def task_tensors(self, answer: Answer) -> dict[str, np.ndarray]:
+        shape = (len(answer.outputs), min(answer.options.top_k, len(answer.config.classes)))
+        labels, names = np.full(shape, -1, np.int64), np.full(shape, b"", dtype=object)
+        probabilities = np.zeros(shape, np.float32)
+        for b, found in enumerate(answer.outputs):
+            for k, x in enumerate(found):
+                labels[b, k], names[b, k], probabilities[b, k] = x.label, x.class_name.encode(), x.probability
+        return {"LABELS": labels, "CLASS_NAMES": names, "PROBABILITIES": probabilities}
 
 
 # --------------------------------------------------------------------------- generation

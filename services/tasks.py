@@ -11,9 +11,17 @@ from dataclasses import dataclass
 
 from models.registry import Registry
 from services.captioning import CaptioningServicer
+from services.classification import ClassificationServicer
 from services.detection import DetectionServicer
 from services.generation import GenerationServicer
-from services.kserve_tasks import CaptioningCodec, Codec, DetectionCodec, GenerationCodec, SegmentationCodec
+from services.kserve_tasks import (
+    CaptioningCodec,
+    ClassificationCodec,
+    Codec,
+    DetectionCodec,
+    GenerationCodec,
+    SegmentationCodec,
+)
 from services.segmentation import SegmentationServicer
 from services.typed import TypedService
 
@@ -29,3 +37,4 @@ SERVICES.add("detection", Transports(DetectionServicer, DetectionCodec()))
 SERVICES.add("segmentation", Transports(SegmentationServicer, SegmentationCodec()))
 SERVICES.add("captioning", Transports(CaptioningServicer, CaptioningCodec()))
 SERVICES.add("generation", Transports(GenerationServicer, GenerationCodec()))
+SERVICES.add("classification", Transports(ClassificationServicer, ClassificationCodec()))

@@ -3,6 +3,7 @@
     cvtasks batch detection photos/ --out results/ --recursive --annotate
     cvtasks batch segmentation scans/ --out masks/ --server localhost:50051
     cvtasks batch captioning frames/ --out captions/ --engine ray
+    cvtasks batch classification photos/ --out labels/ --top-k 3
     cvtasks batch generate --count 1000 --out samples/
 
 Re-running the same command skips the inputs already done (see models/batch/store.py);
@@ -23,7 +24,7 @@ from models.options import TASK_OPTIONS
 from models.preprocessing import DEFAULT_MAX_PIXELS
 from services.commands.flags import add_option_flags, options_from_args
 
-IMAGE_TASKS = ("detection", "segmentation", "captioning")
+IMAGE_TASKS = ("detection", "segmentation", "captioning", "classification")
 MAX_COUNT = 1_000_000  # generate: 1e6 latents of nz 100 hold 400 MB
 
 

@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--task",
         action="append",
         required=True,
-        help="task to serve (repeat for several): detection, segmentation, captioning, generation",
+        help="task to serve (repeat for several): detection, segmentation, captioning, generation, classification",
     )
     p.add_argument("--model-store", default=os.environ.get("CVTASKS_MODEL_STORE", "model_store"))
     p.add_argument("--models", nargs="*", default=(), help="model names to load (default: all of the task)")
