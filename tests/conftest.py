@@ -163,3 +163,26 @@ def _generator_store(tmp_path_factory, name, args):
     )
     checkpoints.save_model(Generator(**args).eval(), config, store / config.name)
     return store
+
+
+@pytest.fixture(scope="session")
+def classifier_store(tmp_path_factory):
+    """A model store with `tiny-classifier`: the tiny CNN at 64 px over the three shapes, random
+    weights — for transport, parity and error tests; learning is checked by the slow test."""
+    from models import checkpoints
+    from models.classification import build_classifier
+
+    torch.manual_seed(0)
+    args = {"widths": [8, 16, 32]}
+    store = tmp_path_factory.mktemp("cls-store")
+    config = checkpoints.ModelConfig(
+        name="tiny-classifier",
+        task="classification",
+        architecture="classifier_tiny",
+        classes=("circle", "square", "triangle"),
+        model_args=args,
+        input_size=64,
+    )
+    model = build_classifier("classifier_tiny", num_classes=3, **args)
+    checkpoints.save_model(model.eval(), config, store / config.name)
+    return store

@@ -1,7 +1,7 @@
 """The contract every task keeps, run for each (the shape of smp's shared ``BaseModelTester``): a
 unary call, a stream with one bad item in the middle, an unknown model, bad options, the KServe
 path agreeing with the typed RPC, and a batch job that records a bad input and goes on. One real
-server on port 0 serves all four tasks; per-task test files keep only what is task-specific.
+server on port 0 serves all five tasks; per-task test files keep only what is task-specific.
 
 A new task adds one ``Contract`` to CONTRACTS."""
 
@@ -84,6 +84,17 @@ CONTRACTS = {
         lambda r: r.as_numpy("CAPTION")[0, 0].decode(),
         _encoded,
     ),
+    "classification": Contract(
+        "tiny-classifier",
+        lambda c, img, m: c.classify(img, model=m, top_k=3),
+        "classify_stream",
+        lambda c, img: c.classify(img, top_k=0),
+        "top_k",
+        lambda r: [x.class_name for x in r.classes],
+        lambda r: [n.decode() for n in r.as_numpy("CLASS_NAMES")[0]],
+        _encoded,
+        {"top_k": 3},
+    ),
     "generation": Contract(
         "tiny-generator",
         lambda c, img, m: c.generate(model=m, seed=4, count=2, fmt="raw"),
@@ -101,11 +112,11 @@ IMAGE_TASKS = [t for t in TASKS if CONTRACTS[t].stream]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, random_detector_store, segmenter_store, captioner_store, generator_store):
+def store(tmp_path_factory, random_detector_store, segmenter_store, captioner_store, generator_store, classifier_store):
     root = tmp_path_factory.mktemp("contract-store")
     for source, contract in zip(
-        (random_detector_store, segmenter_store, captioner_store, generator_store),
-        (CONTRACTS[t] for t in ("detection", "segmentation", "captioning", "generation")),
+        (random_detector_store, segmenter_store, captioner_store, generator_store, classifier_store),
+        (CONTRACTS[t] for t in ("detection", "segmentation", "captioning", "generation", "classification")),
     ):
         shutil.copytree(source / contract.model, root / contract.model)
     return root
