@@ -169,6 +169,8 @@ def _trainers() -> dict[str, Trainer]:
             },
             labels=CLASS_LABELS,
             recipe=lambda given: dict(classification.QUICKSTART_RECIPE),
+            recipe_help="the quickstart's, for `cvtasks data synth --task classification`: "
+            + as_flags(classification.QUICKSTART_RECIPE, classification.ClassificationTrainConfig),
         ),
     }
 
@@ -183,7 +185,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             skip |= {f"{split}_{kind}" for split in ("train", "val") for kind in ("images", trainer.labels.name)}
         trainer.extra(p)
         if trainer.recipe is not None:
-            shown = trainer.recipe_help or f"the demo's: {as_flags(trainer.recipe({}))}"
+            shown = trainer.recipe_help or f"the demo's: {as_flags(trainer.recipe({}), trainer.config)}"
             p.add_argument(
                 "--quickstart",
                 action="store_true",
@@ -223,9 +225,16 @@ def classes_file(args: argparse.Namespace) -> str:
     raise ValueError("give --classes FILE (one class name per line) or --data DIR")
 
 
-def as_flags(recipe: dict[str, Any]) -> str:
-    """A recipe as the flags that give it: {"batch_size": 16} -> "--batch-size 16"."""
-    return ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in recipe.items())
+def as_flags(recipe: dict[str, Any], config_class: type | None = None) -> str:
+    """A recipe as the flags that give it: {"batch_size": 16} -> "--batch-size 16" (a field's own
+    flag name where ``config_class`` declares one: {"architecture": ...} -> "--arch ...")."""
+    fields = getattr(config_class, "__dataclass_fields__", {})
+
+    def flag(key: str) -> str:
+        spec = fields[key].metadata.get("spec") if key in fields else None
+        return (getattr(spec, "flag", None) or key).replace("_", "-")
+
+    return ", ".join(f"--{flag(key)} {value}" for key, value in recipe.items())
 
 
 def under_recipe(settings: dict[str, Any], config_class: type, recipe: dict[str, Any]) -> dict[str, Any]:

@@ -29,3 +29,19 @@ def test_flags_given_explicitly_win_over_the_recipe():
         {"epochs": args.epochs, "ngf": args.ngf, "lr": args.lr}, GenerationTrainConfig, QUICKSTART_RECIPE
     )
     assert settings == {"epochs": 5, "ngf": QUICKSTART_RECIPE["ngf"], "lr": GenerationTrainConfig.lr}
+
+
+def test_the_classification_quickstart_names_its_own_flags_and_given_flags_win(capsys):
+    from models.train.classification import QUICKSTART_RECIPE as RECIPE
+    from models.train.classification import ClassificationTrainConfig
+
+    command = ["train", "classification"]
+    with pytest.raises(SystemExit):
+        build_parser(command).parse_args([*command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--arch classifier_tiny, --image-size 64" in help_text and "[--arch ARCHITECTURE]" in help_text
+    args = build_parser(command).parse_args([*command, "--data", "x", "--quickstart", "--epochs", "3"])
+    settings = under_recipe(
+        {"epochs": args.epochs, "architecture": args.architecture, "lr": args.lr}, ClassificationTrainConfig, RECIPE
+    )
+    assert settings == {"epochs": 3, "architecture": "classifier_tiny", "lr": RECIPE["lr"]}
