@@ -118,6 +118,18 @@ def test_detection_same_rows_as_local_engine(detections):
     assert len(coco["annotations"]) == sum(len(r["detections"]) for r in local)
 
 
+def test_classification_same_rows_as_local_engine(classifier_store, images, tmp_path):
+    inputs = list_inputs(images)
+    for engine in ("local", "ray"):
+        summary = _run(engine, classifier_store, "tiny-classifier", inputs, tmp_path / engine, top_k=2)
+        assert (summary.processed, summary.failed) == (8, 2)
+    local, remote = (_rows(tmp_path / engine / "classifications.jsonl") for engine in ("local", "ray"))
+    assert [r["input"] for r in remote] == [r["input"] for r in local] and len(remote) == 8
+    for got, want in zip(remote, local):
+        assert [x["class"] for x in got["labels"]] == [x["class"] for x in want["labels"]] and len(got["labels"]) == 2
+        assert [x["probability"] for x in got["labels"]] == pytest.approx([x["probability"] for x in want["labels"]])
+
+
 def test_rerun_processes_nothing(detector_store, images, detections):
     out = detections[1]
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "annotated").iterdir()}
