@@ -230,7 +230,8 @@ class ClassificationTask(loop.TrainTask):
             task="classification",
             architecture=cfg.architecture,
             classes=self.classes,
-            model_args=dict(cfg.model_args),  # the backbone's weights are in the stored weights
+            # the backbone's weights are in the stored weights: a rebuilt model needs no other file
+            model_args={k: v for k, v in cfg.model_args.items() if not k.endswith("weights_path")},
             input_size=cfg.image_size,
             normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             metrics=metrics,
