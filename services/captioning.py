@@ -5,7 +5,7 @@ from __future__ import annotations
 from models.captioning import CaptionText
 from services.pb import captioning_pb2, captioning_pb2_grpc
 from services.pipeline import Answer
-from services.typed import TypedService, model_ref, timings_proto
+from services.typed import TypedService
 
 
 class CaptioningServicer(captioning_pb2_grpc.CaptioningServiceServicer, TypedService):
@@ -13,19 +13,11 @@ class CaptioningServicer(captioning_pb2_grpc.CaptioningServiceServicer, TypedSer
     unary_rpcs, stream_rpcs = {"Caption": "call"}, {"CaptionStream": "call"}
 
     def respond(self, request: captioning_pb2.CaptionRequest, answer: Answer) -> captioning_pb2.CaptionResponse:
-        height, width = answer.images[0].shape[:2]
         captions = [
             captioning_pb2.GeneratedCaption(text=c.text, tokens=c.text.split(), log_prob=c.log_prob, score=c.score)
             for c in answer.outputs[0]
         ]
-        return captioning_pb2.CaptionResponse(
-            request_id=request.request_id,
-            model=model_ref(answer.config),
-            image_width=width,
-            image_height=height,
-            captions=captions,
-            timings=timings_proto(answer.stage_seconds()),
-        )
+        return captioning_pb2.CaptionResponse(**self.envelope(request, answer), captions=captions)
 
     @staticmethod
     def output_of(response: captioning_pb2.CaptionResponse) -> list[CaptionText]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from models.classification import Label
 from services.pb import classification_pb2, classification_pb2_grpc
 from services.pipeline import Answer
-from services.typed import TypedService, model_ref, timings_proto
+from services.typed import TypedService
 
 
 class ClassificationServicer(classification_pb2_grpc.ClassificationServiceServicer, TypedService):
@@ -15,18 +15,11 @@ class ClassificationServicer(classification_pb2_grpc.ClassificationServiceServic
     def respond(
         self, request: classification_pb2.ClassifyRequest, answer: Answer
     ) -> classification_pb2.ClassifyResponse:
-        height, width = answer.images[0].shape[:2]
-        return classification_pb2.ClassifyResponse(
-            request_id=request.request_id,
-            model=model_ref(answer.config),
-            classes=[
-                classification_pb2.ClassProbability(label=x.label, class_name=x.class_name, probability=x.probability)
-                for x in answer.outputs[0]
-            ],
-            image_width=width,
-            image_height=height,
-            timings=timings_proto(answer.stage_seconds()),
-        )
+        classes = [
+            classification_pb2.ClassProbability(label=x.label, class_name=x.class_name, probability=x.probability)
+            for x in answer.outputs[0]
+        ]
+        return classification_pb2.ClassifyResponse(**self.envelope(request, answer), classes=classes)
 
     @staticmethod
     def output_of(response: classification_pb2.ClassifyResponse) -> list[Label]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.pb import common_pb2, detection_pb2, detection_pb2_grpc
 from services.pipeline import Answer
-from services.typed import TypedService, model_ref, timings_proto
+from services.typed import TypedService
 
 
 class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer, TypedService):
@@ -12,7 +12,6 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer, TypedServic
     unary_rpcs, stream_rpcs = {"Detect": "call"}, {"DetectStream": "call"}
 
     def respond(self, request: detection_pb2.DetectRequest, answer: Answer) -> detection_pb2.DetectResponse:
-        height, width = answer.images[0].shape[:2]
         detections = [
             detection_pb2.Detection(
                 box=common_pb2.BoundingBox(x_min=d.box[0], y_min=d.box[1], x_max=d.box[2], y_max=d.box[3]),
@@ -22,14 +21,7 @@ class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer, TypedServic
             )
             for d in answer.outputs[0]
         ]
-        return detection_pb2.DetectResponse(
-            request_id=request.request_id,
-            model=model_ref(answer.config),
-            detections=detections,
-            image_width=width,
-            image_height=height,
-            timings=timings_proto(answer.stage_seconds()),
-        )
+        return detection_pb2.DetectResponse(**self.envelope(request, answer), detections=detections)
 
     @staticmethod
     def output_of(response: detection_pb2.DetectResponse) -> list:

@@ -10,7 +10,7 @@ from models.generation import LatentPrior, given_latents, path_latents
 from models.preprocessing import encode_image
 from services.pb import common_pb2, generation_pb2, generation_pb2_grpc
 from services.pipeline import Answer, Call
-from services.typed import TypedService, model_ref, timings_proto
+from services.typed import TypedService
 
 _PATHS = {
     generation_pb2.INTERPOLATION_UNSPECIFIED: "spherical",
@@ -77,12 +77,10 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer, TypedSer
     ) -> generation_pb2.GenerateResponse:
         prior, z = LatentPrior.of(answer.config.model_args), answer.inputs[0]
         return generation_pb2.GenerateResponse(
-            request_id=request.request_id,
+            **self.envelope(request, answer, size=False),
             images=images_proto(answer.outputs[0], z, request.format),
             image_size=int(answer.config.model_args.get("image_size", 64)),
             latent_size=prior.nz,
             latent_components=prior.components,
             latent_spread=prior.spread,
-            model=model_ref(answer.config),
-            timings=timings_proto(answer.stage_seconds()),
         )

@@ -7,7 +7,7 @@ from models.segmentation import Segmentation, class_areas, class_contours, label
 from models.visualize import overlay_labels
 from services.pb import segmentation_pb2, segmentation_pb2_grpc
 from services.pipeline import Answer
-from services.typed import TypedService, model_ref, timings_proto
+from services.typed import TypedService
 
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer, TypedService):
@@ -17,13 +17,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer, Ty
     def respond(self, request: segmentation_pb2.SegmentRequest, answer: Answer) -> segmentation_pb2.SegmentResponse:
         """The label map PNG, class areas, and the overlay and contours when asked for."""
         seg, options, names = answer.outputs[0], answer.options, answer.config.classes
-        height, width = seg.labels.shape
         response = segmentation_pb2.SegmentResponse(
-            request_id=request.request_id,
-            model=model_ref(answer.config),
+            **self.envelope(request, answer),
             label_map_png=encode_image(seg.labels, "png"),
-            image_width=width,
-            image_height=height,
             processing_detail=seg.detail,
             processing=segmentation_pb2.Processing.Value(f"PROCESSING_{seg.processing.upper()}"),
             areas=[
@@ -44,7 +40,6 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer, Ty
         if options.include_overlay:
             blended = overlay_labels(answer.images[0], seg.labels, alpha=options.overlay_alpha)
             response.overlay_png = encode_image(blended, "png")
-        response.timings.CopyFrom(timings_proto(answer.stage_seconds()))
         return response
 
     @staticmethod

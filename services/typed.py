@@ -11,6 +11,7 @@ services/pipeline.py. Streams answer in request order, with a failed item's
 from __future__ import annotations
 
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
 
@@ -79,7 +80,7 @@ def _stream(builder: str) -> Callable:
     return rpc
 
 
-class TypedService:
+class TypedService(ABC):
     """Base of a task's typed servicer (mixed into its generated ``*ServiceServicer``).
 
     Unary RPCs run under the server's deadline policy (services/streaming.py ``deadline_of``);
@@ -129,9 +130,23 @@ class TypedService:
             options=options_from_proto(TASK_OPTIONS[self.task], request.options), images=[image_data(request.image)]
         )
 
+    @abstractmethod
     def respond(self, request: Any, answer: Answer) -> Message:
         """The response to ``request`` (run in the decode pool)."""
-        raise NotImplementedError
+
+    @staticmethod
+    def envelope(request: Any, answer: Answer, *, size: bool = True) -> dict[str, Any]:
+        """The fields every response has: the request id, the model, the stage timings and (``size``)
+        the image's width and height."""
+        fields = {
+            "request_id": request.request_id,
+            "model": model_ref(answer.config),
+            "timings": timings_proto(answer.stage_seconds()),
+        }
+        if size:
+            height, width = answer.images[0].shape[:2]
+            fields.update(image_width=width, image_height=height)
+        return fields
 
     @staticmethod
     def output_of(response: Any) -> Any:

@@ -19,6 +19,7 @@ from models.options import option
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, caption_train_transform, read_image
 from models.text import Vocabulary, tokenize
 from models.train import loop
+from models.train.config import FitConfig
 
 
 class CaptionDataset(Dataset):
@@ -66,14 +67,17 @@ def collate_captions(batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass(frozen=True)
-class CaptioningTrainConfig:
+class CaptioningTrainConfig(
+    FitConfig,
+    defaults={"name": "captioner", "lr": 2e-3, "warmup_steps": 30, "patience": 4, "amp": False},
+):
+    """Arguments of ``cvtasks train captioning`` (with FitConfig's: epochs, lr, device, ...); a
+    batch is ``batch_size`` captions."""
+
     train_images: str
     train_captions: str
     val_images: str
     val_captions: str
-    run_dir: str = option("runs/captioner", "checkpoints and plots (the command line's default: runs/<name>)")
-    model_store: str = option("model_store", "where the trained model is stored")
-    name: str = option("captioner", "model name in the store")
     backbone: str = option("resnet18", f"encoder: {', '.join(ENCODERS)}")
     embed_size: int = option(256, "image embedding and word embedding size")
     hidden_size: int = option(512, "LSTM size")
@@ -95,20 +99,10 @@ class CaptioningTrainConfig:
     augment: bool = option(
         False, "shrink + shift + colour jitter (no flips, no hue: captions say left/right and colours)"
     )
-    epochs: int = option(10, "epochs")
-    batch_size: int = option(32, "captions per step (per process under torchrun)")
-    lr: float = option(2e-3, "peak learning rate (warmup, then cosine)")
-    weight_decay: float = option(1e-4, "weight decay")
-    warmup_steps: int = option(30, "linear warmup steps")
     clip_grad: float = option(5.0, "gradient-norm clipping")
     words_weight: float = option(
         0.0, "weight of the auxiliary bag-of-words loss on the image embedding (0 = plain Show and Tell)"
     )
-    patience: int = option(4, "early stopping: epochs without a better validation BLEU-4")
-    device: str | None = option(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
-    seed: int = option(0, "random seed")
-    resume: bool = option(False, "continue from <run-dir>/last.pt")
-    progress: bool = True
 
 
 # Measured on the synthetic shapes (README figures); the slow learning test holds it to BLEU-4 >= 0.70.
@@ -253,7 +247,8 @@ class CaptioningTask(loop.TrainTask):
         return {"model": TeacherForcedLoss(self.model, pad_id=self.vocab.pad_id, words_weight=self.cfg.words_weight)}
 
     def step(self, batch: Any, run: loop.Run) -> dict[str, float]:
-        loss = run.nets["model"](batch[0].to(run.device), batch[1].to(run.device))
+        with run.autocast():
+            loss = run.nets["model"](batch[0].to(run.device), batch[1].to(run.device))
         run.update(loss)
         return {"loss": loss.item()}
 

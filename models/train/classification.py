@@ -35,23 +35,21 @@ from models.preprocessing import (
     seed_augmentations_in_worker,
 )
 from models.train import loop
+from models.train.config import FitConfig
 
 TRANSFER_MODES = ("full", "last", "frozen")
 BALANCE = ("none", "weights", "sampler")
 
 
 @dataclass(frozen=True)
-class ClassificationTrainConfig:
-    """Arguments of ``cvtasks train classification``."""
+class ClassificationTrainConfig(FitConfig, defaults={"name": "classifier", "patience": 5}):
+    """Arguments of ``cvtasks train classification`` (with FitConfig's: epochs, lr, device, ...)."""
 
     train_images: str
     val_images: str
     train_labels: str | None = None  # a CSV (image, label); None: train_images is an ImageFolder tree
     val_labels: str | None = None
     classes_file: str | None = option(None, "class names, one per line (default: the training data's, sorted)")
-    run_dir: str = option("runs/classifier", "checkpoints and plots (the command line's default: runs/<name>)")
-    model_store: str = option("model_store", "where the trained model is stored")
-    name: str = option("classifier", "model name in the store")
     architecture: str = option(
         "resnet18", f"{', '.join(classification.architectures())}, or any timm model as tu-<name>", flag="arch"
     )
@@ -75,25 +73,13 @@ class ClassificationTrainConfig:
         choices=BALANCE,
     )
     label_smoothing: float = option(0.0, "cross-entropy label smoothing in [0, 1)")
-    optimizer: str = option("adamw", "optimiser", choices=("adamw", "sgd"))
-    epochs: int = option(10, "epochs")
-    batch_size: int = option(32, "images per step (per process under torchrun)")
-    lr: float = option(1e-3, "peak learning rate of the head (warmup, then cosine)")
-    weight_decay: float = option(1e-4, "weight decay")
-    warmup_steps: int = option(20, "linear warmup steps")
-    patience: int = option(5, "early stopping: epochs without a better validation top-1")
     image_size: int = option(224, "input side in pixels (images are letterboxed to it)")
     augment: bool = option(True, "augmentation (shrink and place, flip, colour)")
-    device: str | None = option(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
-    amp: bool = option(True, "mixed precision (used only on CUDA)")
-    seed: int = option(0, "random seed")
-    workers: int = option(0, "data-loading worker processes")
-    resume: bool = option(False, "continue from <run-dir>/last.pt")
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1 or self.image_size < 16:
-            raise ValueError("epochs, batch_size and patience must be >= 1, image_size >= 16")
+        super().__post_init__()
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
         if not 0.0 <= self.label_smoothing < 1.0 or self.backbone_lr_scale < 0 or self.trainable_stages < 0:
             raise ValueError("label_smoothing must be in [0, 1), backbone_lr_scale and trainable_stages >= 0")
         if self.transfer not in TRANSFER_MODES or self.balance not in BALANCE:

@@ -21,19 +21,20 @@ from models.evaluation import coco_from_dict, evaluate_detector
 from models.options import option
 from models.preprocessing import detection_train_transform, seed_augmentations_in_worker
 from models.train import loop
+from models.train.config import FitConfig
 
 
 @dataclass(frozen=True)
-class DetectionTrainConfig:
-    """Arguments of ``cvtasks train detection`` (see ``--help`` for each)."""
+class DetectionTrainConfig(
+    FitConfig,
+    defaults={"name": "detector", "epochs": 12, "batch_size": 8, "optimizer": "sgd", "lr": 0.02, "warmup_steps": 50},
+):
+    """Arguments of ``cvtasks train detection`` (with FitConfig's: epochs, lr, device, ...; see ``--help``)."""
 
     train_images: str
     train_annotations: str
     val_images: str
     val_annotations: str
-    run_dir: str = option("runs/detection", "checkpoints and plots (the command line's default: runs/<name>)")
-    model_store: str = option("model_store", "where the trained model is stored")
-    name: str = option("detector", "model name in the store")
     architecture: str = option("fasterrcnn_tiny", "architecture (see `cvtasks weights list`)", flag="arch")
     model_args: dict[str, Any] = option({}, "extra builder arguments as JSON, e.g. '{\"image_size\": 160}'")
     pretrained: str | None = option(
@@ -41,26 +42,11 @@ class DetectionTrainConfig:
     )
     weights_path: str | None = option(None, "explicit path of the COCO weights file")
     trainable_backbone_layers: int | None = option(None, "fine-tuning: backbone blocks left trainable")
-    epochs: int = option(12, "epochs")
-    batch_size: int = option(8, "images per step (per process under torchrun)")
-    optimizer: str = option("sgd", "optimiser", choices=("sgd", "adamw"))
-    lr: float = option(0.02, "peak learning rate (warmup, then cosine)")
-    weight_decay: float = option(1e-4, "weight decay")
-    warmup_steps: int = option(50, "linear warmup steps")
     augment: bool = option(True, "augmentation (flip, scale, colour)")
     image_size: int = option(128, "augmentation crop size (pixels, square)")
-    device: str | None = option(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
-    amp: bool = option(True, "mixed precision (used only on CUDA)")
-    seed: int = option(0, "random seed")
-    workers: int = option(0, "data-loading worker processes")
-    resume: bool = option(False, "continue from <run-dir>/last.pt")
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        super().__post_init__()
         detection.DETECTORS.get(self.architecture)  # unknown architecture: list the known ones now
 
 

@@ -23,6 +23,7 @@ from models.generation import CHANNELS, IMAGE_SIZES, Discriminator, Generator, L
 from models.options import option
 from models.preprocessing import center_crop_resize, encode_image, read_image
 from models.train import loop
+from models.train.config import RunConfig
 
 
 def image_files(folder: str | Path) -> list[Path]:
@@ -64,13 +65,11 @@ class ImageFolder(Dataset):
 
 
 @dataclass(frozen=True)
-class GenerationTrainConfig:
+class GenerationTrainConfig(RunConfig, defaults={"name": "generator", "epochs": 25, "batch_size": 64, "lr": 2e-4}):
+    """Arguments of ``cvtasks train generation`` (with RunConfig's: epochs, device, ...); ``lr`` is
+    both networks'."""
+
     images: str = option(help="folder of images (any size: centre-cropped and resized)")
-    run_dir: str = option(
-        "runs/generator", "checkpoints, sample grids and the loss plot (the command line's default: runs/<name>)"
-    )
-    model_store: str = option("model_store", "where the trained generator is stored")
-    name: str = option("generator", "model name in the store")
     image_size: int = option(64, "image side (pixels)", choices=IMAGE_SIZES)
     channels: int = option(3, "1 = grayscale", choices=CHANNELS)
     nz: int = option(100, "latent size")
@@ -84,9 +83,6 @@ class GenerationTrainConfig:
         "N(0, I); helps when the images are of distinct kinds (0 = N(0, I))",
     )
     latent_spread: float = option(1.0, "the mixture's means are drawn from N(0, spread^2)")
-    epochs: int = option(25, "epochs")
-    batch_size: int = option(64, "images per step (per process under torchrun)")
-    lr: float = option(2e-4, "learning rate of both networks")
     beta1: float = option(0.5, "Adam's beta1")
     label_smoothing: float = option(0.0, "one-sided: real targets are 1 - this (e.g. 0.1); fake targets stay 0")
     # Epochs E..`epochs` reach lr / (epochs - E + 1) in the last one (as pix2pix and CycleGAN do),
@@ -106,10 +102,6 @@ class GenerationTrainConfig:
     )
     sample_seed: int = option(0, "fixed noise of the per-epoch sample grid")
     sample_count: int = 64
-    device: str | None = option(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
-    seed: int = option(0, "random seed")
-    resume: bool = option(False, "continue from <run-dir>/last.pt")
-    progress: bool = True
 
 
 def model_args(cfg: GenerationTrainConfig) -> dict[str, Any]:

@@ -16,44 +16,31 @@ from models.options import option
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, seed_augmentations_in_worker, segmentation_train_transform
 from models.seg_datasets import IGNORE_INDEX, SegmentationDataset, read_class_names
 from models.train import loop
+from models.train.config import FitConfig
 
 
 @dataclass(frozen=True)
-class SegmentationTrainConfig:
-    """Arguments of ``cvtasks train segmentation``."""
+class SegmentationTrainConfig(
+    FitConfig, defaults={"name": "segmenter", "batch_size": 8, "warmup_steps": 30, "patience": 5}
+):
+    """Arguments of ``cvtasks train segmentation`` (with FitConfig's: epochs, lr, device, ...)."""
 
     train_images: str
     train_masks: str
     val_images: str
     val_masks: str
     classes_file: str
-    run_dir: str = option("runs/segmenter", "checkpoints and plots (the command line's default: runs/<name>)")
-    model_store: str = option("model_store", "where the trained model is stored")
-    name: str = option("segmenter", "model name in the store")
     architecture: str = option("unet", "unet, deeplabv3plus, deeplabv3, fpn", flag="arch")
     encoder: str = option("resnet18", f"encoder name, e.g. {', '.join(segmentation.ENCODERS)}")
     model_args: dict[str, Any] = option({}, "extra smp arguments as JSON, e.g. '{\"decoder_channels\": 64}'")
     loss: str = option("dice+focal", "training loss", choices=tuple(SPECS))
     dice_weight: float = option(1.0, "weight of the Dice term")
     focal_weight: float = option(1.0, "weight of the focal term")
-    epochs: int = option(10, "epochs")
-    batch_size: int = option(8, "images per step (per process under torchrun)")
-    lr: float = option(1e-3, "peak learning rate (warmup, then cosine)")
-    weight_decay: float = option(1e-4, "weight decay")
-    warmup_steps: int = option(30, "linear warmup steps")
-    patience: int = option(5, "early stopping: epochs without a better validation mIoU")
     image_size: int = option(128, "augmentation crop size (pixels)")
     augment: bool = option(True, "augmentation (flip, scale, colour)")
-    device: str | None = option(None, "cpu, cuda, cuda:1 (default: CUDA when available)")
-    amp: bool = option(True, "mixed precision (used only on CUDA)")
-    seed: int = option(0, "random seed")
-    workers: int = option(0, "data-loading worker processes")
-    resume: bool = option(False, "continue from <run-dir>/last.pt")
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
-            raise ValueError("epochs, batch_size and patience must be >= 1")
+        super().__post_init__()
         segmentation.SEGMENTERS.get(self.architecture)
 
 

@@ -7,14 +7,12 @@ import sys
 from typing import Any
 
 from models.options import CaptionOptions
-from services.commands.client_run import add_client_arguments, model_of, print_rows, run_files
-from services.commands.flags import add_option_flags, options_from_args
+from services.commands.client_run import add_task_arguments, finish, image_row, run_files, timings_ms
+from services.commands.flags import options_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_client_arguments(p, "captioning", timeout=60.0)
-    add_option_flags(p, CaptionOptions)
-    p.add_argument("--output", default=None, help="write the JSON results to this file too")
+    add_task_arguments(p, "captioning", CaptionOptions, timeout=60.0)
     p.set_defaults(run=run)
 
 
@@ -23,15 +21,7 @@ def response_to_json(path: str, response: Any) -> dict[str, Any]:
     from services.captioning import CaptioningServicer
 
     captions = caption_row(CaptioningServicer.output_of(response))["captions"]
-    return {
-        "image": path,
-        "model": model_of(response),
-        "captions": captions,
-        "timings_ms": {
-            "total": round(response.timings.total_ms, 2),
-            "inference": round(response.timings.inference_ms, 2),
-        },
-    }
+    return {**image_row(path, response, size=False), "captions": captions, "timings_ms": timings_ms(response)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +30,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path}: {found['captions'][0]['text']}", file=sys.stderr)
         return found
 
-    rows, failed = run_files(args, "caption_stream", options_from_args(args, CaptionOptions), row)
-    print_rows(rows, args.output)
-    return 1 if failed else 0
+    return finish(*run_files(args, "caption_stream", options_from_args(args, CaptionOptions), row), args.output)

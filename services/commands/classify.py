@@ -7,32 +7,21 @@ import sys
 from typing import Any
 
 from models.options import ClassifyOptions
-from services.commands.client_run import add_client_arguments, model_of, print_rows, run_files
-from services.commands.flags import add_option_flags, options_from_args
+from services.commands.client_run import add_task_arguments, finish, image_row, run_files, timings_ms
+from services.commands.flags import options_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_client_arguments(p, "classification", timeout=60.0)
-    add_option_flags(p, ClassifyOptions)
-    p.add_argument("--output", default=None, help="write the JSON results to this file too")
+    add_task_arguments(p, "classification", ClassifyOptions, timeout=60.0)
     p.set_defaults(run=run)
 
 
 def response_to_json(path: str, response: Any) -> dict[str, Any]:
     """One image's row: the labels as batch jobs write them (models.classification.labels_row)."""
-    return {
-        "image": path,
-        "model": model_of(response),
-        "width": response.image_width,
-        "height": response.image_height,
-        "labels": [
-            {"label": c.label, "class": c.class_name, "probability": round(c.probability, 5)} for c in response.classes
-        ],
-        "timings_ms": {
-            "total": round(response.timings.total_ms, 2),
-            "inference": round(response.timings.inference_ms, 2),
-        },
-    }
+    labels = [
+        {"label": c.label, "class": c.class_name, "probability": round(c.probability, 5)} for c in response.classes
+    ]
+    return {**image_row(path, response), "labels": labels, "timings_ms": timings_ms(response)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +31,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path}: {best['class']} ({best['probability']:.3f})", file=sys.stderr)
         return found
 
-    rows, failed = run_files(args, "classify_stream", options_from_args(args, ClassifyOptions), row)
-    print_rows(rows, args.output)
-    return 1 if failed else 0
+    return finish(*run_files(args, "classify_stream", options_from_args(args, ClassifyOptions), row), args.output)

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from models.options import DetectOptions
-from services.commands.client_run import add_client_arguments, model_of, print_rows, run_files
-from services.commands.flags import add_option_flags, options_from_args
+from services.commands.client_run import add_task_arguments, finish, image_row, run_files, timings_ms
+from services.commands.flags import options_from_args
+
+STAGES = ("decode_ms", "queue_ms", "inference_ms", "postprocess_ms", "total_ms")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_client_arguments(p, "detection", timeout=30.0)
-    add_option_flags(p, DetectOptions, skip={"annotate"})
+    add_task_arguments(p, "detection", DetectOptions, timeout=30.0, skip={"annotate"})
     p.add_argument("--annotate-dir", default=None, help="write each image with its boxes drawn here")
-    p.add_argument("--output", default=None, help="write the JSON results to this file too")
     p.set_defaults(run=run)
 
 
@@ -23,17 +23,8 @@ def response_to_json(path: str, response: Any) -> dict[str, Any]:
     from models.detection import detection_row
     from services.client import detections_from_proto
 
-    return {
-        "image": path,
-        "model": model_of(response),
-        "width": response.image_width,
-        "height": response.image_height,
-        **detection_row(detections_from_proto(response)),
-        "timings_ms": {
-            k: round(getattr(response.timings, k), 2)
-            for k in ("decode_ms", "queue_ms", "inference_ms", "postprocess_ms", "total_ms")
-        },
-    }
+    found = detection_row(detections_from_proto(response))
+    return {**image_row(path, response), **found, "timings_ms": timings_ms(response, STAGES, short=False)}
 
 
 def annotate(path: str, response: Any, out_dir: Path, *, min_score: float = 0.0) -> Path:
@@ -59,6 +50,4 @@ def run(args: argparse.Namespace) -> int:
             found["annotated"] = str(annotate(path, response, Path(args.annotate_dir)))
         return found
 
-    rows, failed = run_files(args, "detect_stream", options_from_args(args, DetectOptions), row)
-    print_rows(rows, args.output)
-    return 1 if failed else 0
+    return finish(*run_files(args, "detect_stream", options_from_args(args, DetectOptions), row), args.output)

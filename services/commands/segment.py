@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from models.options import SegmentOptions
-from services.commands.client_run import add_client_arguments, model_of, run_files
+from services.commands.client_run import add_client_arguments, image_row, run_files
 from services.commands.flags import add_option_flags, options_from_args
 
 
@@ -24,10 +24,7 @@ def response_to_json(path: str, response: Any, mask: Path | None, overlay: Path 
     from services.client import processing_name
 
     row: dict[str, Any] = {
-        "image": path,
-        "model": model_of(response),
-        "width": response.image_width,
-        "height": response.image_height,
+        **image_row(path, response),
         "processing": processing_name(response.processing),
         "processing_detail": response.processing_detail,
         "areas": {
