@@ -19,7 +19,7 @@ from models.options import option
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, caption_train_transform, read_image
 from models.text import Vocabulary, tokenize
 from models.train import loop
-from models.train.config import FitConfig
+from models.train.config import FitConfig, split_paths, store_settings
 
 
 class CaptionDataset(Dataset):
@@ -209,10 +209,10 @@ class CaptioningTask(loop.TrainTask):
     """The loop's hooks for Show and Tell: teacher forcing, clipped steps, greedy validation BLEU-4."""
 
     best_metric = "BLEU-4"
+    title = "{name} (Show and Tell, {backbone})"
 
     def __init__(self, cfg: CaptioningTrainConfig) -> None:
-        self.cfg = cfg
-        self.title = f"{cfg.name} (Show and Tell, {cfg.backbone})"
+        super().__init__(cfg)
         # without the bag-of-words loss its head gets no gradient, which DDP must be told
         self.ddp_options = {"model": {"find_unused_parameters": cfg.words_weight <= 0}}
 
@@ -296,17 +296,7 @@ def quickstart_config(data_dir: str | Path, out_dir: str | Path, **overrides: An
     ``out_dir/run-captioner``. The encoder is initialised from ``out_dir/model_store/quickstart-unet``
     (train that first: `models.train.segmentation.quickstart_config(data_dir, out_dir)`).
     """
-    data, out = Path(data_dir), Path(out_dir)
-    settings: dict[str, Any] = {
-        "train_images": str(data / "images" / "train"),
-        "train_captions": str(data / "captions" / "train.json"),
-        "val_images": str(data / "images" / "val"),
-        "val_captions": str(data / "captions" / "val.json"),
-        "run_dir": str(out / "run-captioner"),
-        "model_store": str(out / "model_store"),
-        "name": "quickstart-captioner",
-        "encoder_weights_path": str(out / "model_store" / QUICKSTART_ENCODER_FROM),
-        **QUICKSTART_RECIPE,
-    }
-    settings.update(overrides)
-    return CaptioningTrainConfig(**settings)
+    encoder = {"encoder_weights_path": str(Path(out_dir) / "model_store" / QUICKSTART_ENCODER_FROM)}
+    paths = split_paths(data_dir, "captions", "captions/{split}.json")
+    store = store_settings(out_dir, "quickstart-captioner", "run-captioner")
+    return CaptioningTrainConfig(**(paths | store | encoder | QUICKSTART_RECIPE | overrides))

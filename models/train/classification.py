@@ -35,7 +35,7 @@ from models.preprocessing import (
     seed_augmentations_in_worker,
 )
 from models.train import loop
-from models.train.config import FitConfig
+from models.train.config import FitConfig, split_paths, store_settings
 
 TRANSFER_MODES = ("full", "last", "frozen")
 BALANCE = ("none", "weights", "sampler")
@@ -134,24 +134,11 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
     return torch.tensor(weights * (counts > 0).sum() / max(weights.sum(), 1e-12), dtype=torch.float32)
 
 
-@dataclass
-class ClassTrainResult:
-    model_dir: Path
-    metrics: dict[str, float]
-    history: dict[str, list[float]]
-    seconds: float
-    plot: Path
-    stopped_early: bool
-
-
 class ClassificationTask(loop.TrainTask):
     """The loop's hooks for a classifier: cross-entropy, validation top-1 / top-5, best top-1."""
 
     best_metric = "top1"
-
-    def __init__(self, cfg: ClassificationTrainConfig) -> None:
-        self.cfg = cfg
-        self.title = f"{cfg.name} ({cfg.architecture}, transfer {cfg.transfer})"
+    title = "{name} ({architecture}, transfer {transfer})"
 
     def build(self, device: torch.device, rank: int) -> loop.TrainData:
         cfg = self.cfg
@@ -227,18 +214,9 @@ class ClassificationTask(loop.TrainTask):
         return self.model, config
 
 
-def train_classification(cfg: ClassificationTrainConfig) -> ClassTrainResult:
+def train_classification(cfg: ClassificationTrainConfig) -> loop.Outcome:
     """Train; validate top-1 each epoch; keep the best in the store; stop after ``patience`` flat epochs."""
-    outcome = loop.fit(ClassificationTask(cfg), loop.Settings.of(cfg))
-    final = checkpoints.load_config(outcome.model_dir)
-    return ClassTrainResult(
-        model_dir=outcome.model_dir,
-        metrics=dict(final.metrics),
-        history=outcome.history,
-        seconds=outcome.seconds,
-        plot=outcome.plot,
-        stopped_early=outcome.stopped_early,
-    )
+    return loop.fit(ClassificationTask(cfg), loop.Settings.of(cfg))
 
 
 #: The quickstart classifier (`cvtasks train classification --quickstart`, the slow learning test):
@@ -256,13 +234,5 @@ QUICKSTART_SPLITS = {"train": 600, "val": 60, "test": 100}
 
 def quickstart_config(data_dir: str | Path, out_dir: str | Path, **overrides: Any) -> ClassificationTrainConfig:
     """The quickstart recipe on `cvtasks data synth --task classification` output (images/<split>/<class>/)."""
-    data, out = Path(data_dir), Path(out_dir)
-    settings: dict[str, Any] = {
-        "train_images": str(data / "images" / "train"),
-        "val_images": str(data / "images" / "val"),
-        "run_dir": str(out / "run-classifier"),
-        "model_store": str(out / "model_store"),
-        "name": "quickstart-classifier",
-        **QUICKSTART_RECIPE,
-    }
-    return ClassificationTrainConfig(**{**settings, **overrides})
+    store = store_settings(out_dir, "quickstart-classifier", "run-classifier")
+    return ClassificationTrainConfig(**(split_paths(data_dir) | store | QUICKSTART_RECIPE | overrides))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from models.options import option
@@ -75,3 +76,21 @@ class FitConfig(RunConfig):
         super().__post_init__()
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
+
+
+def split_paths(data_dir: str | Path, labels: str = "", under: str = "") -> dict[str, str]:
+    """A quickstart's data paths in the `cvtasks data synth` layout: ``<split>_images``
+    (``<data>/images/<split>``) and, with ``labels``, ``<split>_<labels>`` (``<data>/<under>``,
+    ``{split}`` filled in), for the train and val splits."""
+    data, paths = Path(data_dir), {}
+    for split in ("train", "val"):
+        paths[f"{split}_images"] = str(data / "images" / split)
+        if labels:
+            paths[f"{split}_{labels}"] = str(data / under.format(split=split))
+    return paths
+
+
+def store_settings(out_dir: str | Path, name: str, run: str) -> dict[str, str]:
+    """A quickstart's outputs: the model ``name`` in ``<out>/model_store``, its run in ``<out>/<run>``."""
+    out = Path(out_dir)
+    return {"run_dir": str(out / run), "model_store": str(out / "model_store"), "name": name}

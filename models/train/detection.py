@@ -21,7 +21,7 @@ from models.evaluation import coco_from_dict, evaluate_detector
 from models.options import option
 from models.preprocessing import detection_train_transform, seed_augmentations_in_worker
 from models.train import loop
-from models.train.config import FitConfig
+from models.train.config import FitConfig, split_paths, store_settings
 
 
 @dataclass(frozen=True)
@@ -48,15 +48,6 @@ class DetectionTrainConfig(
     def __post_init__(self) -> None:
         super().__post_init__()
         detection.DETECTORS.get(self.architecture)  # unknown architecture: list the known ones now
-
-
-@dataclass
-class TrainResult:
-    model_dir: Path
-    metrics: dict[str, float]
-    history: dict[str, list[float]]
-    seconds: float
-    plot: Path
 
 
 def _initial_model(cfg: DetectionTrainConfig, class_names: list[str]) -> nn.Module:
@@ -100,10 +91,7 @@ class DetectionTask(loop.TrainTask):
     """The loop's hooks for Faster R-CNN: torchvision's loss terms, COCO AP on validation, best AP50."""
 
     best_metric = "AP50"
-
-    def __init__(self, cfg: DetectionTrainConfig) -> None:
-        self.cfg = cfg
-        self.title = f"{cfg.name} ({cfg.architecture})"
+    title = "{name} ({architecture})"
 
     def build(self, device: torch.device, rank: int) -> loop.TrainData:
         cfg = self.cfg
@@ -154,18 +142,9 @@ class DetectionTask(loop.TrainTask):
         return self.model, _store_config(self.cfg, self.model, self.classes, metrics, version)
 
 
-def train_detection(cfg: DetectionTrainConfig) -> TrainResult:
+def train_detection(cfg: DetectionTrainConfig) -> loop.Outcome:
     """Train, validate every epoch, keep the best-AP50 model in the store; returns the result."""
-    outcome = loop.fit(DetectionTask(cfg), loop.Settings.of(cfg))
-    model_dir = outcome.model_dir
-    final = checkpoints.load_config(model_dir) if (model_dir / checkpoints.CONFIG_FILE).is_file() else None
-    return TrainResult(
-        model_dir=model_dir,
-        metrics=dict(final.metrics) if final else {},
-        history=outcome.history,
-        seconds=outcome.seconds,
-        plot=outcome.plot,
-    )
+    return loop.fit(DetectionTask(cfg), loop.Settings.of(cfg))
 
 
 QUICKSTART_SPLITS = {"train": 600, "val": 60, "test": 100}
@@ -177,18 +156,12 @@ def quickstart_config(data_dir: str | Path, out_dir: str | Path, **overrides: An
     ``data_dir`` holds `cvtasks data synth` output with QUICKSTART_SPLITS; the model goes to
     ``out_dir/model_store/quickstart-detector``, checkpoints and plots to ``out_dir/run``.
     """
-    data, out = Path(data_dir), Path(out_dir)
-    settings: dict[str, Any] = {
-        "train_images": str(data / "images" / "train"),
-        "train_annotations": str(data / "annotations" / "train.json"),
-        "val_images": str(data / "images" / "val"),
-        "val_annotations": str(data / "annotations" / "val.json"),
-        "run_dir": str(out / "run"),
-        "model_store": str(out / "model_store"),
-        "name": "quickstart-detector",
+    recipe = {
         "architecture": "fasterrcnn_tiny",
         "epochs": 6,
         "optimizer": "adamw",  # converges in fewer epochs than SGD on the shapes
         "lr": 0.002,
     }
-    return DetectionTrainConfig(**{**settings, **overrides})
+    paths = split_paths(data_dir, "annotations", "annotations/{split}.json")
+    store = store_settings(out_dir, "quickstart-detector", "run")
+    return DetectionTrainConfig(**(paths | store | recipe | overrides))

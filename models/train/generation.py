@@ -23,7 +23,7 @@ from models.generation import CHANNELS, IMAGE_SIZES, Discriminator, Generator, L
 from models.options import option
 from models.preprocessing import center_crop_resize, encode_image, read_image
 from models.train import loop
-from models.train.config import RunConfig
+from models.train.config import RunConfig, store_settings
 
 
 def image_files(folder: str | Path) -> list[Path]:
@@ -194,10 +194,11 @@ class GenerationTask(loop.TrainTask):
     then G, a fixed-noise sample grid after every epoch, and the generator stored after every epoch."""
 
     plot_file = "losses.png"
+    title = "{name} (DCGAN {image_size} px)"
 
     def __init__(self, cfg: GenerationTrainConfig) -> None:
-        self.cfg, self.prior = cfg, check_config(cfg)
-        self.title = f"{cfg.name} (DCGAN {cfg.image_size} px)"
+        super().__init__(cfg)
+        self.prior = check_config(cfg)
         self.grid: Path | None = None
 
     def build(self, device: torch.device, rank: int) -> loop.TrainData:
@@ -337,13 +338,6 @@ def quickstart_config(data_dir: str | Path, out_dir: str | Path, **overrides: An
     ``data_dir`` holds `quickstart_data` output; the generator goes to
     ``out_dir/model_store/quickstart-generator``, sample grids, checkpoint and plot to ``out_dir/run-generator``.
     """
-    out = Path(out_dir)
-    settings: dict[str, Any] = {
-        "images": str(Path(data_dir) / "images" / "train"),
-        "run_dir": str(out / "run-generator"),
-        "model_store": str(out / "model_store"),
-        "name": "quickstart-generator",
-        **QUICKSTART_RECIPE,
-    }
-    settings.update(overrides)
-    return GenerationTrainConfig(**settings)
+    images = {"images": str(Path(data_dir) / "images" / "train")}
+    store = store_settings(out_dir, "quickstart-generator", "run-generator")
+    return GenerationTrainConfig(**(images | store | QUICKSTART_RECIPE | overrides))

@@ -108,11 +108,14 @@ class Run:
 class TrainTask(ABC):
     """The hooks a task gives the loop. ``build`` runs first, right after seeding."""
 
-    title: str = ""  # of the history plot
+    title: str = "{name}"  # of the history plot: a template over the train config's fields
     plot_file: str = "curves.png"
     best_metric: str | None = None  # picks the epoch kept in the store; None: keep every epoch
     higher_is_better: bool = True
     ddp_options: Mapping[str, Mapping[str, Any]] = {}  # DistributedDataParallel arguments per network
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg  # the task's train config (a models.train.config.RunConfig)
 
     @abstractmethod
     def build(self, device: torch.device, rank: int) -> TrainData:
@@ -179,6 +182,9 @@ class Progress:
 
 @dataclass
 class Outcome:
+    """What a finished run left: the stored model, the run folder and its plot, the per-epoch
+    history, the best epoch's ``best_metric``, whether patience ran out, and the wall time."""
+
     model_dir: Path
     run_dir: Path
     plot: Path
@@ -186,6 +192,12 @@ class Outcome:
     best: float
     stopped_early: bool
     seconds: float
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The stored model's validation metrics (of its best epoch); {} when nothing was stored."""
+        stored = self.model_dir / checkpoints.CONFIG_FILE
+        return dict(checkpoints.load_config(self.model_dir).metrics) if stored.is_file() else {}
 
 
 def fit(task: TrainTask, settings: Settings) -> Outcome:
@@ -314,7 +326,7 @@ def _end_epoch(task: TrainTask, run: Run, progress: Progress, parts: dict[str, A
     common.save_parts(
         run_dir, parts, epoch=epoch, history=progress.history, best=progress.best, version=progress.version
     )
-    common.plot_history(progress.history, run_dir / task.plot_file, title=task.title)
+    common.plot_history(progress.history, run_dir / task.plot_file, title=task.title.format_map(vars(task.cfg)))
 
 
 def _out_of_patience(settings: Settings, progress: Progress) -> bool:

@@ -16,7 +16,7 @@ from models.options import option
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, seed_augmentations_in_worker, segmentation_train_transform
 from models.seg_datasets import IGNORE_INDEX, SegmentationDataset, read_class_names
 from models.train import loop
-from models.train.config import FitConfig
+from models.train.config import FitConfig, split_paths, store_settings
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,6 @@ class SegmentationTrainConfig(
         segmentation.SEGMENTERS.get(self.architecture)
 
 
-@dataclass
-class SegTrainResult:
-    model_dir: Path
-    metrics: dict[str, float]
-    history: dict[str, list[float]]
-    seconds: float
-    plot: Path
-    stopped_early: bool
-
-
 def _store_config(cfg: SegmentationTrainConfig, classes: tuple[str, ...], metrics: dict, version: str):
     return checkpoints.ModelConfig(
         name=cfg.name,
@@ -74,10 +64,7 @@ class SegmentationTask(loop.TrainTask):
     """The loop's hooks for a segmenter: Dice + focal (or another loss), validation mIoU, best mIoU."""
 
     best_metric = "mIoU"
-
-    def __init__(self, cfg: SegmentationTrainConfig) -> None:
-        self.cfg = cfg
-        self.title = f"{cfg.name} ({cfg.architecture}/{cfg.encoder})"
+    title = "{name} ({architecture}/{encoder})"
 
     def build(self, device: torch.device, rank: int) -> loop.TrainData:
         cfg = self.cfg
@@ -131,18 +118,9 @@ class SegmentationTask(loop.TrainTask):
         return self.model, _store_config(self.cfg, self.classes, metrics, version)
 
 
-def train_segmentation(cfg: SegmentationTrainConfig) -> SegTrainResult:
+def train_segmentation(cfg: SegmentationTrainConfig) -> loop.Outcome:
     """Train; validate mIoU each epoch; keep the best in the store; stop after ``patience`` flat epochs."""
-    outcome = loop.fit(SegmentationTask(cfg), loop.Settings.of(cfg))
-    final = checkpoints.load_config(outcome.model_dir)
-    return SegTrainResult(
-        model_dir=outcome.model_dir,
-        metrics=dict(final.metrics),
-        history=outcome.history,
-        seconds=outcome.seconds,
-        plot=outcome.plot,
-        stopped_early=outcome.stopped_early,
-    )
+    return loop.fit(SegmentationTask(cfg), loop.Settings.of(cfg))
 
 
 #: The quickstart segmenters (demo and slow learning test): small resnet18 encoders, 128 px.
@@ -166,17 +144,6 @@ def quickstart_config(
     data_dir: str | Path, out_dir: str | Path, *, arch: str = "unet", **overrides: Any
 ) -> SegmentationTrainConfig:
     """The quickstart recipe for ``arch`` on `cvtasks data synth` output (images/, masks/, classes.txt)."""
-    data, out = Path(data_dir), Path(out_dir)
-    settings: dict[str, Any] = {
-        "train_images": str(data / "images" / "train"),
-        "train_masks": str(data / "masks" / "train"),
-        "val_images": str(data / "images" / "val"),
-        "val_masks": str(data / "masks" / "val"),
-        "classes_file": str(data / "classes.txt"),
-        "run_dir": str(out / f"run-{arch}"),
-        "model_store": str(out / "model_store"),
-        "name": f"quickstart-{arch}",
-        "lr": 3e-3,
-        **QUICKSTART_SEGMENTERS[arch],
-    }
-    return SegmentationTrainConfig(**{**settings, **overrides})
+    paths = split_paths(data_dir, "masks", "masks/{split}") | {"classes_file": str(Path(data_dir) / "classes.txt")}
+    store = store_settings(out_dir, f"quickstart-{arch}", f"run-{arch}")
+    return SegmentationTrainConfig(**(paths | store | {"lr": 3e-3} | QUICKSTART_SEGMENTERS[arch] | overrides))

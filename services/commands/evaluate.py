@@ -6,6 +6,7 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from services.commands.train import ANNOTATIONS, CAPTIONS, CLASS_LABELS, MASKS, add_data_args, data_paths
 
@@ -92,15 +93,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--classifier-epochs", type=int, default=8)
 
 
-def run_detection(args: argparse.Namespace) -> int:
+def load_model(args: argparse.Namespace, task: str, noun: str, *, device: str = "") -> tuple[Any, Any, Any]:
+    """(model, config, device) of ``--model`` in ``--model-store``, on ``device`` (default: ``--device``,
+    else CUDA when available); ValueError unless it is a ``task`` model (``noun``: what the message
+    calls one, e.g. "a classifier")."""
     from models import checkpoints
-    from models.datasets import CocoDetectionDataset
-    from models.evaluation import coco_from_dict, evaluate_detector
     from models.train.common import pick_device
 
-    images, annotations = data_paths(args, ANNOTATIONS, "test")
-    device = pick_device(args.device)
+    device = pick_device(device or args.device)
     model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
+    if config.task != task:
+        raise ValueError(f"model {args.model} is a {config.task} model, not {noun}")
+    return model, config, device
+
+
+def write_metrics(args: argparse.Namespace, report: dict[str, Any]) -> Path:
+    """``<--out>/metrics.json`` (the folder made); returns the folder."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    return out
+
+
+def run_detection(args: argparse.Namespace) -> int:
+    from models.datasets import CocoDetectionDataset
+    from models.evaluation import coco_from_dict, evaluate_detector
+
+    images, annotations = data_paths(args, ANNOTATIONS, "test")
+    model, config, device = load_model(args, "detection", "a detector")
     dataset = CocoDetectionDataset(images, annotations)
     if list(dataset.class_names) != list(config.classes):
         raise ValueError(f"dataset classes {list(dataset.class_names)} differ from the model's {list(config.classes)}")
@@ -116,14 +136,11 @@ def run_detection(args: argparse.Namespace) -> int:
 
 
 def run_segmentation(args: argparse.Namespace) -> int:
-    from models import checkpoints
     from models.evaluation import evaluate_segmenter, plot_confusion
     from models.seg_datasets import SegmentationDataset
-    from models.train.common import pick_device
 
     images, masks = data_paths(args, MASKS, "test")
-    device = pick_device(args.device)
-    model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
+    model, config, device = load_model(args, "segmentation", "a segmenter")
     dataset = SegmentationDataset(images, masks, class_names=config.classes)
     report = evaluate_segmenter(
         model, dataset, device=device, mean=config.normalization["mean"], std=config.normalization["std"]
@@ -135,24 +152,17 @@ def run_segmentation(args: argparse.Namespace) -> int:
     print("confusion matrix (pixels):")
     print(report.confusion_text())
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        out = write_metrics(args, report.to_json())
         print(f"wrote {out / 'metrics.json'} and {plot_confusion(report, out / 'confusion.png')}")
     return 0
 
 
 def run_classification(args: argparse.Namespace) -> int:
-    from models import checkpoints
     from models.class_datasets import ClassificationDataset, load_items
     from models.evaluation import evaluate_classifier, plot_confusion
-    from models.train.common import pick_device
 
     images, labels = data_paths(args, CLASS_LABELS, "test")
-    device = pick_device(args.device)
-    model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
-    if config.task != "classification":
-        raise ValueError(f"model {args.model} is a {config.task} model, not a classifier")
+    model, config, device = load_model(args, "classification", "a classifier")
     classes, items = load_items(images, labels, config.classes)
     norm = config.normalization
     dataset = ClassificationDataset(items, classes, size=config.input_size or 224, mean=norm["mean"], std=norm["std"])
@@ -165,29 +175,20 @@ def run_classification(args: argparse.Namespace) -> int:
     print("confusion matrix (images):")
     print(report.confusion_text())
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(
-            json.dumps({"model": config.name, "version": config.version, **report.to_json()}, indent=2) + "\n"
-        )
+        out = write_metrics(args, {"model": config.name, "version": config.version, **report.to_json()})
         print(f"wrote {out / 'metrics.json'} and {plot_confusion(report, out / 'confusion.png')}")
     return 0
 
 
 def run_captioning(args: argparse.Namespace) -> int:
-    from models import checkpoints
     from models.caption_data import load_captions
     from models.preprocessing import read_image
     from models.text import Vocabulary
     from models.train.captioning import CaptionDataset, decode_dataset, score_captions
-    from models.train.common import pick_device
     from models.visualize import caption_sheet
 
     images, captions_file = data_paths(args, CAPTIONS, "test")
-    device = pick_device(args.device)
-    model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
-    if config.task != "captioning":
-        raise ValueError(f"model {args.model} is a {config.task} model, not a captioner")
+    model, config, device = load_model(args, "captioning", "a captioner")
     vocab = Vocabulary.from_json(config.extra["vocab"])
     max_length = args.max_length or int(config.extra.get("max_length", 20))
     references = load_captions(captions_file)
@@ -205,9 +206,7 @@ def run_captioning(args: argparse.Namespace) -> int:
         report["by_beam_size"][str(k)] = metrics = score_captions(decoded[k], references)
         print(f"beam {k:2d}: " + "  ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        out = write_metrics(args, report)
         best_k = args.beam_sizes[-1]
         (out / "captions.json").write_text(
             json.dumps(
@@ -225,14 +224,11 @@ def run_captioning(args: argparse.Namespace) -> int:
 
 
 def run_generation(args: argparse.Namespace) -> int:
-    from models import checkpoints
     from models.gen_metrics import evaluate_generator
     from models.generation import image_grid, to_uint8
     from models.preprocessing import encode_image
 
-    generator, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model))
-    if config.task != "generation":
-        raise ValueError(f"model {args.model} is a {config.task} model, not a generator")
+    generator, config, _ = load_model(args, "generation", "a generator", device="cpu")  # (the metric runs on CPU)
     scores, drawn = evaluate_generator(
         generator,
         dict(config.model_args),
@@ -256,9 +252,7 @@ def run_generation(args: argparse.Namespace) -> int:
         )
     print(f"Fréchet distance / baseline: {report['frechet_ratio_to_baseline']:.3f}")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        out = write_metrics(args, report)
         for key, images in drawn.items():
             grid = image_grid(to_uint8(images[:64]))
             (out / f"{key.replace(' ', '_')}_samples.png").write_bytes(encode_image(grid, "png"))
