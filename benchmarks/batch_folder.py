@@ -33,7 +33,6 @@ Writes benchmarks/results/batch_folder.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -51,7 +50,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_common import RESULTS_DIR, device_name  # noqa: E402
+from bench_common import RESULTS_DIR, device_name, write_results  # noqa: E402
 from bench_models import RANDOM_STORES  # noqa: E402
 
 from models import checkpoints  # noqa: E402
@@ -206,23 +205,8 @@ def report(runs: dict[str, list[float]], n: int, header: str, out: str | Path, e
         f"ratio engine / model only: {ratios['engine_to_model_only']:.2f}   "
         f"ratio engine / naive: {ratios['engine_to_naive']:.2f}   (medians of {len(runs['engine'])} runs)"
     )
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                **extra,
-                "statistic": "median",
-                **{f"{m}_images_per_s": v for m, v in median.items()},
-                **ratios,
-                "runs_images_per_s": rates,
-                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"results written to {path}")
+    medians = {f"{m}_images_per_s": v for m, v in median.items()}
+    write_results(out, {**extra, "statistic": "median", **medians, **ratios, "runs_images_per_s": rates})
 
 
 def parse_args() -> argparse.Namespace:

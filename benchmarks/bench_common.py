@@ -63,6 +63,16 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def write_results(out: str | Path, results: dict[str, Any]) -> Path:
+    """``results`` and the time of measuring as JSON at ``out`` (folders made); prints where."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamped = {**results, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path.write_text(json.dumps(stamped, indent=2) + "\n")
+    print(f"results written to {path}")
+    return path
+
+
 def report(
     name: str, raw: float, rows: dict[int, dict[str, float]], header: str, out: str | Path, extra: dict[str, Any]
 ) -> None:
@@ -75,21 +85,7 @@ def report(
             f"gRPC {name:9s} concurrency {concurrency:2d} : {row['images_per_s']:8.1f} images/s   "
             f"ratio {row['ratio_to_raw']:.2f}   p50 {row['p50_ms']:.1f} ms   p99 {row['p99_ms']:.1f} ms"
         )
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                **extra,
-                "raw_images_per_s": raw,
-                "service": {str(k): v for k, v in rows.items()},
-                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"results written to {path}")
+    write_results(out, {**extra, "raw_images_per_s": raw, "service": {str(k): v for k, v in rows.items()}})
 
 
 def measure_service(

@@ -13,17 +13,15 @@ stores a randomly initialised tiny detector (see detection_serving.py).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_common import RESULTS_DIR, device_name, service_throughput, synth_png_images  # noqa: E402
+from bench_common import RESULTS_DIR, device_name, service_throughput, synth_png_images, write_results  # noqa: E402
 from bench_models import detector_store  # noqa: E402
 
 from models.train.common import pick_device  # noqa: E402
@@ -82,19 +80,7 @@ def report(rows: dict[int, dict], header: str, out: Path, extra: dict) -> None:
             f"{k['images_per_s']:23.1f} {k['p50_ms']:6.1f}ms {k['p99_ms']:6.1f}ms   "
             f"{row['ratio_kserve_to_typed']:.2f}"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                **extra,
-                "by_concurrency": {str(c): r for c, r in rows.items()},
-                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"results written to {out}")
+    write_results(out, {**extra, "by_concurrency": {str(c): r for c, r in rows.items()}})
 
 
 def main() -> None:

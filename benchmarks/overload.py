@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_common import RESULTS_DIR, device_name  # noqa: E402
+from bench_common import RESULTS_DIR, device_name, write_results  # noqa: E402
 from bench_models import detector_store  # noqa: E402
 
 from models.preprocessing import encode_image  # noqa: E402
@@ -188,23 +187,8 @@ def main() -> None:
                 f"{'':35s}refused / accepted p50 {row.get('refused_to_accepted_p50', float('nan')):.2f}, "
                 f"refused / unknown-model p50 {row['refused_to_not_found_p50']:.2f}"
             )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "device": device_name(device),
-                "capacity": capacity,
-                "factor": args.factor,
-                "image_size": args.size,
-                "paths": rows,
-                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    print(f"results written to {out}")
+    setup = {"device": device_name(device), "capacity": capacity, "factor": args.factor, "image_size": args.size}
+    write_results(args.out, {**setup, "paths": rows})
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ from torchvision import models as tvm
 
 from models.batch.store import write_csv
 from models.errors import InvalidInputError
+from models.layers import check_fit
 from models.options import MAX_BEAM_SIZE, MAX_CAPTION_LENGTH, MAX_LENGTH_PENALTY, CaptionOptions  # noqa: F401
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, letterbox, normalize
 from models.registry import Registry
-from models.task import OutputFolder, Task, device_of
+from models.task import OutputFolder, Task, stacked
 from models.text import Vocabulary
 
 if TYPE_CHECKING:
@@ -93,14 +94,7 @@ def load_trunk_weights(resnet: nn.Module, source: str | os.PathLike, *, stages: 
         stages = max((i for i in range(1, 5) if any(k.startswith(f"layer{i}.") for k in state)), default=0)
     needed = ("conv1.", "bn1.", *(f"layer{i}." for i in range(1, stages + 1)))
     own = {k: v for k, v in resnet.state_dict().items() if k.startswith(needed)}
-    missing = [k for k in own if k not in state]
-    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or mismatched:
-        raise ValueError(
-            f"encoder weights {path} do not fit a {type(resnet).__name__} with {stages} stages: "
-            f"{len(missing)} missing (e.g. {missing[:2]}), {len(mismatched)} of another shape "
-            f"(e.g. {mismatched[:2]})"
-        )
+    check_fit(own, state, f"encoder weights {path} do not fit a {type(resnet).__name__} with {stages} stages")
     resnet.load_state_dict({k: state[k] for k in own}, strict=False)
     return stages
 
@@ -430,16 +424,12 @@ class CaptioningTask(Task[CaptionOptions]):
         return options
 
     def model_input(self, rgb: np.ndarray, config: ModelConfig) -> torch.Tensor:
-        return image_input(rgb, size=config.input_size or 224)
-
-    def warmup_input(self, config: ModelConfig) -> torch.Tensor:
-        side = config.input_size or 224
-        return torch.zeros(3, side, side)
+        return image_input(rgb, size=self.side(config))
 
     def run_batch(
         self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor], options: Sequence[CaptionOptions]
     ) -> list[list[CaptionText]]:
-        images = torch.stack(list(inputs)).to(device_of(model), non_blocking=True)
+        images = stacked(inputs, model)
         vocab = vocabulary_of(config)
         return [
             [CaptionText(vocab.decode(c.tokens), c.log_prob, c.score) for c in captions]

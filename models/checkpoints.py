@@ -39,6 +39,10 @@ FORMAT_VERSION = 1
 log = logging.getLogger("cvtasks.store")
 
 
+# the fields that name a stored model wherever it is described (a server's ModelInfo too)
+IDENTITY = ("name", "task", "architecture", "version")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild and serve a stored model (written as config.json).

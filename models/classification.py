@@ -23,10 +23,11 @@ from torchvision import models as tvm
 from models.batch.store import write_csv
 from models.captioning import load_trunk_weights
 from models.errors import InvalidInputError
+from models.layers import check_fit, conv_block
 from models.options import ClassifyOptions
 from models.preprocessing import letterbox, normalize
 from models.registry import Registry
-from models.task import OutputFolder, Task, device_of
+from models.task import OutputFolder, Task, stacked
 
 if TYPE_CHECKING:
     from models.checkpoints import ModelConfig
@@ -76,16 +77,7 @@ class TinyClassifier(nn.Module):
         super().__init__()
         blocks, in_ch = [], 3
         for width in widths:
-            blocks.append(
-                nn.Sequential(
-                    nn.Conv2d(in_ch, width, 3, stride=2, padding=1, bias=False),
-                    nn.BatchNorm2d(width),
-                    nn.ReLU(inplace=True),
-                    nn.Conv2d(width, width, 3, padding=1, bias=False),
-                    nn.BatchNorm2d(width),
-                    nn.ReLU(inplace=True),
-                )
-            )
+            blocks.append(nn.Sequential(*conv_block(in_ch, width)))
             in_ch = width
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -219,13 +211,7 @@ def load_backbone(model: nn.Module, architecture: str, source: str | os.PathLike
     state = _read_state(path)
     prefix = arch.head + "."
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
-    missing = [k for k in own if k not in state]
-    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or mismatched:
-        raise ValueError(
-            f"backbone weights {path} do not fit `{architecture}`: {len(missing)} missing (e.g. {missing[:2]}), "
-            f"{len(mismatched)} of another shape (e.g. {mismatched[:2]})"
-        )
+    check_fit(own, state, f"backbone weights {path} do not fit `{architecture}`")
     model.load_state_dict({k: state[k] for k in own}, strict=False)
 
 
@@ -285,16 +271,12 @@ class ClassificationTask(Task[ClassifyOptions]):
 
     def model_input(self, rgb: np.ndarray, config: ModelConfig) -> torch.Tensor:
         norm = config.normalization
-        return classifier_input(rgb, size=config.input_size or 224, mean=norm["mean"], std=norm["std"])
-
-    def warmup_input(self, config: ModelConfig) -> torch.Tensor:
-        side = config.input_size or 224
-        return torch.zeros(3, side, side)
+        return classifier_input(rgb, size=self.side(config), mean=norm["mean"], std=norm["std"])
 
     def run_batch(
         self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor], options: Sequence[ClassifyOptions]
     ) -> list[list[Label]]:
-        batch = torch.stack(list(inputs)).to(device_of(model), non_blocking=True)
+        batch = stacked(inputs, model)
         with torch.inference_mode():
             return top_labels(model(batch), config.classes, options)
 

@@ -24,6 +24,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from models.errors import InvalidInputError
 from models.files import atomic_write
+from models.layers import conv_block
 from models.options import DetectOptions
 from models.preprocessing import encode_image
 from models.registry import Registry
@@ -79,14 +80,7 @@ class TinyBackbone(nn.Sequential):
         layers: list[nn.Module] = []
         in_ch = 3
         for width in widths:
-            layers += [
-                nn.Conv2d(in_ch, width, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(width, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
+            layers += conv_block(in_ch, width)
             in_ch = width
         layers += [nn.Conv2d(in_ch, out_channels, 1), nn.ReLU(inplace=True)]
         super().__init__(*layers)
@@ -330,6 +324,7 @@ class DetectionTask(Task[DetectOptions]):
     with ``annotate`` the image with its boxes drawn (``annotated/<input>.jpg``)."""
 
     name, Options, results = "detection", DetectOptions, "detections"
+    default_side = 320
 
     def build_model(self, config: ModelConfig) -> nn.Module:
         return build_detector(config.architecture, num_classes=len(config.classes) + 1, **config.model_args)
@@ -338,10 +333,6 @@ class DetectionTask(Task[DetectOptions]):
         options = DetectOptions.of(given)
         options.check_classes(config.classes)
         return options
-
-    def warmup_input(self, config: ModelConfig) -> torch.Tensor:
-        side = config.input_size or 320
-        return torch.zeros(3, side, side)
 
     def run_batch(
         self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor], options: Sequence[DetectOptions]

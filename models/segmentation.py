@@ -277,15 +277,12 @@ class SegmentationTask(Task[SegmentOptions]):
     ...], ...]}``); ``segments.jsonl`` and ``segments.csv`` (a column of area fractions per class)."""
 
     name, Options, results = "segmentation", SegmentOptions, "segments"
+    default_side = 256
 
     def build_model(self, config: ModelConfig) -> nn.Module:
         """Output channels: 1 for a binary model (``extra["binary"]``), else one per class."""
         channels = 1 if config.extra.get("binary") else len(config.classes)
         return build_segmenter(config.architecture, num_classes=channels, **config.model_args)
-
-    def warmup_input(self, config: ModelConfig) -> torch.Tensor:
-        side = config.input_size or 256
-        return torch.zeros(3, side, side)
 
     def run_batch(
         self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor], options: Sequence[SegmentOptions]

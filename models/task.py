@@ -57,6 +57,7 @@ class Task(ABC, Generic[Opt]):
     name: ClassVar[str]
     Options: ClassVar[type[Options]]
     results: ClassVar[str]  # stem of a batch job's results files: "detections" -> detections.jsonl
+    default_side: ClassVar[int] = 224  # input side of a stored model that states none (config.input_size 0)
     takes_images: ClassVar[bool] = True  # False: inputs are made from the options (generation's latents)
 
     # ----------------------------------------------------------------- the model
@@ -82,9 +83,14 @@ class Task(ABC, Generic[Opt]):
         """Pixels a ready (not decoded) input will produce: what admission control charges."""
         return 0
 
-    @abstractmethod
+    def side(self, config: ModelConfig) -> int:
+        """The side of the square input the model was trained at (``default_side`` when unstated)."""
+        return config.input_size or self.default_side
+
     def warmup_input(self, config: ModelConfig) -> Any:
-        """A model input that runs the whole model once (load time: kernels, allocator)."""
+        """A model input that runs the whole model once (load time: kernels, allocator); default:
+        a black image of the training side."""
+        return torch.zeros(3, self.side(config), self.side(config))
 
     @abstractmethod
     def run_batch(
@@ -123,3 +129,8 @@ class Task(ABC, Generic[Opt]):
 
 def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def stacked(inputs: Sequence[torch.Tensor], model: nn.Module) -> torch.Tensor:
+    """Same-shape inputs as one batch on the model's device."""
+    return torch.stack(list(inputs)).to(device_of(model), non_blocking=True)

@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
@@ -53,21 +53,11 @@ class Vocabulary:
     def id(self, word: str) -> int:
         return self._ids.get(word, self._ids[UNK])  # type: ignore[attr-defined]
 
-    @property
-    def pad_id(self) -> int:
-        return 0
-
-    @property
-    def start_id(self) -> int:
-        return 1
-
-    @property
-    def end_id(self) -> int:
-        return 2
-
-    @property
-    def unk_id(self) -> int:
-        return 3
+    # the ids of SPECIALS, which every vocabulary starts with
+    pad_id: ClassVar[int] = 0
+    start_id: ClassVar[int] = 1
+    end_id: ClassVar[int] = 2
+    unk_id: ClassVar[int] = 3
 
     def encode(self, text: str, *, max_length: int | None = None) -> list[int]:
         """``<start> w1 ... wn <end>`` as ids; unknown words -> <unk>; at most ``max_length`` words."""

@@ -22,7 +22,7 @@ import torch
 from models.batch.engine import Sink, Summary, failure_reason, finish, plan, progress_bar
 from models.batch.job import BatchJob
 from models.batch.store import InputFile, Manifest
-from models.checkpoints import ModelConfig
+from models.checkpoints import IDENTITY, ModelConfig
 from models.options import MAX_IMAGES
 from models.preprocessing import decode_image
 from services.client import CvtasksClient
@@ -61,15 +61,8 @@ def remote_config(client: CvtasksClient, task: str, model: str) -> ModelConfig:
         model_args = {"nz": probe.latent_size, "channels": probe.images[0].raw.channels}
         if probe.latent_components:
             model_args.update(latent_components=probe.latent_components, latent_spread=probe.latent_spread)
-    return ModelConfig(
-        name=info.name,
-        task=info.task,
-        architecture=info.architecture,
-        classes=tuple(info.classes),
-        version=info.version,
-        input_size=info.input_size or None,
-        model_args=model_args,
-    )
+    named = {key: getattr(info, key) for key in IDENTITY}
+    return ModelConfig(**named, classes=tuple(info.classes), input_size=info.input_size or None, model_args=model_args)
 
 
 def run_remote(

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from models import checkpoints
+from models.checkpoints import IDENTITY
 from models.devices import pick_device
 from models.errors import ModelStoreError, UnknownModelError, shown
 from models.options import Options
@@ -224,19 +225,11 @@ class LoadedModel:
         return await self._pick().batcher.submit(item, deadline=deadline)
 
     def info(self, *, is_default: bool = False) -> LoadedModelInfo:
-        c = self.config
+        c, device = self.config, ",".join(str(r.device) for r in self.replicas)
+        named = {key: getattr(c, key) for key in IDENTITY}
+        stored = {"classes": list(c.classes), "input_size": c.input_size or 0, "created": c.created}
         return LoadedModelInfo(
-            name=c.name,
-            task=c.task,
-            architecture=c.architecture,
-            classes=list(c.classes),
-            version=c.version,
-            device=",".join(str(r.device) for r in self.replicas),
-            ready=self.ready,
-            input_size=c.input_size or 0,
-            created=c.created,
-            metrics=dict(c.metrics),
-            is_default=is_default,
+            **named, **stored, metrics=dict(c.metrics), device=device, ready=self.ready, is_default=is_default
         )
 
 

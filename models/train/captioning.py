@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from models.caption_data import load_captions
 from models.caption_metrics import caption_scores
 from models.captioning import ENCODERS, POOLINGS, Captioner, beam_search, image_input, words_loss
 from models.options import option
-from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, caption_train_transform, read_image
+from models.preprocessing import caption_train_transform, read_image
 from models.text import Vocabulary, tokenize
 from models.train import loop
 from models.train.config import FitConfig, split_paths, store_settings
@@ -208,7 +208,7 @@ class TeacherForcedLoss(nn.Module):
 class CaptioningTask(loop.TrainTask):
     """The loop's hooks for Show and Tell: teacher forcing, clipped steps, greedy validation BLEU-4."""
 
-    best_metric = "BLEU-4"
+    task, best_metric = "captioning", "BLEU-4"
     title = "{name} (Show and Tell, {backbone})"
 
     def __init__(self, cfg: CaptioningTrainConfig) -> None:
@@ -261,19 +261,11 @@ class CaptioningTask(loop.TrainTask):
         return f"loss {losses['loss']:.3f}  val BLEU-4 {metrics['BLEU-4']:.3f}  CIDEr-D {metrics['CIDEr-D']:.3f}"
 
     def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
-        cfg = self.cfg
-        return self.model, checkpoints.ModelConfig(
-            name=cfg.name,
-            task="captioning",
-            architecture="show_and_tell",
-            classes=(),
-            model_args=model_args(cfg),
-            input_size=cfg.image_size,
-            normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-            metrics=metrics,
-            version=version,
-            extra={"vocab": self.vocab.to_json(), "max_length": cfg.max_length, "train_config": asdict(cfg)},
+        extra = {"vocab": self.vocab.to_json(), "max_length": self.cfg.max_length}
+        config = self.model_config(
+            version, metrics, architecture="show_and_tell", model_args=model_args(self.cfg), extra=extra
         )
+        return self.model, config
 
 
 def train_captioning(cfg: CaptioningTrainConfig) -> dict[str, Any]:

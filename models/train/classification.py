@@ -15,7 +15,7 @@ Frozen stages stay in eval mode, so their batch-norm statistics are the backbone
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,7 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
 class ClassificationTask(loop.TrainTask):
     """The loop's hooks for a classifier: cross-entropy, validation top-1 / top-5, best top-1."""
 
-    best_metric = "top1"
+    task, best_metric = "classification", "top1"
     title = "{name} ({architecture}, transfer {transfer})"
 
     def build(self, device: torch.device, rank: int) -> loop.TrainData:
@@ -197,21 +197,12 @@ class ClassificationTask(loop.TrainTask):
         return f"loss {losses['loss']:.3f}  val top-1 {metrics['top1']:.3f}  top-5 {metrics['top5']:.3f}"
 
     def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
-        cfg = self.cfg
-        config = checkpoints.ModelConfig(
-            name=cfg.name,
-            task="classification",
-            architecture=cfg.architecture,
-            classes=self.classes,
-            # the backbone's weights are in the stored weights: a rebuilt model needs no other file
-            model_args={k: v for k, v in cfg.model_args.items() if not k.endswith("weights_path")},
-            input_size=cfg.image_size,
-            normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-            metrics=metrics,
-            version=version,
-            extra={"train_config": asdict(cfg)},
+        # the backbone's weights are in the stored weights: a rebuilt model needs no other file
+        args = {k: v for k, v in self.cfg.model_args.items() if not k.endswith("weights_path")}
+        architecture = self.cfg.architecture
+        return self.model, self.model_config(
+            version, metrics, architecture=architecture, classes=self.classes, model_args=args
         )
-        return self.model, config
 
 
 def train_classification(cfg: ClassificationTrainConfig) -> loop.Outcome:

@@ -8,7 +8,7 @@ best model so far into the model store.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,33 +64,10 @@ def _initial_model(cfg: DetectionTrainConfig, class_names: list[str]) -> nn.Modu
     return model
 
 
-def _store_config(
-    cfg: DetectionTrainConfig, model: nn.Module, classes: list[str], metrics: dict, version: str
-) -> checkpoints.ModelConfig:
-    architecture = cfg.architecture
-    model_args = dict(cfg.model_args)
-    if cfg.pretrained not in (None, "coco"):
-        base = checkpoints.load_config(cfg.pretrained)
-        architecture, model_args = base.architecture, dict(base.model_args)
-    transform = model.transform
-    return checkpoints.ModelConfig(
-        name=cfg.name,
-        task="detection",
-        architecture=architecture,
-        classes=tuple(classes),
-        model_args=model_args,
-        input_size=int(transform.min_size[0]),
-        normalization={"mean": list(transform.image_mean), "std": list(transform.image_std)},
-        metrics=metrics,
-        version=version,
-        extra={"max_size": int(transform.max_size), "train_config": asdict(cfg)},
-    )
-
-
 class DetectionTask(loop.TrainTask):
     """The loop's hooks for Faster R-CNN: torchvision's loss terms, COCO AP on validation, best AP50."""
 
-    best_metric = "AP50"
+    task, best_metric = "detection", "AP50"
     title = "{name} ({architecture})"
 
     def build(self, device: torch.device, rank: int) -> loop.TrainData:
@@ -139,7 +116,21 @@ class DetectionTask(loop.TrainTask):
         )
 
     def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
-        return self.model, _store_config(self.cfg, self.model, self.classes, metrics, version)
+        cfg, transform = self.cfg, self.model.transform
+        architecture, model_args = cfg.architecture, dict(cfg.model_args)
+        if cfg.pretrained not in (None, "coco"):  # fine-tuned from a stored model: rebuilt as that one
+            base = checkpoints.load_config(cfg.pretrained)
+            architecture, model_args = base.architecture, dict(base.model_args)
+        return self.model, self.model_config(
+            version,
+            metrics,
+            architecture=architecture,
+            classes=tuple(self.classes),
+            model_args=model_args,
+            input_size=int(transform.min_size[0]),
+            normalization={"mean": list(transform.image_mean), "std": list(transform.image_std)},
+            extra={"max_size": int(transform.max_size)},
+        )
 
 
 def train_detection(cfg: DetectionTrainConfig) -> loop.Outcome:

@@ -6,7 +6,7 @@ and D losses."""
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,7 @@ class GenerationTask(loop.TrainTask):
     """The loop's hooks for a DCGAN: two networks and two Adam optimisers, one step that updates D
     then G, a fixed-noise sample grid after every epoch, and the generator stored after every epoch."""
 
-    plot_file = "losses.png"
+    task, plot_file = "generation", "losses.png"
     title = "{name} (DCGAN {image_size} px)"
 
     def __init__(self, cfg: GenerationTrainConfig) -> None:
@@ -273,17 +273,14 @@ class GenerationTask(loop.TrainTask):
         )
 
     def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
-        cfg = self.cfg
-        return self.served(), checkpoints.ModelConfig(
-            name=cfg.name,
-            task="generation",
+        halves = [0.5] * self.cfg.channels  # images in [-1, 1]
+        return self.served(), self.model_config(
+            version,
+            metrics,
             architecture="dcgan",
-            classes=(),
-            model_args=model_args(cfg),
-            input_size=cfg.image_size,
-            normalization={"mean": [0.5] * cfg.channels, "std": [0.5] * cfg.channels},
-            version=version,
-            extra={"train_config": asdict(cfg), "epochs_trained": epoch},
+            model_args=model_args(self.cfg),
+            normalization={"mean": halves, "std": halves},
+            extra={"epochs_trained": epoch},
         )
 
 

@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,7 @@ class Run:
 class TrainTask(ABC):
     """The hooks a task gives the loop. ``build`` runs first, right after seeding."""
 
+    task: str = ""  # the stored model's task ("detection", ...)
     title: str = "{name}"  # of the history plot: a template over the train config's fields
     plot_file: str = "curves.png"
     best_metric: str | None = None  # picks the epoch kept in the store; None: keep every epoch
@@ -163,6 +164,16 @@ class TrainTask(ABC):
     @abstractmethod
     def epoch_line(self, losses: dict[str, float], metrics: dict[str, float]) -> str:
         """What follows ``epoch E/N: `` in the line printed after each epoch."""
+
+    def model_config(self, version: str, metrics: Mapping[str, float], **fields: Any) -> checkpoints.ModelConfig:
+        """The config ``stored`` returns: the run's name, ``task``, ``version`` and ``metrics``, the side it
+        trained at (the config's ``image_size``, unless ``input_size`` is given), no classes unless
+        given, the train config in ``extra`` (beside ``extra`` given), and ``fields``."""
+        extra = {**fields.pop("extra", {}), "train_config": asdict(self.cfg)}
+        fields = {"classes": (), "input_size": getattr(self.cfg, "image_size", None), **fields}
+        return checkpoints.ModelConfig(
+            name=self.cfg.name, task=self.task, version=version, metrics=dict(metrics), extra=extra, **fields
+        )
 
     @abstractmethod
     def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:

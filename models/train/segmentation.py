@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +44,10 @@ class SegmentationTrainConfig(
         segmentation.SEGMENTERS.get(self.architecture)
 
 
-def _store_config(cfg: SegmentationTrainConfig, classes: tuple[str, ...], metrics: dict, version: str):
-    return checkpoints.ModelConfig(
-        name=cfg.name,
-        task="segmentation",
-        architecture=cfg.architecture,
-        classes=classes,
-        # The stored weights include the encoder: a rebuilt model must not need the original file.
-        model_args={"encoder": cfg.encoder, **{k: v for k, v in cfg.model_args.items() if k != "encoder_weights_path"}},
-        input_size=cfg.image_size,
-        normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        metrics=metrics,
-        version=version,
-        extra={"train_config": asdict(cfg)},
-    )
-
-
 class SegmentationTask(loop.TrainTask):
     """The loop's hooks for a segmenter: Dice + focal (or another loss), validation mIoU, best mIoU."""
 
-    best_metric = "mIoU"
+    task, best_metric = "segmentation", "mIoU"
     title = "{name} ({architecture}/{encoder})"
 
     def build(self, device: torch.device, rank: int) -> loop.TrainData:
@@ -115,7 +99,12 @@ class SegmentationTask(loop.TrainTask):
         return f"loss {losses['loss']:.3f}  val mIoU {metrics['mIoU']:.3f}  pixel acc {metrics['pixel_accuracy']:.3f}"
 
     def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
-        return self.model, _store_config(self.cfg, self.classes, metrics, version)
+        # the stored weights include the encoder's: a rebuilt model must not need the original file
+        given = {k: v for k, v in self.cfg.model_args.items() if k != "encoder_weights_path"}
+        args = {"encoder": self.cfg.encoder, **given}
+        return self.model, self.model_config(
+            version, metrics, architecture=self.cfg.architecture, classes=self.classes, model_args=args
+        )
 
 
 def train_segmentation(cfg: SegmentationTrainConfig) -> loop.Outcome:

@@ -17,6 +17,11 @@ from typing import Any
 SHOW_SCORE = 0.5  # boxes drawn on the annotated images; AP is computed from everything >= 0.05
 
 
+def stage(n: int, text: str) -> None:
+    """The line that starts stage ``n`` of the demo's seven."""
+    print(f"[{n}/7] {text}", flush=True)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_output", help="folder for data, model store, results and images")
     p.add_argument("--seed", type=int, default=0)
@@ -28,30 +33,27 @@ def _train(out: Path, seed: int) -> tuple[Path, Any, Any, Any, Any]:
     from models.train import captioning, detection, generation, segmentation
 
     data = out / "data"
-    print(f"[1/7] writing the synthetic shapes dataset to {data}", flush=True)
+    stage(1, f"writing the synthetic shapes dataset to {data}")
     generate_shapes(data, splits=detection.QUICKSTART_SPLITS, image_size=128, seed=seed, progress=True)
     det_cfg = detection.quickstart_config(data, out, seed=seed)
-    print(f"[2/7] training the quickstart detector ({det_cfg.architecture}, {det_cfg.epochs} epochs)", flush=True)
+    stage(2, f"training the quickstart detector ({det_cfg.architecture}, {det_cfg.epochs} epochs)")
     det = detection.train_detection(det_cfg)
     seg_cfg = segmentation.quickstart_config(data, out, arch="unet", seed=seed)
-    print(
-        f"[3/7] training the quickstart segmenter ({seg_cfg.architecture}/{seg_cfg.encoder}, {seg_cfg.epochs} epochs)",
-        flush=True,
-    )
+    stage(3, f"training the quickstart segmenter ({seg_cfg.architecture}/{seg_cfg.encoder}, {seg_cfg.epochs} epochs)")
     seg = segmentation.train_segmentation(seg_cfg)
     cap_cfg = captioning.quickstart_config(data, out, seed=seed)
-    print(
-        f"[4/7] training the quickstart captioner (Show and Tell, {cap_cfg.backbone} + LSTM, encoder "
+    stage(
+        4,
+        f"training the quickstart captioner (Show and Tell, {cap_cfg.backbone} + LSTM, encoder "
         f"initialised from the U-Net's, {cap_cfg.epochs} epochs)",
-        flush=True,
     )
     cap = captioning.train_captioning(cap_cfg)
     gan_data = generation.quickstart_data(out / "data-generation", seed=seed)
     gan_cfg = generation.quickstart_config(gan_data, out, seed=seed)
-    print(
-        f"[5/7] training the quickstart DCGAN ({gan_cfg.image_size} px, on single shapes in {gan_data}, "
+    stage(
+        5,
+        f"training the quickstart DCGAN ({gan_cfg.image_size} px, on single shapes in {gan_data}, "
         f"{gan_cfg.epochs} epochs)",
-        flush=True,
     )
     gan = generation.train_generation(gan_cfg)
     return data, det, seg, cap, gan
@@ -190,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data, det, seg, cap, gan = _train(out, args.seed)
     paths = sorted((data / "images" / "test").glob("*.png"))
-    print("[6/7] serving the four models on a free local port", flush=True)
+    stage(6, "serving the four models on a free local port")
     with running_server(
         task=["detection", "segmentation", "captioning", "generation"], model_store=out / "model_store"
     ) as address:

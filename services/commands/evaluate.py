@@ -5,92 +5,99 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.commands.train import ANNOTATIONS, CAPTIONS, CLASS_LABELS, MASKS, add_data_args, data_paths
+from services.commands.train import ANNOTATIONS, CAPTIONS, CLASS_LABELS, MASKS, Labels, add_data_args, data_paths
 
 
-def _task(
-    task_sub: argparse._SubParsersAction, task: str, help_: str, out_help: str, run: Callable
-) -> argparse.ArgumentParser:
-    """The sub-command of one task with the arguments every evaluation takes."""
-    p = task_sub.add_parser(task, help=help_)
-    p.add_argument("--model", required=True, help="model name in the store")
-    p.add_argument("--model-store", default="model_store")
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", default=None, help=out_help)
-    p.set_defaults(run=run)
-    return p
+@dataclass(frozen=True)
+class Evaluation:
+    """One task's ``cvtasks eval`` sub-command: what it reports, what ``--out`` receives, how the
+    test split is given (the train command's data flags), and its own flags."""
+
+    help: str
+    out: str  # --out's help
+    run: Callable[[argparse.Namespace], int]
+    labels: Labels | None = None  # --data / --test-images / --test-<labels>; None: its own flags
+    extra: Callable[[argparse.ArgumentParser], None] = lambda p: None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    task_sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
-    p = _task(
-        task_sub,
-        "detection",
-        "COCO AP, AP50, AP75 (pycocotools) of a stored detector",
-        "also write the metrics JSON here",
-        run_detection,
-    )
-    add_data_args(p, ANNOTATIONS, splits=("test",))
-    p.add_argument("--batch-size", type=int, default=8)
+def _batch_size(default: int) -> Callable[[argparse.ArgumentParser], None]:
+    return lambda p: p.add_argument("--batch-size", type=int, default=default)
 
-    s = _task(
-        task_sub,
-        "segmentation",
-        "mIoU, per-class IoU/Dice, pixel accuracy, confusion matrix",
-        "folder for metrics.json and confusion.png",
-        run_segmentation,
-    )
-    add_data_args(s, MASKS, splits=("test",))
 
-    c = _task(
-        task_sub,
-        "captioning",
-        "corpus BLEU-1..4 and CIDEr-D against all reference captions",
-        "folder for metrics.json, captions.json and examples.png",
-        run_captioning,
-    )
-    add_data_args(c, CAPTIONS, splits=("test",))
-    c.add_argument(
-        "--beam-sizes",
-        type=int,
-        nargs="+",
-        default=[1, 3],
-        help="decode with each beam size and report each (1 = greedy)",
-    )
-    c.add_argument("--max-length", type=int, default=None, help="default: the model's training max_length")
+def _captioning_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam-sizes", type=int, nargs="+", default=[1, 3], help="decode with each beam size (1 = greedy)")
+    p.add_argument("--max-length", type=int, default=None, help="default: the model's training max_length")
 
-    k = _task(
-        task_sub,
-        "classification",
-        "top-1 / top-5 accuracy, per-class precision/recall/F1, confusion matrix",
-        "folder for metrics.json and confusion.png",
-        run_classification,
-    )
-    add_data_args(k, CLASS_LABELS, splits=("test",))
-    k.add_argument("--batch-size", type=int, default=32)
 
-    g = _task(
-        task_sub,
-        "generation",
-        "Fréchet distance and recognised share vs an untrained baseline",
-        "folder for metrics.json and sample grids",
-        run_generation,
-    )
-    g.add_argument(
+def _generation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--data",
         required=True,
         help="labelled real images in the `cvtasks data synth` layout (images/<split>/, "
         "annotations/<split>.json; each image labelled by its largest box)",
     )
-    g.add_argument("--train-split", default="train", help="real images the feature classifier learns from")
-    g.add_argument("--test-split", default="test", help="real images the samples are compared with")
-    g.add_argument("--samples", type=int, default=500, help="generated images to score")
-    g.add_argument("--seed", type=int, default=0, help="seed of the samples and of the untrained baseline")
-    g.add_argument("--confidence", type=float, default=0.9, help="top class probability that counts as recognised")
-    g.add_argument("--classifier-epochs", type=int, default=8)
+    p.add_argument("--train-split", default="train", help="real images the feature classifier learns from")
+    p.add_argument("--test-split", default="test", help="real images the samples are compared with")
+    p.add_argument("--samples", type=int, default=500, help="generated images to score")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and of the untrained baseline")
+    p.add_argument("--confidence", type=float, default=0.9, help="top class probability that counts as recognised")
+    p.add_argument("--classifier-epochs", type=int, default=8)
+
+
+def _evaluations() -> dict[str, Evaluation]:
+    return {
+        "detection": Evaluation(
+            "COCO AP, AP50, AP75 (pycocotools) of a stored detector",
+            "also write the metrics JSON here",
+            run_detection,
+            ANNOTATIONS,
+            _batch_size(8),
+        ),
+        "segmentation": Evaluation(
+            "mIoU, per-class IoU/Dice, pixel accuracy, confusion matrix",
+            "folder for metrics.json and confusion.png",
+            run_segmentation,
+            MASKS,
+        ),
+        "captioning": Evaluation(
+            "corpus BLEU-1..4 and CIDEr-D against all reference captions",
+            "folder for metrics.json, captions.json and examples.png",
+            run_captioning,
+            CAPTIONS,
+            _captioning_flags,
+        ),
+        "classification": Evaluation(
+            "top-1 / top-5 accuracy, per-class precision/recall/F1, confusion matrix",
+            "folder for metrics.json and confusion.png",
+            run_classification,
+            CLASS_LABELS,
+            _batch_size(32),
+        ),
+        "generation": Evaluation(
+            "Fréchet distance and recognised share vs an untrained baseline",
+            "folder for metrics.json and sample grids",
+            run_generation,
+            extra=_generation_flags,
+        ),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    task_sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    for task, evaluation in _evaluations().items():
+        p = task_sub.add_parser(task, help=evaluation.help)
+        p.add_argument("--model", required=True, help="model name in the store")
+        p.add_argument("--model-store", default="model_store")
+        p.add_argument("--device", default=None)
+        p.add_argument("--out", default=None, help=evaluation.out)
+        if evaluation.labels is not None:
+            add_data_args(p, evaluation.labels, splits=("test",))
+        evaluation.extra(p)
+        p.set_defaults(run=evaluation.run)
 
 
 def load_model(args: argparse.Namespace, task: str, noun: str, *, device: str = "") -> tuple[Any, Any, Any]:
