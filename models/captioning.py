@@ -26,7 +26,7 @@ from models.layers import check_fit
 from models.options import MAX_BEAM_SIZE, MAX_CAPTION_LENGTH, MAX_LENGTH_PENALTY, CaptionOptions  # noqa: F401
 from models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, letterbox, normalize
 from models.registry import Registry
-from models.task import OutputFolder, Task, stacked
+from models.task import Job, Row, Task, stacked
 from models.text import Vocabulary
 
 if TYPE_CHECKING:
@@ -439,12 +439,10 @@ class CaptioningTask(Task[CaptionOptions]):
     def to_row(self, output: list[CaptionText], config: ModelConfig, options: CaptionOptions) -> dict[str, Any]:
         return caption_row(output)
 
-    def finish(
-        self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig, options: CaptionOptions
-    ) -> list[Path]:
+    def finish(self, job: Job, rows: list[Row]) -> list[Path]:
         table = [[r["input"], r["caption"], r["captions"][0]["score"] if r["captions"] else ""] for r in rows]
-        csv_path = write_csv(out.root / "captions.csv", ["input", "caption", "score"], table)
-        return [*super().finish(out, rows, config, options), csv_path]
+        csv_path = write_csv(job.out.root / "captions.csv", ["input", "caption", "score"], table)
+        return [*super().finish(job, rows), csv_path]
 
 
 CAPTIONING = CaptioningTask()

@@ -27,7 +27,7 @@ from models.layers import check_fit, conv_block
 from models.options import ClassifyOptions
 from models.preprocessing import letterbox, normalize
 from models.registry import Registry
-from models.task import OutputFolder, Task, stacked
+from models.task import Job, Row, Task, stacked
 
 if TYPE_CHECKING:
     from models.checkpoints import ModelConfig
@@ -283,13 +283,11 @@ class ClassificationTask(Task[ClassifyOptions]):
     def to_row(self, output: list[Label], config: ModelConfig, options: ClassifyOptions) -> dict[str, Any]:
         return labels_row(output)
 
-    def finish(
-        self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig, options: ClassifyOptions
-    ) -> list[Path]:
+    def finish(self, job: Job, rows: list[Row]) -> list[Path]:
         best = [(r["labels"] or [{"class": "", "probability": ""}])[0] for r in rows]
         table = [[r["input"], b["class"], b["probability"]] for r, b in zip(rows, best)]
-        csv_path = write_csv(out.root / "classifications.csv", ["input", "class", "probability"], table)
-        return [*super().finish(out, rows, config, options), csv_path]
+        csv_path = write_csv(job.out.root / "classifications.csv", ["input", "class", "probability"], table)
+        return [*super().finish(job, rows), csv_path]
 
 
 CLASSIFICATION = ClassificationTask()

@@ -28,7 +28,7 @@ from models.layers import conv_block
 from models.options import DetectOptions
 from models.preprocessing import encode_image
 from models.registry import Registry
-from models.task import OutputFolder, Task, device_of
+from models.task import Job, Row, Task, device_of
 from models.visualize import draw_detections
 
 if TYPE_CHECKING:
@@ -348,26 +348,17 @@ class DetectionTask(Task[DetectOptions]):
         return options.annotate
 
     def record(
-        self,
-        out: OutputFolder,
-        key: str,
-        output: list[Detection],
-        size: tuple[int, int],
-        pixels: np.ndarray | None,
-        config: ModelConfig,
-        options: DetectOptions,
-    ) -> dict[str, Any]:
-        row = super().record(out, key, output, size, pixels, config, options)
-        if options.annotate and pixels is not None:
+        self, job: Job, key: str, output: list[Detection], size: tuple[int, int], pixels: np.ndarray | None
+    ) -> Row:
+        row = super().record(job, key, output, size, pixels)
+        if job.options.annotate and pixels is not None:
             drawn = encode_image(draw_detections(pixels, output), "jpeg", quality=90)
-            row["annotated"] = out.write("annotated", key, ".jpg", drawn)
+            row["annotated"] = job.out.write("annotated", key, ".jpg", drawn)
         return row
 
-    def finish(
-        self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig, options: DetectOptions
-    ) -> list[Path]:
-        coco = json.dumps(coco_results(rows, config.classes))
-        return [*super().finish(out, rows, config, options), atomic_write(out.root / "detections_coco.json", coco)]
+    def finish(self, job: Job, rows: list[Row]) -> list[Path]:
+        coco = json.dumps(coco_results(rows, job.config.classes))
+        return [*super().finish(job, rows), atomic_write(job.out.root / "detections_coco.json", coco)]
 
 
 DETECTION = DetectionTask()

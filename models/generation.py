@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.batch.store import write_jsonl
 from models.errors import InvalidInputError
 from models.files import atomic_write
 from models.options import MAX_IMAGES, GenerateOptions
 from models.preprocessing import decode_image, encode_image
-from models.task import OutputFolder, Task, device_of
+from models.task import Job, Row, Task, device_of
 
 if TYPE_CHECKING:
     from models.checkpoints import ModelConfig
@@ -335,33 +334,23 @@ class GenerationTask(Task[GenerateOptions]):
         """Image i's input: the seed's i-th latent, (1, nz) (the same on every device)."""
         return list(LatentPrior.of(config.model_args).sample(options.seed, count)[:, None])
 
-    def record(
-        self,
-        out: OutputFolder,
-        key: str,
-        output: np.ndarray,
-        size: tuple[int, int],
-        pixels: np.ndarray | None,
-        config: ModelConfig,
-        options: GenerateOptions,
-    ) -> dict[str, Any]:
+    def record(self, job: Job, key: str, output: np.ndarray, size: tuple[int, int], pixels: np.ndarray | None) -> Row:
         seed, index = key.split("/")
         image = output[0] if output.ndim == 4 else output
         return {
             "seed": int(seed),
             "index": int(index),
-            "image": out.write("images", key, ".png", encode_image(image, "png")),
+            "image": job.out.write("images", key, ".png", encode_image(image, "png")),
         }
 
-    def finish(
-        self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig, options: GenerateOptions
-    ) -> list[Path]:
-        paths = [write_jsonl(out.root / f"{self.results}.jsonl", rows)]
-        shown = [decode_image((out.root / r["image"]).read_bytes()) for r in rows[:GRID_IMAGES]]
+    def finish(self, job: Job, rows: list[Row]) -> list[Path]:
+        root = job.out.root
+        paths = super().finish(job, rows)
+        shown = [decode_image((root / r["image"]).read_bytes()) for r in rows[:GRID_IMAGES]]
         if shown:
-            gray = config.model_args.get("channels", 3) == 1
+            gray = job.config.model_args.get("channels", 3) == 1
             pixels = np.stack([s[..., :1] if gray else s for s in shown])
-            paths.append(atomic_write(out.root / "grid.png", encode_image(image_grid(pixels), "png")))
+            paths.append(atomic_write(root / "grid.png", encode_image(image_grid(pixels), "png")))
         return paths
 
 

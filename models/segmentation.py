@@ -25,7 +25,7 @@ from models.errors import InvalidInputError
 from models.options import SegmentOptions
 from models.preprocessing import encode_image
 from models.registry import Registry
-from models.task import OutputFolder, Task, device_of
+from models.task import Job, Row, Task, device_of
 from models.visualize import overlay_labels
 
 if TYPE_CHECKING:
@@ -298,16 +298,8 @@ class SegmentationTask(Task[SegmentOptions]):
     def needs_pixels(self, options: SegmentOptions) -> bool:
         return options.include_overlay
 
-    def record(
-        self,
-        out: OutputFolder,
-        key: str,
-        output: Segmentation,
-        size: tuple[int, int],
-        pixels: np.ndarray | None,
-        config: ModelConfig,
-        options: SegmentOptions,
-    ) -> dict[str, Any]:
+    def record(self, job: Job, key: str, output: Segmentation, size: tuple[int, int], pixels: np.ndarray | None) -> Row:
+        out, config, options = job.out, job.config, job.options
         labels = output.labels
         row: dict[str, Any] = {
             "height": int(labels.shape[0]),
@@ -325,13 +317,11 @@ class SegmentationTask(Task[SegmentOptions]):
             }
         return row
 
-    def finish(
-        self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig, options: SegmentOptions
-    ) -> list[Path]:
-        names = list(config.classes)
+    def finish(self, job: Job, rows: list[Row]) -> list[Path]:
+        names = list(job.config.classes)
         table = [[r["input"], r["width"], r["height"], *(r["classes"][n]["fraction"] for n in names)] for r in rows]
-        csv_path = write_csv(out.root / "segments.csv", ["input", "width", "height", *names], table)
-        return [*super().finish(out, rows, config, options), csv_path]
+        csv_path = write_csv(job.out.root / "segments.csv", ["input", "width", "height", *names], table)
+        return [*super().finish(job, rows), csv_path]
 
 
 SEGMENTATION = SegmentationTask()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -108,23 +108,25 @@ class Task(ABC, Generic[Opt]):
         """Whether ``record`` draws on the decoded input (so remote mode decodes it locally too)."""
         return False
 
-    def record(
-        self,
-        out: OutputFolder,
-        key: str,
-        output: Any,
-        size: tuple[int, int],
-        pixels: np.ndarray | None,
-        config: ModelConfig,
-        options: Opt,
-    ) -> dict[str, Any]:
-        """One input's row in a batch job; writes its per-input files (atomically) first.
-        ``size`` is the input's (height, width); ``pixels`` its decoded image when needed."""
-        return {"height": size[0], "width": size[1], **self.to_row(output, config, options)}
+    def record(self, job: Job, key: str, output: Any, size: tuple[int, int], pixels: np.ndarray | None) -> Row:
+        """One input's row in a batch job; writes its per-input files (atomically) under ``job.out``
+        first. ``size`` is the input's (height, width); ``pixels`` its decoded image when needed."""
+        return {"height": size[0], "width": size[1], **self.to_row(output, job.config, job.options)}
 
-    def finish(self, out: OutputFolder, rows: list[dict[str, Any]], config: ModelConfig, options: Opt) -> list[Path]:
+    def finish(self, job: Job, rows: list[Row]) -> list[Path]:
         """The results files from every finished input's row (sorted by input); returns their paths."""
-        return [write_jsonl(out.root / f"{self.results}.jsonl", rows)]
+        return [write_jsonl(job.out.root / f"{self.results}.jsonl", rows)]
+
+
+class Job(Protocol):
+    """What a task's batch-job rows and files depend on beside one output (a models.batch.job.BatchJob)."""
+
+    out: OutputFolder
+    config: ModelConfig
+    options: Any
+
+
+Row = dict[str, Any]  # one input's JSON row in a batch job's results
 
 
 def device_of(model: nn.Module) -> torch.device:

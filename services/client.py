@@ -8,15 +8,16 @@ with CvtasksClient("localhost:50051") as client:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from models.options import CaptionOptions, ClassifyOptions, DetectOptions, SegmentOptions
+from models.options import CaptionOptions, ClassifyOptions, DetectOptions, Options, SegmentOptions
 from services.pb import (
     captioning_pb2,
     captioning_pb2_grpc,
@@ -54,49 +55,48 @@ def image_proto(image: ImageLike) -> common_pb2.Image:
     return common_pb2.Image(encoded=bytes(image))
 
 
-def detect_request(
-    image: ImageLike, *, model: str = "", request_id: str = "", **options: Any
-) -> detection_pb2.DetectRequest:
-    """Options (models.options.DetectOptions: score_threshold, max_detections, classes) left out or
-    None take the server's defaults."""
-    message = options_to_proto(DetectOptions, detection_pb2.DetectOptions(), options)
-    return detection_pb2.DetectRequest(
-        model=common_pb2.ModelRef(name=model), image=image_proto(image), options=message, request_id=request_id
-    )
+def image_request(request: type[Message], message: type[Message], options: type[Options], doc: str) -> Callable:
+    """A request builder ``build(image, *, model="", request_id="", **options)`` for a one-image RPC:
+    ``options`` (the fields of ``options``, a models.options class) go into its ``message``."""
+
+    def build(image: ImageLike, *, model: str = "", request_id: str = "", **given: Any) -> Message:
+        carried = options_to_proto(options, message(), given)
+        return request(
+            model=common_pb2.ModelRef(name=model), image=image_proto(image), options=carried, request_id=request_id
+        )
+
+    build.__doc__ = doc
+    return build
 
 
-def segment_request(
-    image: ImageLike, *, model: str = "", request_id: str = "", **options: Any
-) -> segmentation_pb2.SegmentRequest:
-    """Options (models.options.SegmentOptions: contours, overlay, large_image_mode, max_side,
-    tile_overlap, overlay_alpha) left out or None take the server's defaults."""
-    message = options_to_proto(SegmentOptions, segmentation_pb2.SegmentOptions(), options)
-    return segmentation_pb2.SegmentRequest(
-        model=common_pb2.ModelRef(name=model), image=image_proto(image), options=message, request_id=request_id
-    )
-
-
-def caption_request(
-    image: ImageLike, *, model: str = "", request_id: str = "", **options: Any
-) -> captioning_pb2.CaptionRequest:
-    """Options (models.options.CaptionOptions: beam_size, max_length, num_captions,
-    length_penalty) left out or None take the server's defaults (beam 3, the model's max_length,
-    1 caption)."""
-    message = options_to_proto(CaptionOptions, captioning_pb2.CaptionOptions(), options)
-    return captioning_pb2.CaptionRequest(
-        model=common_pb2.ModelRef(name=model), image=image_proto(image), options=message, request_id=request_id
-    )
-
-
-def classify_request(
-    image: ImageLike, *, model: str = "", request_id: str = "", **options: Any
-) -> classification_pb2.ClassifyRequest:
-    """Options (models.options.ClassifyOptions: top_k, min_probability) left out or None take the
-    server's defaults (top 5, every probability)."""
-    message = options_to_proto(ClassifyOptions, classification_pb2.ClassifyOptions(), options)
-    return classification_pb2.ClassifyRequest(
-        model=common_pb2.ModelRef(name=model), image=image_proto(image), options=message, request_id=request_id
-    )
+detect_request = image_request(
+    detection_pb2.DetectRequest,
+    detection_pb2.DetectOptions,
+    DetectOptions,
+    "Options (models.options.DetectOptions: score_threshold, max_detections, classes) left out or None "
+    "take the server's defaults.",
+)
+segment_request = image_request(
+    segmentation_pb2.SegmentRequest,
+    segmentation_pb2.SegmentOptions,
+    SegmentOptions,
+    "Options (models.options.SegmentOptions: contours, overlay, large_image_mode, max_side, tile_overlap, "
+    "overlay_alpha) left out or None take the server's defaults.",
+)
+caption_request = image_request(
+    captioning_pb2.CaptionRequest,
+    captioning_pb2.CaptionOptions,
+    CaptionOptions,
+    "Options (models.options.CaptionOptions: beam_size, max_length, num_captions, length_penalty) left out "
+    "or None take the server's defaults (beam 3, the model's max_length, 1 caption).",
+)
+classify_request = image_request(
+    classification_pb2.ClassifyRequest,
+    classification_pb2.ClassifyOptions,
+    ClassifyOptions,
+    "Options (models.options.ClassifyOptions: top_k, min_probability) left out or None take the server's "
+    "defaults (top 5, every probability).",
+)
 
 
 _FORMATS = {"png": generation_pb2.IMAGE_FORMAT_PNG, "raw": generation_pb2.IMAGE_FORMAT_RAW}
@@ -132,6 +132,33 @@ def processing_name(value: int) -> str:
 
 def _read(path: str | None) -> bytes | None:
     return Path(path).read_bytes() if path else None
+
+
+def _unary(service: str, rpc: str, request: Callable[..., Message], doc: str) -> Callable[..., Message]:
+    """A client method calling ``rpc`` of the ``service`` stub with one image's request."""
+
+    def call(self: CvtasksClient, image: ImageLike, *, timeout: float | None = None, **options: Any) -> Message:
+        return getattr(getattr(self, service), rpc)(request(image, **options), **self._call_args(timeout))
+
+    call.__doc__ = doc
+    return call
+
+
+def _stream(service: str, rpc: str, request: Callable[..., Message]) -> Callable[..., Iterator[Message]]:
+    """A client method streaming many images through ``rpc``: responses in order, request_id =
+    the image's index as text; ``timeout`` bounds the whole stream (default: none)."""
+
+    def call(
+        self: CvtasksClient, images: Iterable[ImageLike], *, timeout: float | None = None, **options: Any
+    ) -> Iterator[Message]:
+        requests = (request(img, request_id=str(i), **options) for i, img in enumerate(images))
+        return getattr(getattr(self, service), rpc)(requests, timeout=timeout, metadata=self.metadata or None)
+
+    call.__doc__ = (
+        "Stream many images; responses come in order, request_id = the image's index as text. "
+        "``timeout`` bounds the whole stream (default: none)."
+    )
+    return call
 
 
 class CvtasksClient:
@@ -180,56 +207,41 @@ class CvtasksClient:
     def _call_args(self, timeout: float | None) -> dict[str, Any]:
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": self.metadata or None}
 
-    def detect(self, image: ImageLike, *, timeout: float | None = None, **options: Any) -> detection_pb2.DetectResponse:
-        """Detect objects in one image (options: model, score_threshold, max_detections, classes, request_id)."""
-        return self.detection.Detect(detect_request(image, **options), **self._call_args(timeout))
-
-    def detect_stream(
-        self, images: Iterable[ImageLike], *, timeout: float | None = None, **options: Any
-    ) -> Iterator[detection_pb2.DetectResponse]:
-        """Stream many images; responses come in order, request_id = the image's index as text.
-        ``timeout`` bounds the whole stream (default: none)."""
-        requests = (detect_request(img, request_id=str(i), **options) for i, img in enumerate(images))
-        return self.detection.DetectStream(requests, timeout=timeout, metadata=self.metadata or None)
-
-    def segment(
-        self, image: ImageLike, *, timeout: float | None = None, **options: Any
-    ) -> segmentation_pb2.SegmentResponse:
-        """Segment one image (options: model, contours, overlay, large_image_mode, max_side, tile_overlap,
-        overlay_alpha, request_id). The label map is ``response.label_map_png``."""
-        return self.segmentation.Segment(segment_request(image, **options), **self._call_args(timeout))
-
-    def segment_stream(
-        self, images: Iterable[ImageLike], *, timeout: float | None = None, **options: Any
-    ) -> Iterator[segmentation_pb2.SegmentResponse]:
-        requests = (segment_request(img, request_id=str(i), **options) for i, img in enumerate(images))
-        return self.segmentation.SegmentStream(requests, timeout=timeout, metadata=self.metadata or None)
-
-    def caption(
-        self, image: ImageLike, *, timeout: float | None = None, **options: Any
-    ) -> captioning_pb2.CaptionResponse:
-        """Caption one image (options: model, beam_size, max_length, num_captions, length_penalty,
-        request_id). The best caption is ``response.captions[0].text``."""
-        return self.captioning.Caption(caption_request(image, **options), **self._call_args(timeout))
-
-    def caption_stream(
-        self, images: Iterable[ImageLike], *, timeout: float | None = None, **options: Any
-    ) -> Iterator[captioning_pb2.CaptionResponse]:
-        requests = (caption_request(img, request_id=str(i), **options) for i, img in enumerate(images))
-        return self.captioning.CaptionStream(requests, timeout=timeout, metadata=self.metadata or None)
-
-    def classify(
-        self, image: ImageLike, *, timeout: float | None = None, **options: Any
-    ) -> classification_pb2.ClassifyResponse:
-        """Classify one image (options: model, top_k, min_probability, request_id). The most
-        probable class is ``response.classes[0]`` (label, class_name, probability)."""
-        return self.classification.Classify(classify_request(image, **options), **self._call_args(timeout))
-
-    def classify_stream(
-        self, images: Iterable[ImageLike], *, timeout: float | None = None, **options: Any
-    ) -> Iterator[classification_pb2.ClassifyResponse]:
-        requests = (classify_request(img, request_id=str(i), **options) for i, img in enumerate(images))
-        return self.classification.ClassifyStream(requests, timeout=timeout, metadata=self.metadata or None)
+    # one image per call, and a stream of images (responses in order, request_id = the image's
+    # index as text, ``timeout`` bounding the whole stream: default none)
+    detect = _unary(
+        "detection",
+        "Detect",
+        detect_request,
+        "Detect objects in one image (options: model, score_threshold, max_detections, classes, request_id).",
+    )
+    detect_stream = _stream("detection", "DetectStream", detect_request)
+    segment = _unary(
+        "segmentation",
+        "Segment",
+        segment_request,
+        "Segment one image (options: model, contours, overlay, "
+        "large_image_mode, max_side, tile_overlap, overlay_alpha, request_id). The label map is "
+        "``response.label_map_png``.",
+    )
+    segment_stream = _stream("segmentation", "SegmentStream", segment_request)
+    caption = _unary(
+        "captioning",
+        "Caption",
+        caption_request,
+        "Caption one image (options: model, beam_size, max_length, "
+        "num_captions, length_penalty, request_id). The best caption is ``response.captions[0].text``.",
+    )
+    caption_stream = _stream("captioning", "CaptionStream", caption_request)
+    classify = _unary(
+        "classification",
+        "Classify",
+        classify_request,
+        "Classify one image (options: model, top_k, "
+        "min_probability, request_id). The most probable class is ``response.classes[0]`` (label, "
+        "class_name, probability).",
+    )
+    classify_stream = _stream("classification", "ClassifyStream", classify_request)
 
     def generate(
         self,

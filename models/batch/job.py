@@ -82,11 +82,11 @@ class BatchJob:
 
     def record(self, key: str, output: Any, size: tuple[int, int], pixels: np.ndarray | None = None) -> dict[str, Any]:
         """One input's JSON row; writes its per-input files (atomically) first."""
-        return self.task.record(self.out, key, output, size, pixels, self.config, self.options)
+        return self.task.record(self, key, output, size, pixels)
 
     def finish(self, rows: list[dict[str, Any]]) -> list[Path]:
         """The results files from every finished input's row (sorted by input)."""
-        return self.task.finish(self.out, rows, self.config, self.options)
+        return self.task.finish(self, rows)
 
     @property
     def needs_pixels(self) -> bool:

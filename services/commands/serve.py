@@ -24,6 +24,14 @@ def _metrics_port(value: str) -> int | None:
     return port
 
 
+def add_optional_port(p: argparse.ArgumentParser, flag: str, what: str) -> None:
+    """``--<flag>``: an endpoint that is off unless a port is given (0 = any free port), by the flag
+    or by ``$CVTASKS_<FLAG>``."""
+    env = "CVTASKS_" + flag.upper().replace("-", "_")
+    text = f"{what} 0 = any free port. Default: ${env}, else off"
+    p.add_argument(f"--{flag}", type=_metrics_port, default=os.environ.get(env, "off"), help=text)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     s = ServingConfig()
     p.add_argument(
@@ -42,26 +50,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "tokens only on loopback (127.0.0.1, ::1, localhost)",
     )
     p.add_argument("--port", type=int, default=int(os.environ.get("CVTASKS_PORT", "50051")), help="0 = any free port")
-    p.add_argument(
-        "--metrics-port",
-        type=_metrics_port,
-        default=os.environ.get("CVTASKS_METRICS_PORT", "off"),
-        help="serve Prometheus metrics over HTTP on this port at /metrics (0 = any free port; the URL "
-        "is printed). HTTPS with the server's certificate when TLS is on; needs a bearer token "
-        "when tokens are on. Default: $CVTASKS_METRICS_PORT, else off",
+    add_optional_port(
+        p,
+        "metrics-port",
+        "serve Prometheus metrics over HTTP on this port at /metrics (the URL is printed). HTTPS with the "
+        "server's certificate when TLS is on; needs a bearer token when tokens are on.",
     )
     p.add_argument(
         "--metrics-host",
         default=os.environ.get("CVTASKS_METRICS_HOST") or None,
         help="interface of the metrics endpoint (default: --host), e.g. 127.0.0.1 to keep it local",
     )
-    p.add_argument(
-        "--health-port",
-        type=_metrics_port,
-        default=os.environ.get("CVTASKS_HEALTH_PORT", "off"),
-        help="also serve the gRPC health service alone, in plaintext, on this port of --host (for "
-        "probes without a client certificate under mutual TLS; 0 = any free port). "
-        "Default: $CVTASKS_HEALTH_PORT, else off",
+    add_optional_port(
+        p,
+        "health-port",
+        "also serve the gRPC health service alone, in plaintext, on this port of --host (for probes "
+        "without a client certificate under mutual TLS).",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument(
