@@ -38,6 +38,32 @@ def coco_detection_metrics(gt: COCO, results: Sequence[Mapping[str, Any]]) -> di
     """
     if not results:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    ev = _coco_eval(gt, results)
+    # A metric with no ground truth at all is -1 in COCOeval; report 0 instead.
+    return {k: max(0.0, float(ev.stats[i])) for k, i in (("AP", 0), ("AP50", 1), ("AP75", 2))}
+
+
+def coco_class_metrics(gt: COCO, results: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """AP@[.5:.95] and AP50 of each category, by its name in ``gt`` (areas all, up to 100
+    detections an image, as the totals): the mean of COCOeval's interpolated precision over
+    recall (and IoU thresholds, for AP). A category without detections scores 0."""
+    names = {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
+    if not results:
+        return {name: {"AP": 0.0, "AP50": 0.0} for name in names.values()}
+    ev = _coco_eval(gt, results)
+    precision = ev.eval["precision"]  # (IoU thresholds, recall points, categories, areas, max detections)
+    scores = {}
+    for k, category in enumerate(ev.params.catIds):
+        per_iou = precision[:, :, k, 0, -1]  # -1 where a category has no ground truth
+        valid, at_50 = per_iou[per_iou > -1], per_iou[0][per_iou[0] > -1]
+        scores[names[category]] = {
+            "AP": float(valid.mean()) if valid.size else 0.0,
+            "AP50": float(at_50.mean()) if at_50.size else 0.0,
+        }
+    return scores
+
+
+def _coco_eval(gt: COCO, results: Sequence[Mapping[str, Any]]) -> COCOeval:
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(list(results))
         ev = COCOeval(gt, dt, iouType="bbox")
@@ -45,8 +71,7 @@ def coco_detection_metrics(gt: COCO, results: Sequence[Mapping[str, Any]]) -> di
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    # A metric with no ground truth at all is -1 in COCOeval; report 0 instead.
-    return {k: max(0.0, float(ev.stats[i])) for k, i in (("AP", 0), ("AP50", 1), ("AP75", 2))}
+    return ev
 
 
 def detection_results(
@@ -79,8 +104,10 @@ def evaluate_detector(
     device: torch.device | str = "cpu",
     batch_size: int = 8,
     progress: bool = True,
-) -> dict[str, float]:
-    """Run ``model`` over ``dataset`` (items: image tensor, target with "image_id") and COCO-evaluate it."""
+    per_class: bool = False,
+) -> dict[str, Any]:
+    """Run ``model`` over ``dataset`` (items: image tensor, target with "image_id") and COCO-evaluate
+    it: AP, AP50, AP75, and with ``per_class`` also ``per_class`` (class name -> AP, AP50)."""
     from models.datasets import collate_detection
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_detection)
@@ -93,7 +120,8 @@ def evaluate_detector(
             outputs = [{k: v.cpu() for k, v in o.items()} for o in outputs]
             rows += detection_results(outputs, [int(t["image_id"]) for t in targets], label_to_category)
     model.train(was_training)
-    return coco_detection_metrics(gt, rows)
+    metrics: dict[str, Any] = coco_detection_metrics(gt, rows)
+    return {**metrics, "per_class": coco_class_metrics(gt, rows)} if per_class else metrics
 
 
 # --------------------------------------------------------------------------- segmentation

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,9 +134,17 @@ def run_detection(args: argparse.Namespace) -> int:
         raise ValueError(f"dataset classes {list(dataset.class_names)} differ from the model's {list(config.classes)}")
     gt = coco_from_dict(json.loads(Path(annotations).read_text()))
     metrics = evaluate_detector(
-        model, dataset, gt=gt, label_to_category=dataset.label_to_category, device=device, batch_size=args.batch_size
+        model,
+        dataset,
+        gt=gt,
+        label_to_category=dataset.label_to_category,
+        device=device,
+        batch_size=args.batch_size,
+        per_class=True,
     )
     report = {"model": config.name, "version": config.version, "images": len(dataset), **metrics}
+    for name, scores in metrics["per_class"].items():  # a table for people; the JSON on stdout has it too
+        print(f"  {name:16s} AP {scores['AP']:.4f}   AP50 {scores['AP50']:.4f}", file=sys.stderr)
     print(json.dumps(report, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
