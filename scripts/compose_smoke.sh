@@ -15,7 +15,7 @@ files=(-f docker-compose.yml)
 if [ "${1:-}" = "--cpu" ]; then files+=(-f docker-compose.cpu.yml); fi
 compose() { docker compose "${files[@]}" "$@"; }
 CLI=.venv/bin/cvtasks
-for task in detection segmentation captioning generation; do
+for task in detection segmentation captioning generation classification; do
   if ! grep -qs "\"task\": \"$task\"" model_store/*/config.json; then
     echo "model_store has no $task model; run: cvtasks demo --out demo_output && cp -r demo_output/model_store ." >&2
     exit 2
@@ -33,7 +33,7 @@ compose up -d $([ -z "${BASE_IMAGE:-}" ] && echo --build)
 trap 'compose logs --tail 50; compose down' EXIT
 
 deadline=$((SECONDS + ${SMOKE_TIMEOUT_S:-600}))
-for service in detection segmentation captioning generation; do
+for service in detection segmentation captioning generation classification; do
   id=$(compose ps -q "$service")
   until [ "$(docker inspect --format '{{.State.Health.Status}}' "$id")" = healthy ]; do
     if [ $SECONDS -gt $deadline ]; then echo "$service did not become healthy" >&2; exit 1; fi
@@ -54,6 +54,7 @@ $CLI detect "$image" --server localhost:50051 > "$work/detect.json"
 $CLI segment "$image" --server localhost:50052 --out "$work/seg" > /dev/null
 $CLI caption "$image" --server localhost:50053 > "$work/caption.json"
 $CLI generate --count 4 --server localhost:50054 --out "$work/gen" > /dev/null
+$CLI classify "$image" --server localhost:50055 > "$work/classify.json"
 # The detect call above must be counted (the health checks alone make cvtasks_requests_total lines
 # too). Saved first: `curl | grep -q` fails under pipefail when grep exits before curl has written all.
 curl -fsS localhost:9464/metrics > "$work/metrics.txt" || { echo "no metrics on :9464" >&2; exit 1; }
@@ -61,4 +62,5 @@ grep -q '^cvtasks_requests_total{method="/cvtasks.v1.DetectionService/' "$work/m
   || { echo "the Detect call is not in the metrics on :9464" >&2; exit 1; }
 echo "detections: $(.venv/bin/python -c "import json; print(len(json.load(open('$work/detect.json'))[0]['detections']))")"
 echo "caption: $(.venv/bin/python -c "import json; print(json.load(open('$work/caption.json'))[0]['captions'][0]['text'])")"
+echo "class: $(.venv/bin/python -c "import json; print(json.load(open('$work/classify.json'))[0]['labels'][0]['class'])")"
 echo "compose smoke test passed"

@@ -1,9 +1,9 @@
 """``cvtasks demo``: the main job on the embedded default, end to end on CPU.
 
-synthetic shapes -> train the quickstart detector, U-Net, captioner and DCGAN -> serve all four
-on a free local port -> detect, segment and caption every held-out image over gRPC, draw samples
-from the generator -> annotated images, masks, overlays, captions, a sample grid, results JSON
-and held-out metrics computed from the service's answers -> stop.
+synthetic shapes -> train the quickstart detector, U-Net, captioner, DCGAN and classifier ->
+serve all five on a free local port -> detect, segment, caption and classify every held-out image
+over gRPC, draw samples from the generator -> annotated images, masks, overlays, captions, labels,
+a sample grid, results JSON and held-out metrics computed from the service's answers -> stop.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ SHOW_SCORE = 0.5  # boxes drawn on the annotated images; AP is computed from eve
 
 
 def stage(n: int, text: str) -> None:
-    """The line that starts stage ``n`` of the demo's seven."""
-    print(f"[{n}/7] {text}", flush=True)
+    """The line that starts stage ``n`` of the demo's eight."""
+    print(f"[{n}/8] {text}", flush=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,9 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run)
 
 
-def _train(out: Path, seed: int) -> tuple[Path, Any, Any, Any, Any]:
-    from models.synth import generate_shapes
-    from models.train import captioning, detection, generation, segmentation
+def _train(out: Path, seed: int) -> tuple[Path, Any, Any, Any, Any, Any]:
+    from models.synth import generate_classification, generate_shapes
+    from models.train import captioning, classification, detection, generation, segmentation
 
     data = out / "data"
     stage(1, f"writing the synthetic shapes dataset to {data}")
@@ -56,7 +56,12 @@ def _train(out: Path, seed: int) -> tuple[Path, Any, Any, Any, Any]:
         f"{gan_cfg.epochs} epochs)",
     )
     gan = generation.train_generation(gan_cfg)
-    return data, det, seg, cap, gan
+    cls_data = out / "data-classification"
+    generate_classification(cls_data, splits=classification.QUICKSTART_SPLITS, image_size=128, seed=seed)
+    cls_cfg = classification.quickstart_config(cls_data, out, seed=seed)
+    stage(6, f"training the quickstart classifier ({cls_cfg.architecture}, {cls_cfg.epochs} epochs, on {cls_data})")
+    cls = classification.train_classification(cls_cfg)
+    return data, det, seg, cap, gan, cls
 
 
 def _held_out_ap(rows: list[dict], annotations: Path) -> dict[str, float]:
@@ -138,6 +143,26 @@ def _caption(client: Any, paths: list[Path], data: Path, out: Path) -> tuple[lis
     return rows, metrics, sheet
 
 
+def _classify(client: Any, data: Path, out: Path) -> tuple[list[dict], float, Path]:
+    """The service's most probable class of each held-out image; top-1 against the folders' labels."""
+    from models.class_datasets import image_folder
+    from models.preprocessing import read_image
+    from models.visualize import caption_sheet
+
+    classes, items = image_folder(data / "images" / "test")
+    rows = []
+    for (path, label), response in zip(items, client.classify_stream((p.read_bytes() for p, _ in items), top_k=1)):
+        best = response.classes[0]
+        rows.append({"image": str(path), "class": best.class_name, "probability": round(best.probability, 4)})
+        rows[-1]["true_class"] = classes[label]
+    top1 = sum(r["class"] == r["true_class"] for r in rows) / max(1, len(rows))
+    shown = [(read_image(Path(r["image"])), f"{r['class']} ({r['probability']:.2f})", r["true_class"]) for r in rows]
+    sheet = caption_sheet(
+        shown[:12], out / "classification_examples.png", title="quickstart classifier (true class below)"
+    )
+    return rows, top1, sheet
+
+
 def _generate(client: Any, out: Path, *, seeds: int = 8) -> tuple[Any, Path]:
     """64 images per seed from the service: all of them ((N, C, S, S) in [-1, 1]) and the seed-0 grid."""
     import cv2
@@ -190,15 +215,14 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data, det, seg, cap, gan = _train(out, args.seed)
+    data, det, seg, cap, gan, cls = _train(out, args.seed)
     paths = sorted((data / "images" / "test").glob("*.png"))
-    stage(6, "serving the four models on a free local port")
-    with running_server(
-        task=["detection", "segmentation", "captioning", "generation"], model_store=out / "model_store"
-    ) as address:
+    stage(7, "serving the five models on a free local port")
+    tasks = ["detection", "segmentation", "captioning", "generation", "classification"]
+    with running_server(task=tasks, model_store=out / "model_store") as address:
         print(
-            f"      serving on {address}; detecting, segmenting and captioning {len(paths)} held-out images "
-            "and drawing 512 generated ones over gRPC",
+            f"      serving on {address}; detecting, segmenting and captioning {len(paths)} held-out images, "
+            "classifying the classifier's, and drawing 512 generated ones over gRPC",
             flush=True,
         )
         with CvtasksClient(address, timeout=60) as client:
@@ -207,15 +231,17 @@ def run(args: argparse.Namespace) -> int:
             seg_report, sheet = _segment(client, paths, data, out, classes)
             captions, cap_metrics, cap_sheet = _caption(client, paths, data, out)
             drawn, gan_grid = _generate(client, out)
+            labels, cls_top1, cls_sheet = _classify(client, out / "data-classification", out)
     print("      server stopped; scoring the generated images", flush=True)
     gan_report = _score_generated(drawn, out / "data-generation", gan["model_dir"])
     (out / "detections.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "segmentation_metrics.json").write_text(json.dumps(seg_report.to_json(), indent=2) + "\n")
     (out / "captions.json").write_text(json.dumps(captions, indent=2) + "\n")
+    (out / "classifications.json").write_text(json.dumps(labels, indent=2) + "\n")
     boxes = sum(1 for r in rows for d in r.get("detections", []) if d["score"] >= SHOW_SCORE)
     for row in captions[:5]:
         print(f'      {Path(row["image"]).name}: "{row["caption"]}"   (reference: "{row["references"][0]}")')
-    print(f"[7/7] done in {time.perf_counter() - started:.0f} s")
+    stage(8, f"done in {time.perf_counter() - started:.0f} s")
     print(
         json.dumps(
             {
@@ -259,6 +285,15 @@ def run(args: argparse.Namespace) -> int:
                     "model": str(gan["model_dir"]),
                     "losses": str(gan["plot"]),
                     "sample_grid": str(gan_grid),
+                },
+                "classification": {
+                    "held_out_top1_from_the_service": round(cls_top1, 3),
+                    "held_out_images": len(labels),
+                    "training_seconds": round(cls.seconds, 1),
+                    "model": str(cls.model_dir),
+                    "curves": str(cls.plot),
+                    "results": str(out / "classifications.json"),
+                    "examples": str(cls_sheet),
                 },
             },
             indent=2,

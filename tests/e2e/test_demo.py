@@ -1,5 +1,5 @@
 """`cvtasks demo` wiring, end to end with every recipe shrunk to one short epoch on a few
-images: all four models trained, served on one port, queried over gRPC, outputs written.
+images: all five models trained, served on one port, queried over gRPC, outputs written.
 (The recipes themselves are what the slow learning tests check.)"""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from models.train import captioning, detection, generation, segmentation
+from models.train import captioning, classification, detection, generation, segmentation
 from services.commands import demo
 
 
@@ -24,12 +24,16 @@ def test_demo_trains_serves_and_writes_every_output(tmp_path, monkeypatch, capsy
         generation, "QUICKSTART_DATA", {**generation.QUICKSTART_DATA, "splits": {"train": 48, "test": 24}}
     )
     monkeypatch.setattr(generation, "quickstart_config", _shrunk(generation.quickstart_config, epochs=1))
+    monkeypatch.setattr(classification, "QUICKSTART_SPLITS", {"train": 12, "val": 6, "test": 9})
+    monkeypatch.setattr(classification, "quickstart_config", _shrunk(classification.quickstart_config, epochs=1))
 
     assert demo.run(argparse.Namespace(out=str(tmp_path), seed=0)) == 0
 
     printed = capsys.readouterr().out
     summary = json.loads(printed[printed.rindex("\n{\n") + 1 :])  # the summary is printed last
-    assert set(summary) == {"detection", "segmentation", "captioning", "generation"}
+    assert set(summary) == {"detection", "segmentation", "captioning", "generation", "classification"}
+    assert summary["classification"]["held_out_images"] == 9
+    assert 0.0 <= summary["classification"]["held_out_top1_from_the_service"] <= 1.0
     assert summary["generation"]["samples_from_the_service"] == 512
     assert summary["generation"]["untrained_baseline_frechet_distance"] > 0
     for name in (
@@ -39,10 +43,13 @@ def test_demo_trains_serves_and_writes_every_output(tmp_path, monkeypatch, capsy
         "segmentation_examples.png",
         "captioning_examples.png",
         "generated_samples.png",
+        "classifications.json",
+        "classification_examples.png",
         "run-generator/losses.png",
     ):
         assert (tmp_path / name).is_file(), name
     assert len(json.loads((tmp_path / "captions.json").read_text())) == 6
     assert len(list((tmp_path / "annotated").iterdir())) == 6
-    for model in ("quickstart-detector", "quickstart-unet", "quickstart-captioner", "quickstart-generator"):
+    models = ("quickstart-detector", "quickstart-unet", "quickstart-captioner", "quickstart-generator")
+    for model in (*models, "quickstart-classifier"):
         assert (tmp_path / "model_store" / model / "config.json").is_file(), model
