@@ -112,9 +112,27 @@ def generator_store(root: Path, size: int = 64) -> tuple[Path, str]:
     )
 
 
+def classifier_store(root: Path) -> tuple[Path, str]:
+    """The quickstart classifier's architecture (the tiny CNN at 64 px)."""
+    from models.classification import build_classifier
+    from models.train.classification import QUICKSTART_RECIPE
+
+    torch.manual_seed(0)
+    architecture = QUICKSTART_RECIPE["architecture"]
+    config = checkpoints.ModelConfig(
+        name="bench-classifier",
+        task="classification",
+        architecture=architecture,
+        classes=SHAPE_CLASSES,
+        input_size=QUICKSTART_RECIPE["image_size"],
+    )
+    return _store(build_classifier(architecture, num_classes=len(SHAPE_CLASSES)), config, root)
+
+
 # task -> a random model of it in a store (what batch_folder.py runs without --model-store)
 RANDOM_STORES: dict[str, Callable[[Path], tuple[Path, str]]] = {
     "segmentation": tiny_segmenter_store,
     "detection": detector_store,
     "captioning": captioner_store,
+    "classification": classifier_store,
 }

@@ -2,7 +2,7 @@
 
     python benchmarks/serving.py TASK [--model-store DIR --model NAME] [--images N] [--batch 8]
 
-TASK: detection, segmentation, captioning or generation. Raw: the task's own ``run_batch``
+TASK: detection, segmentation, captioning, classification or generation. Raw: the task's own ``run_batch``
 (models/<task>.py, what the server runs) on pre-decoded inputs in batches of --batch (the
 server's max batch size), outputs back on the CPU. Service: the task's unary RPC (encoded PNG
 bytes in; Generate with --count images per call) from 1, 4 and 16 concurrent clients. Prints
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from bench_common import RESULTS_DIR, device_name, measure_service, report, synth_png_images  # noqa: E402
-from bench_models import captioner_store, detector_store, generator_store, segmenter_store  # noqa: E402
+from bench_models import captioner_store, classifier_store, detector_store, generator_store, segmenter_store  # noqa: E402
 
 from models import checkpoints  # noqa: E402
 from models.devices import pick_device  # noqa: E402
@@ -53,6 +53,9 @@ BENCHES = {
     "captioning": Bench(
         captioner_store, "quickstart-captioner", "Caption", lambda c, d, a: c.caption(d, beam_size=a.beam)
     ),
+    "classification": Bench(
+        classifier_store, "quickstart-classifier", "Classify", lambda c, d, a: c.classify(d, top_k=1)
+    ),
     "generation": Bench(
         lambda root: generator_store(root, 64),
         "quickstart-generator",
@@ -64,7 +67,11 @@ SEEDS = itertools.count()
 
 
 def _options(task: str, args: argparse.Namespace) -> dict[str, Any]:
-    return {"captioning": {"beam_size": args.beam}, "generation": {"count": args.count}}.get(task, {})
+    return {
+        "captioning": {"beam_size": args.beam},
+        "generation": {"count": args.count},
+        "classification": {"top_k": 1},
+    }.get(task, {})
 
 
 def raw_images_per_s(
