@@ -218,6 +218,38 @@ def load_backbone(model: nn.Module, architecture: str, source: str | os.PathLike
 # --------------------------------------------------------------------------- inference
 
 
+def imagenet_architectures() -> list[str]:
+    """The classifiers that torchvision has ImageNet weights of (``cvtasks weights pull NAME``)."""
+    return sorted(_TORCHVISION_HEADS)
+
+
+def _imagenet(architecture: str) -> Any:
+    """torchvision's ImageNet weights enum entry (DEFAULT) of a torchvision classifier."""
+    if architecture not in _TORCHVISION_HEADS:
+        raise InvalidInputError(
+            f"`{architecture}` has no torchvision ImageNet weights; choose one of {sorted(_TORCHVISION_HEADS)}"
+        )
+    return tvm.get_model_weights(architecture).DEFAULT
+
+
+def imagenet_weights_file(architecture: str) -> Path | None:
+    """Where torchvision's ImageNet weights of ``architecture`` are in torch.hub's cache
+    (``$TORCH_HOME/hub/checkpoints``), or None. Never downloads: ``cvtasks weights pull`` does."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_imagenet(architecture).url)
+    return cached if cached.is_file() else None
+
+
+def pull_imagenet_weights(architecture: str) -> Path:
+    """Download torchvision's ImageNet weights of ``architecture`` into torch.hub's cache (hash
+    checked); the file is then a ``--backbone-weights`` for ``cvtasks train classification``.
+    Needs internet; explicit only."""
+    _imagenet(architecture).get_state_dict(progress=True, check_hash=True)
+    found = imagenet_weights_file(architecture)
+    if found is None:
+        raise FileNotFoundError(f"the download of {architecture}'s weights left no file in {torch.hub.get_dir()}")
+    return found
+
+
 def classifier_input(rgb: np.ndarray, *, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> normalised float (3, size, size): aspect kept, padded with black."""
     boxed = rgb if rgb.shape[:2] == (size, size) else letterbox(rgb, size=size)[0]

@@ -1,4 +1,5 @@
-"""``cvtasks weights``: list architectures and, explicitly, download torchvision COCO weights."""
+"""``cvtasks weights``: list architectures and, explicitly, download torchvision COCO weights (detectors)
+or ImageNet weights (classifiers)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     w_sub = parser.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
-    ls = w_sub.add_parser("list", help="architectures and whether their COCO weights are on disk")
+    ls = w_sub.add_parser("list", help="architectures and whether their COCO / ImageNet weights are on disk")
     ls.set_defaults(run=run_list)
-    pull = w_sub.add_parser("pull", help="download torchvision COCO weights into the torch hub cache")
+    pull = w_sub.add_parser(
+        "pull", help="download torchvision COCO (detector) or ImageNet (classifier) weights into the torch hub cache"
+    )
     pull.add_argument("architecture")
     pull.set_defaults(run=run_pull)
     imp = w_sub.add_parser("import", help="put torchvision COCO weights (a local file) into the model store")
@@ -30,13 +33,27 @@ def run_list(args: argparse.Namespace) -> int:
         except ValueError:
             state = "no pretrained weights (train it: `cvtasks train detection`)"
         print(f"detection  {name:40s} {state}")
+    from models.classification import architectures, imagenet_architectures, imagenet_weights_file
+
+    for name in architectures():
+        if name in imagenet_architectures():
+            found = imagenet_weights_file(name)
+            state = f"ImageNet weights at {found}" if found else "ImageNet weights not on disk (`cvtasks weights pull`)"
+        else:
+            state = "no pretrained weights (train it: `cvtasks train classification`)"
+        print(f"classification  {name:35s} {state}")
     return 0
 
 
 def run_pull(args: argparse.Namespace) -> int:
+    from models.classification import imagenet_architectures, pull_imagenet_weights
     from models.detection import pull_coco_weights
 
-    print(f"downloaded to {pull_coco_weights(args.architecture)}")
+    if args.architecture in imagenet_architectures():
+        found = pull_imagenet_weights(args.architecture)
+        print(f"downloaded to {found}; train from it with --backbone-weights {found}")
+    else:
+        print(f"downloaded to {pull_coco_weights(args.architecture)}")
     return 0
 
 

@@ -159,3 +159,23 @@ def test_the_task_answers_the_top_k_best_first_capped_at_the_classes_and_filtere
     assert [r["class"] for r in row["labels"]] == [label.class_name for label in two]
     with pytest.raises(InvalidInputError, match="top_k"):
         CLASSIFICATION.options(config, {"top_k": 0})
+
+
+def test_pulled_imagenet_weights_are_found_in_the_hub_cache_and_start_a_backbone(tmp_path, monkeypatch):
+    """`cvtasks weights pull resnet18` stores torchvision's file in torch.hub's cache; without a
+    network here the file is written as the download would name it, from a random resnet18."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    assert classification.imagenet_weights_file("resnet18") is None  # nothing downloaded, nothing found
+    imagenet = build_classifier("resnet18", num_classes=1000)
+    url = classification._imagenet("resnet18").url
+    cached = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    torch.save(imagenet.state_dict(), cached)
+    assert classification.imagenet_weights_file("resnet18") == cached
+    model = build_classifier("resnet18", num_classes=3)
+    load_backbone(model, "resnet18", cached)  # the 1000-class head is left out
+    assert torch.equal(model.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
+    assert head_of(model, "resnet18").out_features == 3
+    assert "resnet18" in classification.imagenet_architectures()
+    with pytest.raises(InvalidInputError, match="no torchvision ImageNet weights"):
+        classification.imagenet_weights_file("classifier_tiny")
