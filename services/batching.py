@@ -1,7 +1,10 @@
 """The dynamic batcher: many concurrent requests -> few model calls.
 
-One asyncio future per request. A collector task takes the first queued item, waits up to
-``max_delay_s`` for more (at most ``max_batch_size``), drops items whose caller gave up
+One asyncio future per request. A collector task takes the first queued item and whatever else
+is queued (at most ``max_batch_size``); with ``max_delay_s`` > 0 it also waits that long for
+more. The default is no wait (Triton's too): an idle model runs a lone request at once, and the
+requests that arrive while a batch computes queue up and form the next batch, so batches grow
+with the load by themselves. It drops items whose caller gave up
 (cancelled) or whose deadline passed, and runs the handler on the rest in a worker thread
 (off the event loop, under ``torch.inference_mode``). When a batch fails, its items run again
 one by one (models/isolation.py), so a request whose input breaks the model fails alone and the
@@ -42,7 +45,8 @@ class DynamicBatcher(Generic[In, Out]):
     """``await submit(item)`` -> ``handler([items...])[i]``, batched.
 
     handler: called in a worker thread with 1..max_batch_size items; must return one output
-    per item, in order. max_delay_s: how long the first item of a batch waits for company.
+    per item, in order. max_delay_s: how long the first item of a batch waits for company (default
+    0: none; what queued while the previous batch computed is batched all the same).
     max_queue_size: queued items beyond this fail at once with QueueFullError.
     on_batch: optional ``(batch_size, seconds)`` callback after each handler call.
     """
@@ -52,7 +56,7 @@ class DynamicBatcher(Generic[In, Out]):
         handler: Callable[[list[In]], list[Out]],
         *,
         max_batch_size: int = 8,
-        max_delay_s: float = 0.005,
+        max_delay_s: float = 0.0,
         max_queue_size: int = 64,
         name: str = "model",
         executor: concurrent.futures.Executor | None = None,
@@ -135,6 +139,10 @@ class DynamicBatcher(Generic[In, Out]):
         """Gather a batch into ``self._held`` (visible to stop(), so nothing taken is lost)."""
         batch = self._held
         batch.append(await self._queue.get())
+        if self.max_delay_s == 0:  # no waiting: the first item and what queued beside it
+            while len(batch) < self.max_batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            return batch
         end = time.monotonic() + self.max_delay_s
         while len(batch) < self.max_batch_size:
             remaining = end - time.monotonic()

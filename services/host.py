@@ -39,7 +39,7 @@ class ServingConfig:
     """Limits and batching of every model a host serves."""
 
     max_batch_size: int = 8
-    max_delay_ms: float = 5.0
+    max_delay_ms: float = 0.0  # 0: an idle model runs a request at once; a busy one batches what queued
     max_queue_size: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
     device: str | None = None  # None: CUDA when available, else CPU

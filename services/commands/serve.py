@@ -76,7 +76,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "queue; a GPU this machine lacks falls back to the CPU)",
     )
     p.add_argument("--max-batch-size", type=int, default=s.max_batch_size)
-    p.add_argument("--max-delay-ms", type=float, default=s.max_delay_ms, help="how long a batch waits to fill")
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=s.max_delay_ms,
+        help="how long a batch waits to fill (default 0: an idle model runs a request at once, "
+        "and what queues while a batch computes forms the next batch)",
+    )
     p.add_argument(
         "--max-queue", type=int, default=s.max_queue_size, help="queued requests per model before RESOURCE_EXHAUSTED"
     )

@@ -259,3 +259,42 @@ def test_a_crashed_collector_fails_its_waiters_instead_of_hanging(monkeypatch):
         await batcher.stop()
 
     run(main())
+
+
+def test_an_idle_model_runs_a_lone_request_at_once_and_a_busy_one_batches_what_queued():
+    """The default policy (no max delay): the first request is not held for company; the ones
+    that arrive while its batch computes form the next batch together."""
+
+    async def main():
+        gate = threading.Event()
+        rec = Recorder(gate)
+        batcher = DynamicBatcher(rec, max_batch_size=8)  # the default: max_delay_s=0
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        # the lone request reaches the model without waiting for a second one
+        await asyncio.get_running_loop().run_in_executor(None, rec.entered.wait, 10)
+        later = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]  # arrive while 0 computes
+        await asyncio.sleep(0.05)
+        assert batcher.queue_depth == 3
+        gate.set()
+        results = await asyncio.gather(first, *later)
+        await batcher.stop()
+        return rec, results
+
+    rec, results = run(main())
+    assert rec.batches == [[0], [1, 2, 3]]
+    assert results == [1, 3, 5, 7]
+
+
+def test_requests_queued_together_share_one_batch_without_a_delay():
+    async def main():
+        rec = Recorder()
+        batcher = DynamicBatcher(rec, max_batch_size=4)
+        await batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(6)))  # queued in one loop turn
+        await batcher.stop()
+        return rec, results
+
+    rec, results = run(main())
+    assert rec.batches == [[0, 1, 2, 3], [4, 5]]
+    assert results == [2 * i + 1 for i in range(6)]
