@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("data", "make or convert datasets"),
     "train": ("train", "train a model and put it in the model store"),
     "eval": ("evaluate", "evaluate a stored model on a dataset"),
+    "export": ("export", "export a stored model to ONNX or TorchScript, checked against PyTorch"),
     "weights": ("weights", "list architectures; pull pretrained weights (needs internet)"),
     "demo": ("demo", "train, serve and query the quickstart models (CPU, about 25 minutes)"),
 }
