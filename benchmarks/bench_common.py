@@ -63,6 +63,17 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def add_model_arguments(parser: Any, *, images: int, images_help: str = "requests per measurement") -> None:
+    """The flags every serving benchmark takes: the model (a store, else a random one), the
+    synthetic PNGs, the device and the results file."""
+    parser.add_argument("--model-store", default=None, help="default: a random model of the quickstart architecture")
+    parser.add_argument("--model", default=None, help="model name in --model-store (default: the demo's)")
+    parser.add_argument("--images", type=int, default=images, help=images_help)
+    parser.add_argument("--size", type=int, default=128, help="side of the synthetic PNGs (pixels)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default=None, help="results JSON (default under benchmarks/results/)")
+
+
 def write_results(out: str | Path, results: dict[str, Any]) -> Path:
     """``results`` and the time of measuring as JSON at ``out`` (folders made); prints where."""
     path = Path(out)

@@ -31,7 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_common import RESULTS_DIR, device_name, service_throughput, synth_png_images, write_results  # noqa: E402
+from bench_common import (  # noqa: E402
+    RESULTS_DIR,
+    add_model_arguments,
+    device_name,
+    service_throughput,
+    synth_png_images,
+    write_results,
+)
 from serving import BENCHES  # noqa: E402
 
 from models import checkpoints  # noqa: E402
@@ -70,12 +77,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", nargs="?", default="detection", choices=[t for t in BENCHES if t != "generation"])
-    parser.add_argument("--model-store", default=None)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--images", type=int, default=96, help="requests per measurement")
-    parser.add_argument("--size", type=int, default=128, help="side of the synthetic PNGs (pixels)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", default=None, help="default benchmarks/results/<task>_idle_latency.json")
+    add_model_arguments(parser, images=96)
     args = parser.parse_args()
 
     bench, device = BENCHES[args.task], pick_device(args.device)

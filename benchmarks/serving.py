@@ -28,7 +28,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_common import RESULTS_DIR, device_name, measure_service, report, synth_png_images  # noqa: E402
+from bench_common import (  # noqa: E402
+    RESULTS_DIR,
+    add_model_arguments,
+    device_name,
+    measure_service,
+    report,
+    synth_png_images,
+)
 from bench_models import captioner_store, classifier_store, detector_store, generator_store, segmenter_store  # noqa: E402
 
 from models import checkpoints  # noqa: E402
@@ -106,15 +113,10 @@ def raw_images_per_s(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=sorted(BENCHES))
-    parser.add_argument("--model-store", default=None)
-    parser.add_argument("--model", default=None, help="model name in --model-store (default: the demo's)")
-    parser.add_argument("--images", type=int, default=128, help="images (generation: Generate calls x --count)")
-    parser.add_argument("--size", type=int, default=128, help="side of the synthetic PNGs (pixels)")
+    add_model_arguments(parser, images=128, images_help="images (generation: Generate calls x --count)")
     parser.add_argument("--batch", type=int, default=8, help="raw batch size = the server's max batch size")
     parser.add_argument("--beam", type=int, default=3, help="captioning: beam size")
     parser.add_argument("--count", type=int, default=8, help="generation: images per Generate call")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", default=None, help="default benchmarks/results/<task>_serving.json")
     args = parser.parse_args()
 
     bench, device = BENCHES[args.task], pick_device(args.device)
