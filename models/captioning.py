@@ -181,6 +181,9 @@ class CaptionDecoder(nn.Module):
         return F.log_softmax(self.out(hidden[:, 0]), dim=-1), state
 
 
+DECODER_ARGS = ("hidden_size", "num_layers", "dropout")  # a Captioner's settings that are its decoder's
+
+
 class Captioner(nn.Module):
     """Encoder + decoder; ``forward(images, captions)`` gives teacher-forced logits (B, T, V).
 
@@ -188,40 +191,27 @@ class Captioner(nn.Module):
     caption uses. Training may add its loss (``words_weight``) so that the encoder gets a direct
     signal instead of only one through the LSTM's first step — this matters when the encoder
     starts from random weights, as it does offline. Decoding never uses it.
+
+    ``parts``: the decoder's settings (``DECODER_ARGS``: hidden_size, num_layers, dropout) and
+    the encoder's (backbone, pooling, grid, stages), each with its part's default;
+    ``trainable_encoder`` and ``encoder_weights_path`` are the encoder's ``trainable`` and
+    ``weights_path``.
     """
 
     def __init__(
         self,
         *,
         vocab_size: int,
-        backbone: str = "resnet18",
         embed_size: int = 256,
-        hidden_size: int = 512,
-        num_layers: int = 1,
-        dropout: float = 0.0,
         trainable_encoder: bool = True,
         encoder_weights_path: str | None = None,
-        pooling: str = "avg",
-        grid: int = 3,
-        stages: int = 4,
+        **parts: Any,
     ) -> None:
         super().__init__()
-        self.encoder = ImageEncoder(
-            backbone=backbone,
-            embed_size=embed_size,
-            trainable=trainable_encoder,
-            weights_path=encoder_weights_path,
-            pooling=pooling,
-            grid=grid,
-            stages=stages,
-        )
-        self.decoder = CaptionDecoder(
-            vocab_size=vocab_size,
-            embed_size=embed_size,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            dropout=dropout,
-        )
+        decoder = {key: parts.pop(key) for key in DECODER_ARGS if key in parts}
+        start = {"trainable": trainable_encoder, "weights_path": encoder_weights_path}
+        self.encoder = ImageEncoder(embed_size=embed_size, **start, **parts)
+        self.decoder = CaptionDecoder(vocab_size=vocab_size, embed_size=embed_size, **decoder)
         self.words = nn.Linear(embed_size, vocab_size)
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
