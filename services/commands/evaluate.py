@@ -64,12 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k = _task(
         task_sub,
         "classification",
-        "top-1 / top-5 accuracy, per-class precision/recall/F1, confusion matrix",
-        "folder for metrics.json and confusion.png",
+        "top-1 / top-5 accuracy, per-class precision/recall/F1, confusion matrix, calibration (ECE)",
+        "folder for metrics.json, confusion.png, reliability.png and mistakes.png",
         run_classification,
     )
     add_data_args(k, CLASS_LABELS, splits=("test",))
     k.add_argument("--batch-size", type=int, default=32)
+    k.add_argument("--mistakes", type=int, default=16, help="the most confident mistakes shown in mistakes.png")
 
     g = _task(
         task_sub,
@@ -145,7 +146,9 @@ def run_segmentation(args: argparse.Namespace) -> int:
 def run_classification(args: argparse.Namespace) -> int:
     from models import checkpoints
     from models.class_datasets import ClassificationDataset, load_items
+    from models.class_metrics import ECE_BINS, mistakes_sheet, plot_reliability
     from models.evaluation import evaluate_classifier, plot_confusion
+    from models.preprocessing import read_image
     from models.train.common import pick_device
 
     images, labels = data_paths(args, CLASS_LABELS, "test")
@@ -164,13 +167,26 @@ def run_classification(args: argparse.Namespace) -> int:
         print(f"  {name:16s} " + "   ".join(scores))
     print("confusion matrix (images):")
     print(report.confusion_text())
+    print(f"expected calibration error ({ECE_BINS} confidence bins): {report.ece:.4f}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(
             json.dumps({"model": config.name, "version": config.version, **report.to_json()}, indent=2) + "\n"
         )
-        print(f"wrote {out / 'metrics.json'} and {plot_confusion(report, out / 'confusion.png')}")
+        plots = [plot_confusion(report, out / "confusion.png")]
+        plots.append(plot_reliability(report.reliability(), out / "reliability.png", title=config.name))
+        sheet, shown = mistakes_sheet(
+            lambda i: read_image(items[i][0]),
+            report.labels.tolist(),
+            report.predicted.tolist(),
+            report.confidence.tolist(),
+            classes,
+            out / "mistakes.png",
+            count=args.mistakes,
+            title=config.name,
+        )
+        print(f"wrote {out / 'metrics.json'}, {', '.join(map(str, plots))} and {sheet} ({shown} mistakes)")
     return 0
 
 
