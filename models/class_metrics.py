@@ -76,7 +76,8 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, b
 
 def plot_reliability(table: Reliability, path: str | os.PathLike, *, title: str = "") -> Path:
     """The reliability diagram as a PNG: accuracy per confidence bin against the diagonal of a
-    calibrated classifier, the gap shaded, each bin's count above it, the ECE in the title."""
+    calibrated classifier, the gap to the bin's mean confidence shaded, each bin's count at its
+    foot, the ECE in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,19 +88,19 @@ def plot_reliability(table: Reliability, path: str | os.PathLike, *, title: str 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
     ax.bar(lower[shown], table.accuracy[shown], width=width[shown], align="edge", edgecolor="black", label="accuracy")
-    gap = table.confidence[shown] - table.accuracy[shown]
+    accuracy, confidence = table.accuracy[shown], table.confidence[shown]
     ax.bar(
         lower[shown],
-        gap,
-        bottom=table.accuracy[shown],
+        np.abs(confidence - accuracy),
+        bottom=np.minimum(confidence, accuracy),
         width=width[shown],
         align="edge",
         color="red",
         alpha=0.3,
         label="gap to the mean confidence",
     )
-    for x, w, acc, count in zip(lower[shown], width[shown], table.accuracy[shown], table.counts[shown]):
-        ax.text(x + w / 2, min(acc, 0.93) + 0.02, str(count), ha="center", fontsize=7)
+    for x, w, count in zip(lower[shown], width[shown], table.counts[shown]):  # images per bin, at its foot
+        ax.text(x + w / 2, 0.01, str(count), ha="center", fontsize=7, color="white")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top-class probability)")
