@@ -1,6 +1,7 @@
 """Evaluation metrics. Detection: pycocotools COCOeval (AP@[.5:.95], AP50, AP75).
 Segmentation: smp.metrics per-class IoU and Dice, mIoU, pixel accuracy, confusion matrix.
-Classification: top-1 / top-5 accuracy, per-class precision, recall and F1, confusion matrix."""
+Classification: top-1 / top-5 accuracy, per-class precision, recall and F1, confusion matrix,
+expected calibration error (models/class_metrics.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 import io
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from pycocotools.cocoeval import COCOeval
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+from models.class_metrics import ECE_BINS, Reliability, reliability
 
 
 def coco_from_dict(dataset: Mapping[str, Any]) -> COCO:
@@ -146,6 +149,9 @@ class SegmentationReport:
             "dice": self.dice,
             "classes": list(self.class_names),
             "confusion": self.confusion.tolist(),
+            "ece": self.ece,
+            "ece_bins": ECE_BINS,
+            "reliability": self.reliability().to_json(),
         }
 
     @property
@@ -247,10 +253,24 @@ class ClassificationReport:
     recall: dict[str, float]
     f1: dict[str, float]
     confusion: np.ndarray  # (K, K) int64
+    # per image, in the dataset's order: true id, predicted id, the predicted class's probability (N,)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    predicted: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    confidence: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
 
     @classmethod
-    def of(cls, confusion: np.ndarray, top5_hits: int, class_names: Sequence[str]) -> ClassificationReport:
-        """The report of a confusion matrix (K, K) and the number of top-5 hits."""
+    def of(
+        cls,
+        confusion: np.ndarray,
+        top5_hits: int,
+        class_names: Sequence[str],
+        *,
+        labels: np.ndarray | None = None,
+        predicted: np.ndarray | None = None,
+        confidence: np.ndarray | None = None,
+    ) -> ClassificationReport:
+        """The report of a confusion matrix (K, K) and the number of top-5 hits, with the per-image
+        predictions when given (calibration and the worst mistakes need them)."""
         total, hits = max(1, int(confusion.sum())), np.diag(confusion).astype(np.float64)
         precision = hits / np.maximum(1, confusion.sum(0))
         recall = hits / np.maximum(1, confusion.sum(1))
@@ -264,7 +284,21 @@ class ClassificationReport:
             recall={n: float(v) for n, v in zip(names, recall)},
             f1={n: float(v) for n, v in zip(names, f1)},
             confusion=confusion,
+            **{
+                k: np.asarray(v)
+                for k, v in (("labels", labels), ("predicted", predicted), ("confidence", confidence))
+                if v is not None
+            },
         )
+
+    def reliability(self) -> Reliability:
+        """The confidence bins (ECE_BINS equal-width) of the per-image predictions."""
+        return reliability(self.confidence, self.labels == self.predicted)
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error over ECE_BINS equal-width confidence bins."""
+        return self.reliability().ece
 
     @property
     def headline(self) -> str:
@@ -283,6 +317,9 @@ class ClassificationReport:
             "f1": self.f1,
             "classes": list(self.class_names),
             "confusion": self.confusion.tolist(),
+            "ece": self.ece,
+            "ece_bins": ECE_BINS,
+            "reliability": self.reliability().to_json(),
         }
 
 
@@ -298,6 +335,7 @@ def evaluate_classifier(
     names = dataset.class_names
     k = len(names)
     confusion, top5_hits = np.zeros((k, k), np.int64), 0
+    seen: dict[str, list[torch.Tensor]] = {"labels": [], "predicted": [], "confidence": []}
     was_training = model.training
     model.eval()
     with torch.inference_mode():
@@ -307,8 +345,12 @@ def evaluate_classifier(
             top = logits.topk(min(5, k), dim=1).indices
             top5_hits += int((top == labels[:, None]).any(1).sum())
             confusion += np.bincount((labels * k + top[:, 0]).numpy(), minlength=k * k).reshape(k, k)
+            seen["labels"].append(labels)
+            seen["predicted"].append(top[:, 0])
+            seen["confidence"].append(logits.softmax(dim=1).max(dim=1).values.double())
     model.train(was_training)
-    return ClassificationReport.of(confusion, top5_hits, names)
+    per_image = {key: torch.cat(parts).numpy() if parts else None for key, parts in seen.items()}
+    return ClassificationReport.of(confusion, top5_hits, names, **per_image)
 
 
 def plot_confusion(report: SegmentationReport | ClassificationReport, path: str | os.PathLike) -> Path:

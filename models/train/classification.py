@@ -10,6 +10,9 @@ The three ways to transfer (``transfer``), given backbone weights (``backbone_we
   rate than the head (discriminative learning rates). Without backbone weights this is
   training from scratch.
 
+Gradual unfreezing (``unfreeze_every`` = N, with ``full`` or ``last``): the backbone starts
+frozen and one more stage, from the top, trains every N epochs until what the mode trains does.
+
 Frozen stages stay in eval mode, so their batch-norm statistics are the backbone's.
 """
 
@@ -67,6 +70,11 @@ class ClassificationTrainConfig(FitConfig, defaults={"name": "classifier", "pati
     )
     trainable_stages: int = option(1, "with --transfer last: backbone stages that train, counted from the top")
     backbone_lr_scale: float = option(1.0, "the backbone's learning rate is lr x this (e.g. 0.1); the head's is lr")
+    unfreeze_every: int = option(
+        0,
+        "gradual unfreezing: the backbone starts frozen and one more stage, from the top, trains every this many "
+        "epochs, up to what --transfer trains (full: all, last: --trainable-stages); 0: off",
+    )
     balance: str = option(
         "none",
         "class imbalance: weights (loss weights ~ 1 / class frequency) or sampler (balanced batches)",
@@ -84,6 +92,8 @@ class ClassificationTrainConfig(FitConfig, defaults={"name": "classifier", "pati
             raise ValueError("label_smoothing must be in [0, 1), backbone_lr_scale and trainable_stages >= 0")
         if self.transfer not in TRANSFER_MODES or self.balance not in BALANCE:
             raise ValueError(f"transfer must be one of {TRANSFER_MODES}, balance one of {BALANCE}")
+        if self.unfreeze_every < 0 or (self.unfreeze_every and self.transfer == "frozen"):
+            raise ValueError("unfreeze_every must be >= 0, and needs --transfer full or last (frozen never unfreezes)")
         classification._architecture(self.architecture)  # an unknown name lists the known ones
 
 
@@ -100,6 +110,12 @@ def apply_transfer(model: nn.Module, architecture: str, mode: str, trainable_sta
     for stage in frozen:
         stage.requires_grad_(False)
     return frozen
+
+
+def unfrozen_stages(epoch: int, every: int, final: int) -> int:
+    """Backbone stages that train in ``epoch`` (from 1) under gradual unfreezing: none in the first
+    ``every`` epochs, then one more from the top every ``every`` epochs, at most ``final``."""
+    return min(final, (epoch - 1) // every)
 
 
 def parameter_groups(model: nn.Module, architecture: str, backbone_lr_scale: float) -> list[dict[str, Any]]:
@@ -170,6 +186,19 @@ class ClassificationTask(loop.TrainTask):
 
     def train_modules(self) -> dict[str, nn.Module]:
         return {"model": KeepFrozenInEval(self.model, self.frozen)}
+
+    def begin_epoch(self, run: loop.Run) -> None:
+        """Gradual unfreezing: freeze all but the epoch's top stages. The optimiser was built over
+        everything ``transfer`` trains (it skips parameters without gradients until they thaw)."""
+        cfg = self.cfg
+        if not cfg.unfreeze_every:
+            return
+        if run.procs.distributed:
+            raise ValueError("gradual unfreezing changes what trains, and DDP fixes that at the start: use one process")
+        final = len(classification.backbone_stages(self.model, cfg.architecture))
+        final = cfg.trainable_stages if cfg.transfer == "last" else final
+        keep = unfrozen_stages(run.epoch, cfg.unfreeze_every, final)
+        self.frozen[:] = apply_transfer(self.model, cfg.architecture, "last", keep)  # KeepFrozenInEval shares the list
 
     def optimizers(self, settings: loop.Settings, steps_per_epoch: int) -> dict[str, Any]:
         from models.train import common

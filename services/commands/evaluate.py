@@ -34,6 +34,11 @@ def _captioning_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=None, help="default: the model's training max_length")
 
 
+def _classification_flags(p: argparse.ArgumentParser) -> None:
+    _batch_size(32)(p)
+    p.add_argument("--mistakes", type=int, default=16, help="the most confident mistakes shown in mistakes.png")
+
+
 def _generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
@@ -72,11 +77,11 @@ def _evaluations() -> dict[str, Evaluation]:
             _captioning_flags,
         ),
         "classification": Evaluation(
-            "top-1 / top-5 accuracy, per-class precision/recall/F1, confusion matrix",
-            "folder for metrics.json and confusion.png",
+            "top-1 / top-5 accuracy, per-class precision/recall/F1, confusion matrix, calibration (ECE)",
+            "folder for metrics.json, confusion.png, reliability.png and mistakes.png",
             run_classification,
             CLASS_LABELS,
-            _batch_size(32),
+            _classification_flags,
         ),
         "generation": Evaluation(
             "Fréchet distance and recognised share vs an untrained baseline",
@@ -175,7 +180,9 @@ def run_segmentation(args: argparse.Namespace) -> int:
 
 def run_classification(args: argparse.Namespace) -> int:
     from models.class_datasets import ClassificationDataset, load_items
+    from models.class_metrics import ECE_BINS, mistakes_sheet, plot_reliability
     from models.evaluation import evaluate_classifier, plot_confusion
+    from models.preprocessing import read_image
 
     images, labels = data_paths(args, CLASS_LABELS, "test")
     model, config, device = load_model(args, "classification", "a classifier")
@@ -190,9 +197,22 @@ def run_classification(args: argparse.Namespace) -> int:
         print(f"  {name:16s} " + "   ".join(scores))
     print("confusion matrix (images):")
     print(report.confusion_text())
+    print(f"expected calibration error ({ECE_BINS} confidence bins): {report.ece:.4f}")
     if args.out:
         out = write_metrics(args, {"model": config.name, "version": config.version, **report.to_json()})
-        print(f"wrote {out / 'metrics.json'} and {plot_confusion(report, out / 'confusion.png')}")
+        plots = [plot_confusion(report, out / "confusion.png")]
+        plots.append(plot_reliability(report.reliability(), out / "reliability.png", title=config.name))
+        sheet, shown = mistakes_sheet(
+            lambda i: read_image(items[i][0]),
+            report.labels.tolist(),
+            report.predicted.tolist(),
+            report.confidence.tolist(),
+            classes,
+            out / "mistakes.png",
+            count=args.mistakes,
+            title=config.name,
+        )
+        print(f"wrote {out / 'metrics.json'}, {', '.join(map(str, plots))} and {sheet} ({shown} mistakes)")
     return 0
 
 

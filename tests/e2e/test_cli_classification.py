@@ -47,7 +47,10 @@ def test_train_writes_a_model_and_eval_reports_every_metric(trained, tmp_path):
     assert confusion.shape == (3, 3) and confusion.sum() == 12 and metrics["images"] == 12
     assert metrics["top1"] == pytest.approx(np.trace(confusion) / 12) and metrics["top5"] == 1.0
     assert set(metrics["f1"]) == {"circle", "square", "triangle"}
-    assert cv2.imread(str(tmp_path / "confusion.png")) is not None
+    assert 0.0 <= metrics["ece"] <= 1.0 and f"{metrics['ece']:.4f}" in ev.stdout and metrics["ece_bins"] == 15
+    assert sum(b["count"] for b in metrics["reliability"]) == 12
+    for png in ("confusion.png", "reliability.png", "mistakes.png"):
+        assert cv2.imread(str(tmp_path / png)) is not None, png
 
 
 def test_classify_and_batch_local_and_remote_agree(trained, tmp_path):
