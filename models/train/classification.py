@@ -1,5 +1,7 @@
 """Classifier training with transfer learning: cross-entropy (label smoothing, class weights or a
-weighted sampler), validation top-1, the best epoch kept.
+weighted sampler), validation top-1, the best epoch kept. ``multi_label``: several labels per
+image from a CSV (``circle|square``), a sigmoid per class and BCEWithLogits; validation mean AP
+(the best epoch's metric: it does not depend on a threshold), macro F1 and subset accuracy at 0.5.
 
 The three ways to transfer (``transfer``), given backbone weights (``backbone_weights``):
 
@@ -26,7 +28,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from models import checkpoints, classification
 from models.class_datasets import ClassificationDataset, class_counts, load_items, read_class_list
-from models.evaluation import evaluate_classifier
+from models.evaluation import evaluate_classifier, evaluate_multi_label
 from models.options import option
 from models.preprocessing import (
     IMAGENET_MEAN,
@@ -48,6 +50,9 @@ class ClassificationTrainConfig:
     val_images: str
     train_labels: str | None = None  # a CSV (image, label); None: train_images is an ImageFolder tree
     val_labels: str | None = None
+    multi_label: bool = option(
+        False, "several labels per image (CSV label cells like circle|square): sigmoid + BCE, metric mean AP"
+    )
     classes_file: str | None = option(None, "class names, one per line (default: the training data's, sorted)")
     run_dir: str = option("runs/classifier", "checkpoints and plots (the command line's default: runs/<name>)")
     model_store: str = option("model_store", "where the trained model is stored")
@@ -98,6 +103,8 @@ class ClassificationTrainConfig:
             raise ValueError("label_smoothing must be in [0, 1), backbone_lr_scale and trainable_stages >= 0")
         if self.transfer not in TRANSFER_MODES or self.balance not in BALANCE:
             raise ValueError(f"transfer must be one of {TRANSFER_MODES}, balance one of {BALANCE}")
+        if self.multi_label and (self.balance != "none" or self.label_smoothing or not self.train_labels):
+            raise ValueError("multi_label takes CSV labels (train_labels), without balance or label_smoothing")
         classification._architecture(self.architecture)  # an unknown name lists the known ones
 
 
@@ -165,13 +172,15 @@ class ClassificationTask(loop.TrainTask):
 
     def __init__(self, cfg: ClassificationTrainConfig) -> None:
         self.cfg = cfg
+        self.best_metric = "mAP" if cfg.multi_label else "top1"
         self.title = f"{cfg.name} ({cfg.architecture}, transfer {cfg.transfer})"
 
     def build(self, device: torch.device, rank: int) -> loop.TrainData:
         cfg = self.cfg
         given = read_class_list(cfg.classes_file) if cfg.classes_file else None
-        self.classes, train_items = load_items(cfg.train_images, cfg.train_labels, given)
-        _, val_items = load_items(cfg.val_images, cfg.val_labels, self.classes)
+        multi = {"multi_label": cfg.multi_label}
+        self.classes, train_items = load_items(cfg.train_images, cfg.train_labels, given, **multi)
+        _, val_items = load_items(cfg.val_images, cfg.val_labels, self.classes, **multi)
         augment = classification_train_transform(size=cfg.image_size, seed=cfg.seed + rank) if cfg.augment else None
         shape = {"size": cfg.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
         train_set = ClassificationDataset(train_items, self.classes, transform=augment, **shape)
@@ -185,7 +194,11 @@ class ClassificationTask(loop.TrainTask):
         self.frozen = apply_transfer(self.model, cfg.architecture, cfg.transfer, cfg.trainable_stages)
         counts = class_counts(train_items, len(self.classes))
         weight = class_weights(counts).to(device) if cfg.balance == "weights" else None
-        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.loss_fn = (
+            nn.BCEWithLogitsLoss()
+            if cfg.multi_label
+            else nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        )
         sampler = None
         if cfg.balance == "sampler":
             per_item = class_weights(counts)[[label for _, label in train_items]]
@@ -217,10 +230,18 @@ class ClassificationTask(loop.TrainTask):
         return {"loss": loss.item()}
 
     def evaluate(self, run: loop.Run) -> dict[str, float]:
+        if self.cfg.multi_label:
+            multi = evaluate_multi_label(self.model, self.val_set, device=run.device, progress=self.cfg.progress)
+            return {"mAP": multi.mean_ap, "macro_f1": multi.macro_f1, "subset_accuracy": multi.subset_accuracy}
         report = evaluate_classifier(self.model, self.val_set, device=run.device, progress=self.cfg.progress)
         return {"top1": report.top1, "top5": report.top5}
 
     def epoch_line(self, losses: dict[str, float], metrics: dict[str, float]) -> str:
+        if self.cfg.multi_label:
+            return (
+                f"loss {losses['loss']:.3f}  val mAP {metrics['mAP']:.3f}  macro F1 {metrics['macro_f1']:.3f}  "
+                f"subset accuracy {metrics['subset_accuracy']:.3f}"
+            )
         return f"loss {losses['loss']:.3f}  val top-1 {metrics['top1']:.3f}  top-5 {metrics['top5']:.3f}"
 
     def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
@@ -236,7 +257,7 @@ class ClassificationTask(loop.TrainTask):
             normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             metrics=metrics,
             version=version,
-            extra={"train_config": asdict(cfg)},
+            extra={"train_config": asdict(cfg), "multi_label": cfg.multi_label},
         )
         return self.model, config
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from services.commands.train import ANNOTATIONS, CAPTIONS, CLASS_LABELS, MASKS, add_data_args, data_paths
 
@@ -145,7 +146,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
 def run_classification(args: argparse.Namespace) -> int:
     from models import checkpoints
     from models.class_datasets import ClassificationDataset, load_items
-    from models.evaluation import evaluate_classifier, plot_confusion
+    from models.evaluation import evaluate_classifier, evaluate_multi_label, plot_confusion
     from models.train.common import pick_device
 
     images, labels = data_paths(args, CLASS_LABELS, "test")
@@ -153,9 +154,12 @@ def run_classification(args: argparse.Namespace) -> int:
     model, config = checkpoints.load_model(checkpoints.resolve(args.model_store, args.model), device=device)
     if config.task != "classification":
         raise ValueError(f"model {args.model} is a {config.task} model, not a classifier")
-    classes, items = load_items(images, labels, config.classes)
+    multi = bool(config.extra.get("multi_label"))
+    classes, items = load_items(images, labels, config.classes, multi_label=multi)
     norm = config.normalization
     dataset = ClassificationDataset(items, classes, size=config.input_size or 224, mean=norm["mean"], std=norm["std"])
+    if multi:
+        return _report_multi_label(args, config, evaluate_multi_label(model, dataset, device=device))
     report = evaluate_classifier(model, dataset, device=device, batch_size=args.batch_size)
     print(f"model {config.name} v{config.version} on {len(dataset)} images")
     print(f"top-1 {report.top1:.4f}   top-5 {report.top5:.4f}")
@@ -171,6 +175,20 @@ def run_classification(args: argparse.Namespace) -> int:
             json.dumps({"model": config.name, "version": config.version, **report.to_json()}, indent=2) + "\n"
         )
         print(f"wrote {out / 'metrics.json'} and {plot_confusion(report, out / 'confusion.png')}")
+    return 0
+
+
+def _report_multi_label(args: argparse.Namespace, config: Any, report: Any) -> int:
+    """Print (and with --out write) a multi-label model's MultiLabelReport."""
+    print(f"model {config.name} v{config.version}: {report.headline} (threshold {report.threshold})")
+    for name in config.classes:
+        print(f"  {name:16s} AP {report.ap[name]:.4f}   F1 {report.f1[name]:.4f}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = {"model": config.name, "version": config.version, **report.to_json()}
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"wrote {out / 'metrics.json'}")
     return 0
 
 
