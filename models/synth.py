@@ -98,11 +98,15 @@ def _tight_box(mask: np.ndarray, label: int) -> tuple[int, int, int, int] | None
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+SIDES = (0.11, 0.375)  # a shape's side as a share of the image's: 14..48 px at 128
+MULTI_LABEL_SIDES = (0.25, 0.45)  # the multi-label variant's larger shapes: 16..29 px at 64
+
+
 def _place(
-    rng: np.random.Generator, size: int, taken: list[tuple[int, int, int, int]]
+    rng: np.random.Generator, size: int, taken: list[tuple[int, int, int, int]], sides: tuple[float, float] = SIDES
 ) -> tuple[int, int, int, int] | None:
-    """A square box of side 14..48 px (at 128) not overlapping earlier boxes (2 px margin)."""
-    lo, hi = max(10, round(size * 0.11)), max(12, round(size * 0.375))
+    """A square box of side ``sides`` x size (at least 10..12 px) not overlapping earlier boxes (2 px margin)."""
+    lo, hi = max(10, round(size * sides[0])), max(12, round(size * sides[1]))
     for _ in range(50):
         side = int(rng.integers(lo, hi + 1))
         x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
@@ -124,7 +128,12 @@ def caption(shapes: list[Shape]) -> str:
 
 
 def render(
-    rng: np.random.Generator, *, size: int, max_shapes: int, solid_backgrounds: bool = False
+    rng: np.random.Generator,
+    *,
+    size: int,
+    max_shapes: int,
+    solid_backgrounds: bool = False,
+    sides: tuple[float, float] = SIDES,
 ) -> tuple[np.ndarray, np.ndarray, list[Shape]]:
     """One image (RGB uint8), its label map, and its shapes with tight boxes."""
     img = _background(rng, size, solid=solid_backgrounds)
@@ -132,7 +141,7 @@ def render(
     taken: list[tuple[int, int, int, int]] = []
     shapes: list[Shape] = []
     for _ in range(int(rng.integers(1, max_shapes + 1))):
-        box = _place(rng, size, taken)
+        box = _place(rng, size, taken, sides)
         if box is None:
             break
         kind = CLASSES[int(rng.integers(len(CLASSES)))]
@@ -316,7 +325,8 @@ def generate_classification(
     classes.txt and dataset.json; returns a summary with the images per class of each split.
 
     ``masks``: also ``masks/<split>/<kind>/<id>.png`` (255 on the shape, 0 elsewhere).
-    ``multi_label``: instead 1..3 shapes per image (the shapes generator's, source domain only):
+    ``multi_label``: instead 1..3 shapes per image (the shapes generator's, larger: a side of
+    ``MULTI_LABEL_SIDES`` of the image's; source domain only):
     ``images/<split>/<id>.png`` and ``labels/<split>.csv`` with columns ``image,label``, the
     label the kinds present joined by ``|`` (e.g. ``circle|square``); the summary counts images
     per class (an image counts for each kind it shows)."""
@@ -335,7 +345,7 @@ def generate_classification(
         counts, rows = dict.fromkeys(CLASSES, 0), []
         for i in tqdm(range(1, count + 1), desc=f"synth {split}", disable=None if progress else True, leave=False):
             if multi_label:
-                img, label_map, shapes = render(rng, size=image_size, max_shapes=3)
+                img, label_map, shapes = render(rng, size=image_size, max_shapes=3, sides=MULTI_LABEL_SIDES)
                 kinds = sorted({s.kind for s in shapes}, key=CLASSES.index)
                 name, mask = f"{i:06d}.png", (label_map > 0).astype(np.uint8) * 255
                 rows.append(f"{name},{'|'.join(kinds)}")
