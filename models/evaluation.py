@@ -336,7 +336,7 @@ class MultiLabelReport:
             "macro_f1": self.macro_f1,
             "subset_accuracy": self.subset_accuracy,
             "threshold": self.threshold,
-            "ap": self.ap,
+            "ap": {n: None if np.isnan(v) else v for n, v in self.ap.items()},  # None: no positive
             "f1": self.f1,
             "classes": list(self.class_names),
         }

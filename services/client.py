@@ -91,8 +91,9 @@ def caption_request(
 def classify_request(
     image: ImageLike, *, model: str = "", request_id: str = "", **options: Any
 ) -> classification_pb2.ClassifyRequest:
-    """Options (models.options.ClassifyOptions: top_k, min_probability) left out or None take the
-    server's defaults (top 5, every probability)."""
+    """Options (models.options.ClassifyOptions: top_k, min_probability, threshold, explain) left out
+    or None take the server's defaults (top 5, every probability; multi-label models: every label
+    >= 0.5; no explanation)."""
     message = options_to_proto(ClassifyOptions, classification_pb2.ClassifyOptions(), options)
     return classification_pb2.ClassifyRequest(
         model=common_pb2.ModelRef(name=model), image=image_proto(image), options=message, request_id=request_id
@@ -221,8 +222,10 @@ class CvtasksClient:
     def classify(
         self, image: ImageLike, *, timeout: float | None = None, **options: Any
     ) -> classification_pb2.ClassifyResponse:
-        """Classify one image (options: model, top_k, min_probability, request_id). The most
-        probable class is ``response.classes[0]`` (label, class_name, probability)."""
+        """Classify one image (options: model, top_k, min_probability, threshold, explain,
+        request_id). The most probable class is ``response.classes[0]`` (label, class_name,
+        probability); with ``explain=True`` also ``response.explanation_png`` (the Grad-CAM overlay)
+        and ``response.heatmap_png`` (the map)."""
         return self.classification.Classify(classify_request(image, **options), **self._call_args(timeout))
 
     def classify_stream(
