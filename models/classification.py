@@ -3,14 +3,16 @@ backbone weights, the anatomy that transfer learning needs (backbone stages, hea
 
 Inputs are RGB images letterboxed to ``input_size`` x ``input_size`` and normalised with the
 stored mean/std (``classifier_input``: training, evaluation and serving all call it). Outputs
-are logits (B, C) over the model's ``classes`` (softmax: one label per image). Class ids are
-``0..C-1`` with ``classes[i]`` naming id i (no background class).
+are logits (B, C) over the model's ``classes``: softmax, one label per image, or for a model
+trained multi-label (``config.extra["multi_label"]``) a sigmoid per class, every label over a
+threshold. Class ids are ``0..C-1`` with ``classes[i]`` naming id i (no background class). On
+request a Grad-CAM map of the most probable class comes with the labels (models/explain.py).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,9 +25,10 @@ from torchvision import models as tvm
 from models.batch.store import write_csv
 from models.captioning import load_trunk_weights
 from models.errors import InvalidInputError
+from models.explain import grad_cam, heatmap_on_image, overlay_heatmap
 from models.layers import check_fit, conv_block
 from models.options import ClassifyOptions
-from models.preprocessing import letterbox, normalize
+from models.preprocessing import encode_image, letterbox, normalize
 from models.registry import Registry
 from models.task import Job, Row, Task, stacked
 
@@ -38,11 +41,14 @@ class Architecture:
     """How to build one classifier family with random weights, and where its head is.
 
     ``head``: the dotted path of the final nn.Linear (replaced for a new class set); ``resnet``:
-    its trunk takes the weights of a stored model's ResNet encoder (a U-Net's, a captioner's)."""
+    its trunk takes the weights of a stored model's ResNet encoder (a U-Net's, a captioner's);
+    ``cam_layer``: the module whose output is the last conv feature map (B, K, h, w), which
+    Grad-CAM explains (None: the family cannot be explained)."""
 
     build: Callable[..., nn.Module]
     head: str
     resnet: bool = False
+    cam_layer: str | None = None
 
 
 CLASSIFIERS: Registry[Architecture] = Registry("classification architecture")
@@ -66,7 +72,10 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
 
 
 for _name, _head in _TORCHVISION_HEADS.items():
-    CLASSIFIERS.add(_name, Architecture(_torchvision(_name), _head, resnet=_name.startswith("resnet")))
+    _resnet = _name.startswith("resnet")
+    CLASSIFIERS.add(
+        _name, Architecture(_torchvision(_name), _head, resnet=_resnet, cam_layer="layer4" if _resnet else "features")
+    )
 
 
 class TinyClassifier(nn.Module):
@@ -88,7 +97,7 @@ class TinyClassifier(nn.Module):
         return self.fc(self.drop(self.pool(self.features(images)).flatten(1)))
 
 
-CLASSIFIERS.add("classifier_tiny", Architecture(TinyClassifier, "fc"))
+CLASSIFIERS.add("classifier_tiny", Architecture(TinyClassifier, "fc", cam_layer="features"))
 
 
 def _architecture(name: str) -> Architecture:
@@ -134,6 +143,25 @@ def build_classifier(
 
 def head_of(model: nn.Module, architecture: str) -> nn.Linear:
     return model.get_submodule(_architecture(architecture).head)
+
+
+def explainable(architecture: str) -> bool:
+    return _architecture(architecture).cam_layer is not None
+
+
+def cam_layer_name(architecture: str) -> str:
+    """Where Grad-CAM looks in ``architecture`` (Architecture.cam_layer); InvalidInputError for a
+    family it cannot explain (timm models)."""
+    name = _architecture(architecture).cam_layer
+    if name is None:
+        known = [n for n in CLASSIFIERS.names() if explainable(n)]
+        raise InvalidInputError(f"explain (Grad-CAM) is not available for `{architecture}`; it is for {known}")
+    return name
+
+
+def cam_layer(model: nn.Module, architecture: str) -> nn.Module:
+    """The module Grad-CAM explains: its output is the last conv feature map."""
+    return model.get_submodule(cam_layer_name(architecture))
 
 
 def _is_leaf(module: nn.Module) -> bool:
@@ -265,21 +293,37 @@ class Label:
     probability: float
 
 
+@dataclass(frozen=True)
+class Classification:
+    """One image's answer: its labels, best first, and with ``explain`` the Grad-CAM map of the
+    most probable class, float32 in [0, 1], over the letterboxed model input (S, S) or, once
+    served, the image (H, W); ``explanation_map`` gives it over the image either way."""
+
+    labels: list[Label]
+    heatmap: np.ndarray | None = None
+
+    def explanation_map(self, shape: tuple[int, int]) -> np.ndarray | None:
+        """The map over an image of ``shape`` (height, width), or None without ``explain``."""
+        return None if self.heatmap is None else heatmap_on_image(self.heatmap, shape)
+
+
 def top_labels(
-    logits: torch.Tensor, class_names: Sequence[str], options: Sequence[ClassifyOptions]
+    logits: torch.Tensor,
+    class_names: Sequence[str],
+    options: Sequence[ClassifyOptions],
+    *,
+    multi_label: bool = False,
 ) -> list[list[Label]]:
     """Logits (B, C) -> per image the ``top_k`` most probable labels (softmax), best first, those
-    below ``min_probability`` dropped."""
-    probs = logits.float().softmax(dim=1).cpu()
+    below ``min_probability`` dropped; ``multi_label``: every label whose sigmoid probability is
+    at least ``threshold`` (and ``min_probability``), best first."""
+    probs = (logits.float().sigmoid() if multi_label else logits.float().softmax(dim=1)).cpu()
     answers = []
     for row, opt in zip(probs, options):
-        values, ids = row.topk(min(opt.top_k, row.numel()))
+        values, ids = row.topk(row.numel() if multi_label else min(opt.top_k, row.numel()))
+        floor = max(opt.min_probability, opt.threshold) if multi_label else opt.min_probability
         answers.append(
-            [
-                Label(int(i), class_names[int(i)], float(p))
-                for p, i in zip(values.tolist(), ids.tolist())
-                if p >= opt.min_probability
-            ]
+            [Label(int(i), class_names[int(i)], float(p)) for p, i in zip(values.tolist(), ids.tolist()) if p >= floor]
         )
     return answers
 
@@ -291,15 +335,42 @@ def labels_row(labels: Sequence[Label]) -> dict[str, Any]:
     }
 
 
+def is_multi_label(config: ModelConfig) -> bool:
+    return bool(config.extra.get("multi_label"))
+
+
+def classify_batch(
+    model: nn.Module, config: ModelConfig, batch: torch.Tensor, options: Sequence[ClassifyOptions]
+) -> list[Classification]:
+    """A stacked batch (B, 3, S, S) on the model's device -> one Classification each; when any
+    image asks to ``explain``, one forward pass with gradients serves the whole batch."""
+    heatmaps: list[np.ndarray | None] = [None] * len(options)
+    if any(opt.explain for opt in options):
+        logits, maps = grad_cam(model, cam_layer(model, config.architecture), batch)
+        heatmaps = [m.cpu().numpy() if opt.explain else None for m, opt in zip(maps, options)]
+    else:
+        with torch.inference_mode():
+            logits = model(batch)
+    found = top_labels(logits, config.classes, options, multi_label=is_multi_label(config))
+    return [Classification(labels, heatmap) for labels, heatmap in zip(found, heatmaps)]
+
+
 class ClassificationTask(Task[ClassifyOptions]):
-    """An image -> its most probable classes (a list of Label, best first). Batch jobs write rows
-    ``{"width", "height", "labels": [{"label", "class", "probability"}]}``,
-    ``classifications.jsonl`` and ``classifications.csv`` (input, top class, its probability)."""
+    """An image -> a Classification (its most probable classes, best first). Batch jobs write rows
+    ``{"width", "height", "labels": [{"label", "class", "probability"}]}`` (with ``explain`` also
+    ``"explanation"``: ``explanations/<input>.png``, the Grad-CAM overlay), ``classifications.jsonl``
+    and ``classifications.csv`` (input, top class, its probability)."""
 
     name, Options, results = "classification", ClassifyOptions, "classifications"
 
     def build_model(self, config: ModelConfig) -> nn.Module:
         return build_classifier(config.architecture, num_classes=len(config.classes), **config.model_args)
+
+    def options(self, config: ModelConfig, given: Mapping[str, Any]) -> ClassifyOptions:
+        options = ClassifyOptions.of(given)
+        if options.explain:
+            cam_layer_name(config.architecture)  # a clear error now, not a failed batch later
+        return options
 
     def model_input(self, rgb: np.ndarray, config: ModelConfig) -> torch.Tensor:
         norm = config.normalization
@@ -307,13 +378,24 @@ class ClassificationTask(Task[ClassifyOptions]):
 
     def run_batch(
         self, model: nn.Module, config: ModelConfig, inputs: Sequence[torch.Tensor], options: Sequence[ClassifyOptions]
-    ) -> list[list[Label]]:
-        batch = stacked(inputs, model)
-        with torch.inference_mode():
-            return top_labels(model(batch), config.classes, options)
+    ) -> list[Classification]:
+        return classify_batch(model, config, stacked(inputs, model), options)
 
-    def to_row(self, output: list[Label], config: ModelConfig, options: ClassifyOptions) -> dict[str, Any]:
-        return labels_row(output)
+    def to_row(self, output: Classification, config: ModelConfig, options: ClassifyOptions) -> dict[str, Any]:
+        return labels_row(output.labels)
+
+    def needs_pixels(self, options: ClassifyOptions) -> bool:
+        return options.explain
+
+    def record(
+        self, job: Job, key: str, output: Classification, size: tuple[int, int], pixels: np.ndarray | None
+    ) -> Row:
+        row = super().record(job, key, output, size, pixels)
+        heatmap = output.explanation_map(size)
+        if heatmap is not None and pixels is not None:
+            overlay = encode_image(overlay_heatmap(pixels, heatmap), "png")
+            row["explanation"] = job.out.write("explanations", key, ".png", overlay)
+        return row
 
     def finish(self, job: Job, rows: list[Row]) -> list[Path]:
         best = [(r["labels"] or [{"class": "", "probability": ""}])[0] for r in rows]

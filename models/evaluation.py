@@ -1,7 +1,8 @@
 """Evaluation metrics. Detection: pycocotools COCOeval (AP@[.5:.95], AP50, AP75).
 Segmentation: smp.metrics per-class IoU and Dice, mIoU, pixel accuracy, confusion matrix.
 Classification: top-1 / top-5 accuracy, per-class precision, recall and F1, confusion matrix,
-expected calibration error (models/class_metrics.py)."""
+expected calibration error (models/class_metrics.py); multi-label: per-class average precision
+(and their mean, mAP), F1 at a threshold, subset accuracy."""
 
 from __future__ import annotations
 
@@ -351,6 +352,87 @@ def evaluate_classifier(
     model.train(was_training)
     per_image = {key: torch.cat(parts).numpy() if parts else None for key, parts in seen.items()}
     return ClassificationReport.of(confusion, top5_hits, names, **per_image)
+
+
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """AP of one class: the mean of the precision at each positive, ranked by descending score
+    (ties in input order); NaN when ``truth`` (bool (N,)) has no positive."""
+    positives = int(truth.sum())
+    if positives == 0:
+        return float("nan")
+    hits = truth[np.argsort(-scores, kind="stable")].astype(np.float64)
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision_at * hits).sum() / positives)
+
+
+@dataclass
+class MultiLabelReport:
+    """Multi-label metrics: per class AP and F1 (a label is predicted when its sigmoid >=
+    ``threshold``); ``mean_ap`` over the classes with a positive; ``subset_accuracy``: images
+    whose predicted label set is exactly right."""
+
+    class_names: tuple[str, ...]
+    ap: dict[str, float]
+    f1: dict[str, float]
+    mean_ap: float
+    macro_f1: float
+    subset_accuracy: float
+    threshold: float
+
+    @classmethod
+    def of(cls, probs: np.ndarray, truth: np.ndarray, class_names: Sequence[str], threshold: float) -> MultiLabelReport:
+        """From sigmoid probabilities and multi-hot truth, both (N, C)."""
+        names, predicted, truth = tuple(class_names), probs >= threshold, truth > 0.5
+        ap = [average_precision(probs[:, c], truth[:, c]) for c in range(len(names))]
+        tp, fp, fn = ((predicted & truth).sum(0), (predicted & ~truth).sum(0), (~predicted & truth).sum(0))
+        f1 = 2 * tp / np.maximum(1, 2 * tp + fp + fn)
+        return cls(
+            class_names=names,
+            ap={n: v for n, v in zip(names, ap)},
+            f1={n: float(v) for n, v in zip(names, f1)},
+            mean_ap=float(np.nanmean(ap)) if not np.isnan(ap).all() else 0.0,
+            macro_f1=float(f1.mean()),
+            subset_accuracy=float((predicted == truth).all(1).mean()) if len(truth) else 0.0,
+            threshold=threshold,
+        )
+
+    @property
+    def headline(self) -> str:
+        return f"mAP {self.mean_ap:.3f}, macro F1 {self.macro_f1:.3f}, subset accuracy {self.subset_accuracy:.3f}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mAP": self.mean_ap,
+            "macro_f1": self.macro_f1,
+            "subset_accuracy": self.subset_accuracy,
+            "threshold": self.threshold,
+            "ap": {n: None if np.isnan(v) else v for n, v in self.ap.items()},  # None: no positive
+            "f1": self.f1,
+            "classes": list(self.class_names),
+        }
+
+
+def evaluate_multi_label(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    threshold: float = 0.5,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> MultiLabelReport:
+    """Score every (input, multi-hot target) of ``dataset`` with a sigmoid per class."""
+    was_training, probs, truth = model.training, [], []
+    model.eval()
+    with torch.inference_mode():
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        for images, targets in tqdm(loader, desc="eval", leave=False, disable=None if progress else True):
+            probs.append(model(images.to(device)).float().sigmoid().cpu().numpy())
+            truth.append(targets.numpy())
+    model.train(was_training)
+    k = len(dataset.class_names)
+    stacked = [np.concatenate(x) if x else np.zeros((0, k)) for x in (probs, truth)]
+    return MultiLabelReport.of(*stacked, dataset.class_names, threshold)
 
 
 def plot_confusion(report: SegmentationReport | ClassificationReport, path: str | os.PathLike) -> Path:

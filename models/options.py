@@ -238,13 +238,25 @@ class GenerateOptions(Options):
 
 @dataclass(frozen=True)
 class ClassifyOptions(Options):
-    """Which labels to return: the ``top_k`` most probable (at most the model's class count), best first."""
+    """Which labels to return: the ``top_k`` most probable (at most the model's class count), best
+    first; from a multi-label model every label over ``threshold``. ``explain``: with a Grad-CAM map."""
 
     task: ClassVar[str] = "classification"
     top_k: int = option(
         5, "return the K most probable classes (at most the model's class count)", low=1, high=MAX_TOP_K
     )
     min_probability: float = option(0.0, "drop labels less probable than this", low=0.0, high=1.0)
+    threshold: float = option(
+        0.5,
+        "multi-label models: return every label at least this probable (a sigmoid per class), instead of the top K",
+        low=0.0,
+        high=1.0,
+    )
+    explain: bool = option(
+        False,
+        "also a Grad-CAM heat map of the most probable class: an overlay PNG and the map (typed RPC), "
+        "the GRADCAM output (KServe), explanations/<input>.png (batch jobs)",
+    )
 
 
 # Task name -> its options class: the torch-free face of models/tasks.py (the command line and

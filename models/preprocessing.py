@@ -292,6 +292,21 @@ def center_crop_resize(image: np.ndarray, *, size: int) -> np.ndarray:
     return out[..., None] if out.ndim < image.ndim else out
 
 
+def letterbox_geometry(
+    shape: tuple[int, int], *, size: int | tuple[int, int]
+) -> tuple[float, tuple[int, int], tuple[int, int]]:
+    """Where ``letterbox`` puts an image of ``shape`` (height, width): (scale, (new_w, new_h),
+    (pad_x, pad_y)); the image fills ``[pad_y : pad_y + new_h, pad_x : pad_x + new_w]``."""
+    target_h, target_w = (size, size) if isinstance(size, int) else size
+    if target_h <= 0 or target_w <= 0:
+        raise ValueError(f"letterbox size must be positive, got {size!r}")
+    height, width = shape
+    scale = min(target_w / width, target_h / height)
+    new_w = min(target_w, max(1, round(width * scale)))
+    new_h = min(target_h, max(1, round(height * scale)))
+    return scale, (new_w, new_h), ((target_w - new_w) // 2, (target_h - new_h) // 2)
+
+
 def letterbox(
     image: np.ndarray, *, size: int | tuple[int, int], fill: int | Sequence[int] = 0
 ) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -301,17 +316,11 @@ def letterbox(
     a point (x, y) of the input lands at (x * scale + pad_x, y * scale + pad_y).
     """
     target_h, target_w = (size, size) if isinstance(size, int) else size
-    if target_h <= 0 or target_w <= 0:
-        raise ValueError(f"letterbox size must be positive, got {size!r}")
-    height, width = image.shape[:2]
-    scale = min(target_w / width, target_h / height)
-    new_w = min(target_w, max(1, round(width * scale)))
-    new_h = min(target_h, max(1, round(height * scale)))
+    scale, (new_w, new_h), (pad_x, pad_y) = letterbox_geometry(image.shape[:2], size=size)
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
     if resized.ndim < image.ndim:  # cv2 drops a trailing channel axis of size 1
         resized = resized[..., None]
-    pad_x, pad_y = (target_w - new_w) // 2, (target_h - new_h) // 2
     out = np.empty((target_h, target_w, *image.shape[2:]), dtype=image.dtype)
     out[...] = np.asarray(fill, dtype=image.dtype)
     out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized

@@ -11,7 +11,8 @@ Coloured circles, squares and triangles on varied backgrounds (solid, gradient, 
 
 The same seed gives byte-identical files. ``generate_classification`` writes the classification
 variant: one shape per image, in the ImageFolder layout ``images/<split>/<kind>/<id>.png``, in
-one of two visibly different domains of the same classes (``DOMAINS``).
+one of two visibly different domains of the same classes (``DOMAINS``), optionally with each
+shape's mask (Grad-CAM's test) or as a multi-label CSV of several shapes per image.
 """
 
 from __future__ import annotations
@@ -97,11 +98,15 @@ def _tight_box(mask: np.ndarray, label: int) -> tuple[int, int, int, int] | None
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+SIDES = (0.11, 0.375)  # a shape's side as a share of the image's: 14..48 px at 128
+MULTI_LABEL_SIDES = (0.25, 0.45)  # the multi-label variant's larger shapes: 16..29 px at 64
+
+
 def _place(
-    rng: np.random.Generator, size: int, taken: list[tuple[int, int, int, int]]
+    rng: np.random.Generator, size: int, taken: list[tuple[int, int, int, int]], sides: tuple[float, float] = SIDES
 ) -> tuple[int, int, int, int] | None:
-    """A square box of side 14..48 px (at 128) not overlapping earlier boxes (2 px margin)."""
-    lo, hi = max(10, round(size * 0.11)), max(12, round(size * 0.375))
+    """A square box of side ``sides`` x size (at least 10..12 px) not overlapping earlier boxes (2 px margin)."""
+    lo, hi = max(10, round(size * sides[0])), max(12, round(size * sides[1]))
     for _ in range(50):
         side = int(rng.integers(lo, hi + 1))
         x, y = (int(v) for v in rng.integers(0, size - side + 1, size=2))
@@ -123,7 +128,12 @@ def caption(shapes: list[Shape]) -> str:
 
 
 def render(
-    rng: np.random.Generator, *, size: int, max_shapes: int, solid_backgrounds: bool = False
+    rng: np.random.Generator,
+    *,
+    size: int,
+    max_shapes: int,
+    solid_backgrounds: bool = False,
+    sides: tuple[float, float] = SIDES,
 ) -> tuple[np.ndarray, np.ndarray, list[Shape]]:
     """One image (RGB uint8), its label map, and its shapes with tight boxes."""
     img = _background(rng, size, solid=solid_backgrounds)
@@ -131,7 +141,7 @@ def render(
     taken: list[tuple[int, int, int, int]] = []
     shapes: list[Shape] = []
     for _ in range(int(rng.integers(1, max_shapes + 1))):
-        box = _place(rng, size, taken)
+        box = _place(rng, size, taken, sides)
         if box is None:
             break
         kind = CLASSES[int(rng.integers(len(CLASSES)))]
@@ -273,8 +283,10 @@ def _bright_texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def render_single(rng: np.random.Generator, *, size: int, domain: str = "source") -> tuple[np.ndarray, Shape]:
-    """One image (RGB uint8 (size, size, 3)) holding one shape, and that shape."""
+def render_single(
+    rng: np.random.Generator, *, size: int, domain: str = "source"
+) -> tuple[np.ndarray, Shape, np.ndarray]:
+    """One image (RGB uint8 (size, size, 3)) holding one shape, that shape, and its mask (bool (size, size))."""
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
     source = domain == "source"
@@ -285,12 +297,17 @@ def render_single(rng: np.random.Generator, *, size: int, domain: str = "source"
     kind = CLASSES[int(rng.integers(len(CLASSES)))]
     color = list(COLORS)[int(rng.integers(len(COLORS)))]
     shape = Shape(kind, color, (x, y, x + side, y + side))
-    drawn = img.copy()
-    _draw(drawn, np.zeros((size, size), np.uint8), shape)
+    drawn, mask = img.copy(), np.zeros((size, size), np.uint8)
+    _draw(drawn, mask, shape)
     if not source:  # darker shapes: the same colours at 60 %
         changed = np.any(drawn != img, axis=2)
         drawn[changed] = (drawn[changed].astype(np.float32) * 0.6).astype(np.uint8)
-    return drawn, shape
+    return drawn, shape, mask > 0
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
 
 
 def generate_classification(
@@ -300,23 +317,49 @@ def generate_classification(
     image_size: int = 128,
     domain: str = "source",
     seed: int = 0,
+    masks: bool = False,
+    multi_label: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Write ``images/<split>/<kind>/<id>.png`` (one shape per image, labelled by its kind),
-    classes.txt and dataset.json; returns a summary with the images per class of each split."""
+    classes.txt and dataset.json; returns a summary with the images per class of each split.
+
+    ``masks``: also ``masks/<split>/<kind>/<id>.png`` (255 on the shape, 0 elsewhere).
+    ``multi_label``: instead 1..3 shapes per image (the shapes generator's, larger: a side of
+    ``MULTI_LABEL_SIDES`` of the image's; source domain only):
+    ``images/<split>/<id>.png`` and ``labels/<split>.csv`` with columns ``image,label``, the
+    label the kinds present joined by ``|`` (e.g. ``circle|square``); the summary counts images
+    per class (an image counts for each kind it shows)."""
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32, got {image_size}")
+    if multi_label and domain != "source":
+        raise ValueError("the multi-label variant draws the source domain only")
     out = Path(out_dir)
     summary: dict[str, Any] = {"root": str(out), "image_size": image_size, "domain": domain, "seed": seed}
+    if multi_label:
+        summary["multi_label"] = True
     for index, (split, count) in enumerate(splits.items()):
         rng = np.random.default_rng([seed, index, DOMAINS.index(domain) if domain in DOMAINS else 0])
-        for kind in CLASSES:
+        for kind in () if multi_label else CLASSES:
             (out / "images" / split / kind).mkdir(parents=True, exist_ok=True)
-        counts = dict.fromkeys(CLASSES, 0)
+        counts, rows = dict.fromkeys(CLASSES, 0), []
         for i in tqdm(range(1, count + 1), desc=f"synth {split}", disable=None if progress else True, leave=False):
-            img, shape = render_single(rng, size=image_size, domain=domain)
-            cv2.imwrite(str(out / "images" / split / shape.kind / f"{i:06d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            counts[shape.kind] += 1
+            if multi_label:
+                img, label_map, shapes = render(rng, size=image_size, max_shapes=3, sides=MULTI_LABEL_SIDES)
+                kinds = sorted({s.kind for s in shapes}, key=CLASSES.index)
+                name, mask = f"{i:06d}.png", (label_map > 0).astype(np.uint8) * 255
+                rows.append(f"{name},{'|'.join(kinds)}")
+            else:
+                img, shape, inside = render_single(rng, size=image_size, domain=domain)
+                kinds, name, mask = [shape.kind], f"{shape.kind}/{i:06d}.png", inside.astype(np.uint8) * 255
+            _write_png(out / "images" / split / name, img)
+            if masks:
+                _write_png(out / "masks" / split / name, mask)
+            for kind in kinds:
+                counts[kind] += 1
+        if multi_label:
+            (out / "labels").mkdir(exist_ok=True)
+            (out / "labels" / f"{split}.csv").write_text("image,label\n" + "\n".join(rows) + "\n")
         summary[split] = counts
     (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     (out / "dataset.json").write_text(json.dumps({**summary, "classes": list(CLASSES)}, indent=2) + "\n")

@@ -94,8 +94,9 @@ classify_request = image_request(
     classification_pb2.ClassifyRequest,
     classification_pb2.ClassifyOptions,
     ClassifyOptions,
-    "Options (models.options.ClassifyOptions: top_k, min_probability) left out or None take the server's "
-    "defaults (top 5, every probability).",
+    "Options (models.options.ClassifyOptions: top_k, min_probability, threshold, explain) left out or None "
+    "take the server's defaults (top 5, every probability; multi-label models: every label >= 0.5; no "
+    "explanation).",
 )
 
 
@@ -237,9 +238,10 @@ class CvtasksClient:
         "classification",
         "Classify",
         classify_request,
-        "Classify one image (options: model, top_k, "
-        "min_probability, request_id). The most probable class is ``response.classes[0]`` (label, "
-        "class_name, probability).",
+        "Classify one image (options: model, top_k, min_probability, threshold, explain, request_id). The "
+        "most probable class is ``response.classes[0]`` (label, class_name, probability); with "
+        "``explain=True`` also ``response.explanation_png`` (the Grad-CAM overlay) and "
+        "``response.heatmap_png`` (the map).",
     )
     classify_stream = _stream("classification", "ClassifyStream", classify_request)
 

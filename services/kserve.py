@@ -167,7 +167,9 @@ def infer_response(
     """Output arrays -> a ModelInferResponse (the requested outputs, or all), data in raw_output_contents."""
     response = pb.ModelInferResponse(model_name=config.name, model_version=config.version, id=request.id)
     by_name = {s.name: s for s in specs}
-    for name in [o.name for o in request.outputs] or list(by_name):
+    for name in [o.name for o in request.outputs] or [n for n in by_name if n in values]:
+        if name not in values:
+            raise InvalidInputError(f"output {name} comes only when a request parameter asks for it (e.g. explain)")
         array, datatype = values[name], by_name[name].datatype
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
         response.raw_output_contents.append(

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from models.checkpoints import ModelConfig
+from models.classification import is_multi_label
 from models.errors import InvalidInputError, shown
 from models.generation import LatentPrior, given_latents
 from models.options import TASK_OPTIONS, Options, base_type, spec_of
@@ -37,7 +38,7 @@ class TensorSpec:
     name: str
     datatypes: tuple[str, ...]
     shape: tuple[int, ...]
-    optional: bool = False
+    optional: bool = False  # an input that may be absent; an output given only when a parameter asks
 
     @property
     def datatype(self) -> str:
@@ -241,8 +242,11 @@ class CaptioningCodec(ImageCodec):
 
 class ClassificationCodec(ImageCodec):
     """LABELS INT64 [B, K] (class ids: indices into the model's classes), CLASS_NAMES BYTES [B, K],
-    PROBABILITIES FP32 [B, K]: the K = min(top_k, classes) most probable, best first. An image with
-    fewer (``min_probability``) has label -1, b"" and 0 in the rest of its row."""
+    PROBABILITIES FP32 [B, K]: the K = min(top_k, classes) most probable, best first (a
+    multi-label model: K = its class count, the labels over ``threshold`` first). An image with
+    fewer has label -1, b"" and 0 in the rest of its row. With the parameter ``explain`` also
+    GRADCAM FP32 [B, H, W]: each image's Grad-CAM map of its most probable class, in [0, 1], at
+    the image's size (H, W the largest of the request, the rest -1; IMAGE_SIZE says each size)."""
 
     task = "classification"
 
@@ -251,16 +255,26 @@ class ClassificationCodec(ImageCodec):
             TensorSpec("LABELS", ("INT64",), (-1, -1)),
             TensorSpec("CLASS_NAMES", ("BYTES",), (-1, -1)),
             TensorSpec("PROBABILITIES", ("FP32",), (-1, -1)),
+            TensorSpec("GRADCAM", ("FP32",), (-1, -1, -1), optional=True),
         ]
 
     def task_tensors(self, answer: Answer) -> dict[str, np.ndarray]:
-        shape = (len(answer.outputs), min(answer.options.top_k, len(answer.config.classes)))
+        classes = len(answer.config.classes)
+        most = classes if is_multi_label(answer.config) else min(answer.options.top_k, classes)
+        shape = (len(answer.outputs), most)
         labels, names = np.full(shape, -1, np.int64), np.full(shape, b"", dtype=object)
         probabilities = np.zeros(shape, np.float32)
         for b, found in enumerate(answer.outputs):
-            for k, x in enumerate(found):
+            for k, x in enumerate(found.labels):
                 labels[b, k], names[b, k], probabilities[b, k] = x.label, x.class_name.encode(), x.probability
-        return {"LABELS": labels, "CLASS_NAMES": names, "PROBABILITIES": probabilities}
+        tensors = {"LABELS": labels, "CLASS_NAMES": names, "PROBABILITIES": probabilities}
+        if answer.options.explain:
+            height, width = (max(image.shape[i] for image in answer.images) for i in (0, 1))
+            maps = np.full((len(answer.outputs), height, width), -1.0, np.float32)
+            for b, (found, image) in enumerate(zip(answer.outputs, answer.images)):
+                maps[b, : image.shape[0], : image.shape[1]] = found.explanation_map(image.shape[:2])
+            tensors["GRADCAM"] = maps
+        return tensors
 
 
 # --------------------------------------------------------------------------- generation

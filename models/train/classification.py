@@ -1,5 +1,7 @@
 """Classifier training with transfer learning: cross-entropy (label smoothing, class weights or a
-weighted sampler), validation top-1, the best epoch kept.
+weighted sampler), validation top-1, the best epoch kept. ``multi_label``: several labels per
+image from a CSV (``circle|square``), a sigmoid per class and BCEWithLogits; validation mean AP
+(the best epoch's metric: it does not depend on a threshold), macro F1 and subset accuracy at 0.5.
 
 The three ways to transfer (``transfer``), given backbone weights (``backbone_weights``):
 
@@ -29,7 +31,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from models import checkpoints, classification
 from models.class_datasets import ClassificationDataset, class_counts, load_items, read_class_list
-from models.evaluation import evaluate_classifier
+from models.evaluation import evaluate_classifier, evaluate_multi_label
 from models.options import option
 from models.preprocessing import (
     IMAGENET_MEAN,
@@ -52,6 +54,9 @@ class ClassificationTrainConfig(FitConfig, defaults={"name": "classifier", "pati
     val_images: str
     train_labels: str | None = None  # a CSV (image, label); None: train_images is an ImageFolder tree
     val_labels: str | None = None
+    multi_label: bool = option(
+        False, "several labels per image (CSV label cells like circle|square): sigmoid + BCE, metric mean AP"
+    )
     classes_file: str | None = option(None, "class names, one per line (default: the training data's, sorted)")
     architecture: str = option(
         "resnet18", f"{', '.join(classification.architectures())}, or any timm model as tu-<name>", flag="arch"
@@ -94,6 +99,8 @@ class ClassificationTrainConfig(FitConfig, defaults={"name": "classifier", "pati
             raise ValueError(f"transfer must be one of {TRANSFER_MODES}, balance one of {BALANCE}")
         if self.unfreeze_every < 0 or (self.unfreeze_every and self.transfer == "frozen"):
             raise ValueError("unfreeze_every must be >= 0, and needs --transfer full or last (frozen never unfreezes)")
+        if self.multi_label and (self.balance != "none" or self.label_smoothing or not self.train_labels):
+            raise ValueError("multi_label takes CSV labels (train_labels), without balance or label_smoothing")
         classification._architecture(self.architecture)  # an unknown name lists the known ones
 
 
@@ -156,11 +163,16 @@ class ClassificationTask(loop.TrainTask):
     task, best_metric = "classification", "top1"
     title = "{name} ({architecture}, transfer {transfer})"
 
+    def __init__(self, cfg: ClassificationTrainConfig) -> None:
+        super().__init__(cfg)
+        self.best_metric = "mAP" if cfg.multi_label else "top1"
+
     def build(self, device: torch.device, rank: int) -> loop.TrainData:
         cfg = self.cfg
         given = read_class_list(cfg.classes_file) if cfg.classes_file else None
-        self.classes, train_items = load_items(cfg.train_images, cfg.train_labels, given)
-        _, val_items = load_items(cfg.val_images, cfg.val_labels, self.classes)
+        multi = {"multi_label": cfg.multi_label}
+        self.classes, train_items = load_items(cfg.train_images, cfg.train_labels, given, **multi)
+        _, val_items = load_items(cfg.val_images, cfg.val_labels, self.classes, **multi)
         augment = classification_train_transform(size=cfg.image_size, seed=cfg.seed + rank) if cfg.augment else None
         shape = {"size": cfg.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
         train_set = ClassificationDataset(train_items, self.classes, transform=augment, **shape)
@@ -174,7 +186,11 @@ class ClassificationTask(loop.TrainTask):
         self.frozen = apply_transfer(self.model, cfg.architecture, cfg.transfer, cfg.trainable_stages)
         counts = class_counts(train_items, len(self.classes))
         weight = class_weights(counts).to(device) if cfg.balance == "weights" else None
-        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.loss_fn = (
+            nn.BCEWithLogitsLoss()
+            if cfg.multi_label
+            else nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        )
         sampler = None
         if cfg.balance == "sampler":
             per_item = class_weights(counts)[[label for _, label in train_items]]
@@ -219,19 +235,25 @@ class ClassificationTask(loop.TrainTask):
         return {"loss": loss.item()}
 
     def evaluate(self, run: loop.Run) -> dict[str, float]:
+        if self.cfg.multi_label:
+            multi = evaluate_multi_label(self.model, self.val_set, device=run.device, progress=self.cfg.progress)
+            return {"mAP": multi.mean_ap, "macro_f1": multi.macro_f1, "subset_accuracy": multi.subset_accuracy}
         report = evaluate_classifier(self.model, self.val_set, device=run.device, progress=self.cfg.progress)
         return {"top1": report.top1, "top5": report.top5}
 
     def epoch_line(self, losses: dict[str, float], metrics: dict[str, float]) -> str:
+        if self.cfg.multi_label:
+            return (
+                f"loss {losses['loss']:.3f}  val mAP {metrics['mAP']:.3f}  macro F1 {metrics['macro_f1']:.3f}  "
+                f"subset accuracy {metrics['subset_accuracy']:.3f}"
+            )
         return f"loss {losses['loss']:.3f}  val top-1 {metrics['top1']:.3f}  top-5 {metrics['top5']:.3f}"
 
     def stored(self, metrics: dict[str, float], version: str, epoch: int) -> tuple[nn.Module, checkpoints.ModelConfig]:
         # the backbone's weights are in the stored weights: a rebuilt model needs no other file
         args = {k: v for k, v in self.cfg.model_args.items() if not k.endswith("weights_path")}
-        architecture = self.cfg.architecture
-        return self.model, self.model_config(
-            version, metrics, architecture=architecture, classes=self.classes, model_args=args
-        )
+        fields = {"architecture": self.cfg.architecture, "classes": self.classes, "model_args": args}
+        return self.model, self.model_config(version, metrics, **fields, extra={"multi_label": self.cfg.multi_label})
 
 
 def train_classification(cfg: ClassificationTrainConfig) -> loop.Outcome:

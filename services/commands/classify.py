@@ -1,9 +1,11 @@
-"""``cvtasks classify IMAGE... --server HOST:PORT``: the most probable classes over gRPC, as JSON."""
+"""``cvtasks classify IMAGE... --server HOST:PORT``: the most probable classes over gRPC, as JSON;
+with ``--explain`` each image's Grad-CAM overlay saved as ``<out>/<stem>_explanation.png``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from models.options import ClassifyOptions
@@ -13,6 +15,7 @@ from services.commands.flags import options_from_args
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_task_arguments(p, "classification", ClassifyOptions, timeout=60.0)
+    p.add_argument("--out", default="explained", help="with --explain: folder for <stem>_explanation.png")
     p.set_defaults(run=run)
 
 
@@ -27,6 +30,11 @@ def response_to_json(path: str, response: Any) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     def row(path: str, response: Any) -> dict[str, Any]:
         found = response_to_json(path, response)
+        if response.explanation_png:
+            saved = Path(args.out) / f"{Path(path).stem}_explanation.png"
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_bytes(response.explanation_png)
+            found["explanation"] = str(saved)
         best = found["labels"][0] if found["labels"] else {"class": "-", "probability": 0.0}
         print(f"{path}: {best['class']} ({best['probability']:.3f})", file=sys.stderr)
         return found

@@ -36,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="classification: source (large shapes, dark backgrounds) or target (smaller, darker shapes on "
         "bright textures): two domains of the same classes, to transfer between",
     )
+    synth.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="classification: 1..3 shapes per image, labels in labels/<split>.csv (classes joined by |)",
+    )
+    synth.add_argument(
+        "--masks", action="store_true", help="classification: also each shape's mask, masks/<split>/... (255 = shape)"
+    )
     synth.set_defaults(run=run_synth)
 
     voc = data_sub.add_parser("voc2coco", help="convert Pascal VOC XML annotations to COCO JSON")
@@ -59,7 +67,14 @@ def run_synth(args: argparse.Namespace) -> int:
     splits = {"train": args.train, "val": args.val, "test": args.test}
     if args.task == "classification":
         summary = generate_classification(
-            args.out, splits=splits, image_size=args.size, domain=args.domain, seed=args.seed, progress=True
+            args.out,
+            splits=splits,
+            image_size=args.size,
+            domain=args.domain,
+            seed=args.seed,
+            masks=args.masks,
+            multi_label=args.multi_label,
+            progress=True,
         )
         print(json.dumps(summary, indent=2, default=str))
         return 0

@@ -181,14 +181,17 @@ def run_segmentation(args: argparse.Namespace) -> int:
 def run_classification(args: argparse.Namespace) -> int:
     from models.class_datasets import ClassificationDataset, load_items
     from models.class_metrics import ECE_BINS, mistakes_sheet, plot_reliability
-    from models.evaluation import evaluate_classifier, plot_confusion
+    from models.evaluation import evaluate_classifier, evaluate_multi_label, plot_confusion
     from models.preprocessing import read_image
 
     images, labels = data_paths(args, CLASS_LABELS, "test")
     model, config, device = load_model(args, "classification", "a classifier")
-    classes, items = load_items(images, labels, config.classes)
+    multi = bool(config.extra.get("multi_label"))
+    classes, items = load_items(images, labels, config.classes, multi_label=multi)
     norm = config.normalization
     dataset = ClassificationDataset(items, classes, size=config.input_size or 224, mean=norm["mean"], std=norm["std"])
+    if multi:
+        return _report_multi_label(args, config, evaluate_multi_label(model, dataset, device=device))
     report = evaluate_classifier(model, dataset, device=device, batch_size=args.batch_size)
     print(f"model {config.name} v{config.version} on {len(dataset)} images")
     print(f"top-1 {report.top1:.4f}   top-5 {report.top5:.4f}")
@@ -213,6 +216,17 @@ def run_classification(args: argparse.Namespace) -> int:
             title=config.name,
         )
         print(f"wrote {out / 'metrics.json'}, {', '.join(map(str, plots))} and {sheet} ({shown} mistakes)")
+    return 0
+
+
+def _report_multi_label(args: argparse.Namespace, config: Any, report: Any) -> int:
+    """Print (and with --out write) a multi-label model's MultiLabelReport."""
+    print(f"model {config.name} v{config.version}: {report.headline} (threshold {report.threshold})")
+    for name in config.classes:
+        print(f"  {name:16s} AP {report.ap[name]:.4f}   F1 {report.f1[name]:.4f}")
+    if args.out:
+        out = write_metrics(args, {"model": config.name, "version": config.version, **report.to_json()})
+        print(f"wrote {out / 'metrics.json'}")
     return 0
 
 

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as cvtasks_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63vtasks/v1/classification.proto\x12\ncvtasks.v1\x1a\x17\x63vtasks/v1/common.proto\"\x9a\x01\n\x0f\x43lassifyRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.cvtasks.v1.ModelRef\x12 \n\x05image\x18\x02 \x01(\x0b\x32\x11.cvtasks.v1.Image\x12,\n\x07options\x18\x03 \x01(\x0b\x32\x1b.cvtasks.v1.ClassifyOptions\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"a\n\x0f\x43lassifyOptions\x12\x12\n\x05top_k\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1c\n\x0fmin_probability\x18\x02 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_top_kB\x12\n\x10_min_probability\"\xf1\x01\n\x10\x43lassifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.cvtasks.v1.ModelRef\x12-\n\x07\x63lasses\x18\x03 \x03(\x0b\x32\x1c.cvtasks.v1.ClassProbability\x12\x13\n\x0bimage_width\x18\x04 \x01(\r\x12\x14\n\x0cimage_height\x18\x05 \x01(\r\x12$\n\x07timings\x18\x06 \x01(\x0b\x32\x13.cvtasks.v1.Timings\x12$\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x15.cvtasks.v1.ItemError\"J\n\x10\x43lassProbability\x12\r\n\x05label\x18\x01 \x01(\r\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\x32\xaf\x01\n\x15\x43lassificationService\x12\x45\n\x08\x43lassify\x12\x1b.cvtasks.v1.ClassifyRequest\x1a\x1c.cvtasks.v1.ClassifyResponse\x12O\n\x0e\x43lassifyStream\x12\x1b.cvtasks.v1.ClassifyRequest\x1a\x1c.cvtasks.v1.ClassifyResponse(\x01\x30\x01\x42\x37\n\x0e\x64\x65v.cvtasks.v1P\x01Z#cvtasks/gen/go/cvtasks/v1;cvtasksv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63vtasks/v1/classification.proto\x12\ncvtasks.v1\x1a\x17\x63vtasks/v1/common.proto\"\x9a\x01\n\x0f\x43lassifyRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.cvtasks.v1.ModelRef\x12 \n\x05image\x18\x02 \x01(\x0b\x32\x11.cvtasks.v1.Image\x12,\n\x07options\x18\x03 \x01(\x0b\x32\x1b.cvtasks.v1.ClassifyOptions\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xa9\x01\n\x0f\x43lassifyOptions\x12\x12\n\x05top_k\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1c\n\x0fmin_probability\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\tthreshold\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x14\n\x07\x65xplain\x18\x04 \x01(\x08H\x03\x88\x01\x01\x42\x08\n\x06_top_kB\x12\n\x10_min_probabilityB\x0c\n\n_thresholdB\n\n\x08_explain\"\x9f\x02\n\x10\x43lassifyResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x05model\x18\x02 \x01(\x0b\x32\x14.cvtasks.v1.ModelRef\x12-\n\x07\x63lasses\x18\x03 \x03(\x0b\x32\x1c.cvtasks.v1.ClassProbability\x12\x13\n\x0bimage_width\x18\x04 \x01(\r\x12\x14\n\x0cimage_height\x18\x05 \x01(\r\x12$\n\x07timings\x18\x06 \x01(\x0b\x32\x13.cvtasks.v1.Timings\x12$\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x15.cvtasks.v1.ItemError\x12\x17\n\x0f\x65xplanation_png\x18\x08 \x01(\x0c\x12\x13\n\x0bheatmap_png\x18\t \x01(\x0c\"J\n\x10\x43lassProbability\x12\r\n\x05label\x18\x01 \x01(\r\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\x32\xaf\x01\n\x15\x43lassificationService\x12\x45\n\x08\x43lassify\x12\x1b.cvtasks.v1.ClassifyRequest\x1a\x1c.cvtasks.v1.ClassifyResponse\x12O\n\x0e\x43lassifyStream\x12\x1b.cvtasks.v1.ClassifyRequest\x1a\x1c.cvtasks.v1.ClassifyResponse(\x01\x30\x01\x42\x37\n\x0e\x64\x65v.cvtasks.v1P\x01Z#cvtasks/gen/go/cvtasks/v1;cvtasksv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.cvtasks.v1P\001Z#cvtasks/gen/go/cvtasks/v1;cvtasksv1'
   _globals['_CLASSIFYREQUEST']._serialized_start=73
   _globals['_CLASSIFYREQUEST']._serialized_end=227
-  _globals['_CLASSIFYOPTIONS']._serialized_start=229
-  _globals['_CLASSIFYOPTIONS']._serialized_end=326
-  _globals['_CLASSIFYRESPONSE']._serialized_start=329
-  _globals['_CLASSIFYRESPONSE']._serialized_end=570
-  _globals['_CLASSPROBABILITY']._serialized_start=572
-  _globals['_CLASSPROBABILITY']._serialized_end=646
-  _globals['_CLASSIFICATIONSERVICE']._serialized_start=649
-  _globals['_CLASSIFICATIONSERVICE']._serialized_end=824
+  _globals['_CLASSIFYOPTIONS']._serialized_start=230
+  _globals['_CLASSIFYOPTIONS']._serialized_end=399
+  _globals['_CLASSIFYRESPONSE']._serialized_start=402
+  _globals['_CLASSIFYRESPONSE']._serialized_end=689
+  _globals['_CLASSPROBABILITY']._serialized_start=691
+  _globals['_CLASSPROBABILITY']._serialized_end=765
+  _globals['_CLASSIFICATIONSERVICE']._serialized_start=768
+  _globals['_CLASSIFICATIONSERVICE']._serialized_end=943
 # @@protoc_insertion_point(module_scope)

@@ -21,15 +21,19 @@ class ClassifyRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., options: _Optional[_Union[ClassifyOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ClassifyOptions(_message.Message):
-    __slots__ = ("top_k", "min_probability")
+    __slots__ = ("top_k", "min_probability", "threshold", "explain")
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MIN_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     top_k: int
     min_probability: float
-    def __init__(self, top_k: _Optional[int] = ..., min_probability: _Optional[float] = ...) -> None: ...
+    threshold: float
+    explain: bool
+    def __init__(self, top_k: _Optional[int] = ..., min_probability: _Optional[float] = ..., threshold: _Optional[float] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("request_id", "model", "classes", "image_width", "image_height", "timings", "error")
+    __slots__ = ("request_id", "model", "classes", "image_width", "image_height", "timings", "error", "explanation_png", "heatmap_png")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +41,8 @@ class ClassifyResponse(_message.Message):
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_PNG_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: _common_pb2.ModelRef
     classes: _containers.RepeatedCompositeFieldContainer[ClassProbability]
@@ -44,7 +50,9 @@ class ClassifyResponse(_message.Message):
     image_height: int
     timings: _common_pb2.Timings
     error: _common_pb2.ItemError
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., classes: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ...) -> None: ...
+    explanation_png: bytes
+    heatmap_png: bytes
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., classes: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., timings: _Optional[_Union[_common_pb2.Timings, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ..., explanation_png: _Optional[bytes] = ..., heatmap_png: _Optional[bytes] = ...) -> None: ...
 
 class ClassProbability(_message.Message):
     __slots__ = ("label", "class_name", "probability")

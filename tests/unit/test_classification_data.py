@@ -127,3 +127,21 @@ def test_evaluate_classifier_counts_top1_top5_and_the_confusion():
     report = evaluate_classifier(_Ranker(), _Fixed(), batch_size=3, progress=False)
     assert report.top1 == 0.25 and report.top5 == 0.75  # labels 0 (top 1), 1 and 3 (top 5), 6 (neither)
     assert report.confusion[:, 0].tolist() == [1, 1, 0, 1, 0, 0, 1]
+
+
+def test_synth_masks_cover_each_shape_and_the_multi_label_variant_writes_its_csv(tmp_path):
+    generate_classification(tmp_path / "m", splits={"train": 6}, image_size=64, seed=1, masks=True)
+    images = sorted((tmp_path / "m" / "images" / "train").rglob("*.png"))
+    for path in images:
+        mask = read_image(tmp_path / "m" / "masks" / "train" / path.relative_to(tmp_path / "m" / "images" / "train"))
+        share = (mask[..., 0] > 127).mean()
+        assert 0.05 < share < 0.6  # one shape of side 35..75 % of the image
+    summary = generate_classification(tmp_path / "ml", splits={"train": 20}, image_size=64, seed=1, multi_label=True)
+    classes, items = csv_labels(
+        tmp_path / "ml" / "labels" / "train.csv", tmp_path / "ml" / "images" / "train", multi_label=True
+    )
+    assert len(items) == 20 and all(1 <= len(ids) <= 3 for _, ids in items) and set(classes) <= set(CLASSES)
+    assert any(len(ids) > 1 for _, ids in items)
+    assert sum(summary["train"].values()) == sum(len(ids) for _, ids in items)
+    with pytest.raises(DatasetError, match="CSV"):
+        load_items(tmp_path / "ml" / "images" / "train", None, multi_label=True)

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from models import checkpoints, classification
-from models.classification import CLASSIFICATION, backbone_stages, build_classifier, head_of, load_backbone
+from models.classification import (
+    CLASSIFICATION,
+    Classification,
+    backbone_stages,
+    build_classifier,
+    head_of,
+    load_backbone,
+)
 from models.errors import InvalidInputError, UnknownModelError
 from models.options import ClassifyOptions
 from models.train import common
@@ -150,12 +157,12 @@ def test_the_task_answers_the_top_k_best_first_capped_at_the_classes_and_filtere
     x = CLASSIFICATION.model_input(rgb, config)
     assert x.shape == (3, 32, 32)
     options = [ClassifyOptions(top_k=2), ClassifyOptions(top_k=10), ClassifyOptions(min_probability=0.99)]
-    two, every, none = CLASSIFICATION.run_batch(model, config, [x, x, x], options)
+    two, every, none = (c.labels for c in CLASSIFICATION.run_batch(model, config, [x, x, x], options))
     assert len(two) == 2 and [label.class_name for label in every[:2]] == [label.class_name for label in two]
     assert sorted(label.class_name for label in every) == ["a", "b", "c"]
     assert sum(label.probability for label in every) == pytest.approx(1.0, abs=1e-5)
     assert every[0].probability >= every[1].probability >= every[2].probability and none == []
-    row = CLASSIFICATION.to_row(two, config, options[0])
+    row = CLASSIFICATION.to_row(Classification(two), config, options[0])
     assert [r["class"] for r in row["labels"]] == [label.class_name for label in two]
     with pytest.raises(InvalidInputError, match="top_k"):
         CLASSIFICATION.options(config, {"top_k": 0})
