@@ -65,28 +65,14 @@ def run_synth(args: argparse.Namespace) -> int:
     from models.synth import generate_classification, generate_shapes
 
     splits = {"train": args.train, "val": args.val, "test": args.test}
+    common = {"splits": splits, "image_size": args.size, "seed": args.seed, "progress": True}
     if args.task == "classification":
-        summary = generate_classification(
-            args.out,
-            splits=splits,
-            image_size=args.size,
-            domain=args.domain,
-            seed=args.seed,
-            masks=args.masks,
-            multi_label=args.multi_label,
-            progress=True,
+        own = {"domain": args.domain, "masks": args.masks, "multi_label": args.multi_label}
+        summary = generate_classification(args.out, **common, **own)
+    else:
+        summary = generate_shapes(
+            args.out, **common, max_shapes=args.max_shapes, solid_backgrounds=args.solid_backgrounds
         )
-        print(json.dumps(summary, indent=2, default=str))
-        return 0
-    summary = generate_shapes(
-        args.out,
-        splits={"train": args.train, "val": args.val, "test": args.test},
-        image_size=args.size,
-        max_shapes=args.max_shapes,
-        solid_backgrounds=args.solid_backgrounds,
-        seed=args.seed,
-        progress=True,
-    )
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
