@@ -14,7 +14,7 @@ from pathlib import Path
 from models.tasks import get_task
 from services.host import ModelHost, ServingConfig
 from services.imaging import Decoder
-from services.kserve import KServeServicer
+from services.kserve_grpc import KServeServicer
 from services.metrics import ServingMetrics
 from services.metrics_http import start_metrics_endpoint
 from services.models import ModelServicer
