@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from models.classification import Label
+from models.visualize import draw_text_band
 from services.pb import classification_pb2, classification_pb2_grpc
 from services.pipeline import Answer
 from services.typed import TypedService, model_ref, timings_proto
@@ -11,6 +14,11 @@ from services.typed import TypedService, model_ref, timings_proto
 class ClassificationServicer(classification_pb2_grpc.ClassificationServiceServicer, TypedService):
     task, client_stream, stream_window = "classification", "classify_stream", 32
     unary_rpcs, stream_rpcs = {"Classify": "call"}, {"ClassifyStream": "call"}
+    http_routes = {"classify": "Classify"}
+
+    def picture(self, request: classification_pb2.ClassifyRequest, answer: Answer) -> np.ndarray:
+        """The image above its most probable classes."""
+        return draw_text_band(answer.images[0], [f"{x.class_name} {x.probability:.3f}" for x in answer.outputs[0]])
 
     def respond(
         self, request: classification_pb2.ClassifyRequest, answer: Answer

@@ -56,6 +56,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="interface of the metrics endpoint (default: --host), e.g. 127.0.0.1 to keep it local",
     )
     p.add_argument(
+        "--http-port",
+        type=_metrics_port,
+        default=os.environ.get("CVTASKS_HTTP_PORT", "off"),
+        help="also serve HTTP/REST on this port of --host, from the same process and models: KServe v2 "
+        "REST at /v2, typed routes at /v1/models/NAME/detect etc., the OpenAPI docs at /docs (0 = any "
+        "free port; the URL is printed). HTTPS when TLS is on; tokens as on gRPC. "
+        "Default: $CVTASKS_HTTP_PORT, else off",
+    )
+    p.add_argument(
         "--health-port",
         type=_metrics_port,
         default=os.environ.get("CVTASKS_HEALTH_PORT", "off"),
@@ -166,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         grace_s=args.grace_s,
         security=security,
         health_port=args.health_port,
+        http_port=args.http_port,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
     )
     app = build_app(args.task, args.model_store, serving, models=args.models, default_model=args.default_model)
@@ -175,6 +185,12 @@ def run(args: argparse.Namespace) -> int:
 
     def metrics(url: str) -> None:
         print(f"cvtasks: metrics on {url}", flush=True)
+
+    def http(port: int) -> None:
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(args.host, args.host)
+        print(
+            f"cvtasks: HTTP on {'https' if security.tls_cert else 'http'}://{host}:{port} (docs at /docs)", flush=True
+        )
 
     def health(port: int) -> None:
         print(f"cvtasks: health on {args.host}:{port} (plaintext, health service only)", flush=True)
@@ -188,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
             metrics_host=args.metrics_host,
             on_metrics=metrics,
             on_health=health,
+            on_http=http,
         )
     )
     return 0
