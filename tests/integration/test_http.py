@@ -386,3 +386,23 @@ def test_a_queued_request_past_its_deadline_is_504_and_a_stop_drains_the_one_in_
     assert replies["result"].as_numpy("IMAGE").shape == (1, 32, 32, 3)
     with pytest.raises(OSError):
         call(f"{server.http_url}/v2/health/live", timeout=5)
+
+
+def test_keep_alive_responses_do_not_wait_for_delayed_acks(server):
+    """TCP_NODELAY on the HTTP connections: with Nagle on, each response's body waited for the
+    client's delayed ACK, >= 40 ms per request on one connection (found by benchmarks/http_vs_grpc.py)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server.http_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    seconds = []
+    try:
+        for _ in range(10):
+            started = time.perf_counter()
+            connection.request("GET", "/v2/health/live")
+            assert connection.getresponse().read() == b'{"live":true}'
+            seconds.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+    assert min(seconds[1:]) < 0.02, seconds
