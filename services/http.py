@@ -207,6 +207,26 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": message, "code": "INTERNAL"}, status_code=500)
 
 
+def _docs(app: FastAPI, title: str) -> None:
+    """The interactive docs page at /docs: Swagger UI from the swagger-ui-bundle-v2 package, served
+    here (FastAPI's default page loads it from a CDN, which an offline server cannot reach)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs/static", StaticFiles(directory=str(swagger_ui_path)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Any:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{title} API",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon-32x32.png",
+        )
+
+
 def create_http_app(
     routers: list[Any],
     *,
@@ -217,9 +237,10 @@ def create_http_app(
     version: str = "",
 ) -> FastAPI:
     """The FastAPI app over ``routers`` (APIRouters), with the shared rules of this module."""
-    app = FastAPI(title=title, version=version, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+    app = FastAPI(title=title, version=version, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     for router in routers:
         app.include_router(router)
+    _docs(app, title)
     app.add_exception_handler(CvtasksError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
