@@ -105,7 +105,10 @@ def send_until_answered(
                 if reply.status != 100:
                     return reply, sent
                 waiting = False
-            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if chunked else chunk)
+            try:
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if chunked else chunk)
+            except (BrokenPipeError, ConnectionResetError):  # it answered and closed: read what it said
+                return _read_reply(sock, HTTPResponse), sent
             sent += len(chunk)
         if chunked:
             sock.sendall(b"0\r\n\r\n")

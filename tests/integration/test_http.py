@@ -171,7 +171,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read_in_full(server):
     reply, sent = _stream(server, size, length=True, expect=True)  # curl's way for a large file
     assert reply.status == 413 and sent == 0 and "--max-message-mb" in reply.error
     reply, sent = _stream(server, size, length=True)  # the length is read before the body
-    assert reply.status == 413 and sent < LIMIT
+    assert reply.status == 413 and sent < size // 4  # (what was sent went into socket buffers, unread)
     reply, sent = _stream(server, size)  # no length: counted as it streams, refused at the limit
     assert reply.status == 413 and LIMIT <= sent < size // 4
 
