@@ -164,7 +164,7 @@ def to_array(tensor: InputTensor, spec: TensorSpec) -> np.ndarray:
         return _values_array(tensor, dtype, shape, count)
     if len(tensor.raw) != count * dtype.itemsize:
         raise InvalidInputError(
-            f"input {tensor.name}: {len(tensor.raw)} bytes of binary data for {tensor.datatype} {list(shape)} "
+            f"input {tensor.name}: {len(tensor.raw)} bytes of raw data for {tensor.datatype} {list(shape)} "
             f"({count * dtype.itemsize} expected)"
         )
     return np.frombuffer(tensor.raw, dtype).reshape(shape)
