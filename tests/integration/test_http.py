@@ -409,3 +409,18 @@ def test_keep_alive_responses_do_not_wait_for_delayed_acks(server):
     finally:
         connection.close()
     assert min(seconds[1:]) < 0.02, seconds
+
+
+def test_under_mutual_tls_the_http_port_needs_a_client_certificate(store, pki):  # noqa: F811
+    import ssl
+
+    security = SecurityConfig(
+        tls_cert=str(pki / "server.crt"), tls_key=str(pki / "server.key"), tls_client_ca=str(pki / "ca.crt")
+    )
+    with running_server(task="generation", model_store=store, models=[GENERATOR], http_port=0, security=security) as s:
+        url = s.http_url.replace("127.0.0.1", "localhost") + "/v2/health/live"
+        with pytest.raises(OSError):  # the handshake fails without a certificate
+            call(url, context=_tls(pki), timeout=10)
+        context = _tls(pki)
+        context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+        assert isinstance(context, ssl.SSLContext) and call(url, context=context).json() == {"live": True}
