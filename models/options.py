@@ -237,6 +237,20 @@ class GenerateOptions(Options):
 
 
 @dataclass(frozen=True)
+class InterpolateOptions(Options):
+    """A path of images between two seeds' first latents (the Interpolate request's own fields;
+    not a batch option, so not in TASK_OPTIONS)."""
+
+    task: ClassVar[str] = "generation"
+    start_seed: int = option(0, "the seed of the path's first image", low=0, high=2**64 - 1)
+    end_seed: int = option(1, "the seed of its last image", low=0, high=2**64 - 1)
+    steps: int = option(8, "images on the path, both ends included", low=2, high=MAX_IMAGES)
+    interpolation: str = option(
+        "spherical", "spherical (along the sphere latents lie near) or linear", choices=("spherical", "linear")
+    )
+
+
+@dataclass(frozen=True)
 class ClassifyOptions(Options):
     """Which labels to return: the ``top_k`` most probable (at most the model's class count), best
     first; from a multi-label model every label over ``threshold``. ``explain``: with a Grad-CAM map."""

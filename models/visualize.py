@@ -40,6 +40,22 @@ def draw_detections(image: np.ndarray, detections: Sequence[Detection], *, thick
     return out
 
 
+def draw_text_band(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """``image`` (RGB uint8 HxWx3) above a white band holding ``lines`` (wrapped to its width):
+    a caption or a list of labels shown with the picture they describe."""
+    height, width = image.shape[:2]
+    scale = max(0.35, min(0.8, width / 700))
+    (char_w, line_h), base = cv2.getTextSize("M", cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    per_line = max(8, int((width - 8) / (char_w * 0.75)))  # "M" is the widest letter
+    wrapped = [part for line in lines for part in (textwrap.wrap(line, per_line) or [""])]
+    step = line_h + base + 6
+    band = np.full((step * len(wrapped) + 6, width, 3), 255, np.uint8)
+    for i, text in enumerate(wrapped):
+        y = 4 + line_h + i * step
+        cv2.putText(band, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([np.ascontiguousarray(image[..., :3]), band], axis=0)
+
+
 def overlay_labels(
     image: np.ndarray, labels: np.ndarray, *, alpha: float = 0.5, skip_background: bool = True
 ) -> np.ndarray:

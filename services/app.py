@@ -1,5 +1,5 @@
 """Assemble a serving process: per-task model hosts, the request pipeline over them, the typed
-servicers, KServe v2 and ModelService.
+servicers, KServe v2 and ModelService over gRPC, and (``--http-port``) the same over HTTP.
 
 A new task plugs in with one ``services.tasks.SERVICES`` entry (its typed servicer and KServe codec).
 """
@@ -10,17 +10,20 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from models.tasks import get_task
 from services.host import ModelHost, ServingConfig
 from services.imaging import Decoder
-from services.kserve import KServeServicer
+from services.kserve import server_version
+from services.kserve_grpc import KServeServicer
 from services.metrics import ServingMetrics
 from services.metrics_http import start_metrics_endpoint
 from services.models import ModelServicer
 from services.pipeline import Pipeline
 from services.server import ServerConfig, Servicer, serve
 from services.tasks import SERVICES
+from services.typed import TypedService
 
 
 @dataclass
@@ -31,6 +34,28 @@ class App:
     hosts: list[ModelHost]
     decoder: Decoder
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
+    serving: bool = False  # SERVING (models warm, not draining): what HTTP's ready route says
+
+    def set_serving(self, serving: bool) -> None:
+        self.serving = serving
+
+    def http_app(self, config: ServerConfig) -> Any:
+        """The HTTP/REST app (services/http.py) over the same servicers, pipeline and models."""
+        from services.http import create_http_app
+        from services.http_typed import typed_router
+        from services.kserve_rest import kserve_router
+
+        typed = [s for s in self.servicers if isinstance(s, TypedService)]
+        models = next(s for s in self.servicers if isinstance(s, ModelServicer))
+        kserve = next(s for s in self.servicers if isinstance(s, KServeServicer))
+        routers = [kserve_router(kserve.plane, lambda: self.serving), typed_router(typed, models)]
+        return create_http_app(
+            routers,
+            security=config.security,
+            max_body_bytes=config.max_message_bytes,
+            metrics=self.metrics,
+            version=server_version(),
+        )
 
     async def startup(self) -> None:
         for host in self.hosts:
@@ -85,7 +110,16 @@ async def run_app(
     try:
         if endpoint is not None and on_metrics is not None:
             on_metrics(endpoint.url)
-        await serve(config, app.servicers, startup=app.startup, shutdown=app.shutdown, metrics=app.metrics, **kwargs)
+        await serve(
+            config,
+            app.servicers,
+            startup=app.startup,
+            shutdown=app.shutdown,
+            metrics=app.metrics,
+            http_app=app.http_app(config) if config.http_port is not None else None,
+            on_serving=app.set_serving,
+            **kwargs,
+        )
     finally:
         if endpoint is not None:
             await asyncio.to_thread(endpoint.close)

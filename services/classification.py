@@ -7,6 +7,7 @@ import numpy as np
 from models.classification import Classification, Label
 from models.explain import heatmap_png_pixels, overlay_heatmap
 from models.preprocessing import decode_image, encode_image
+from models.visualize import draw_text_band
 from services.pb import classification_pb2, classification_pb2_grpc
 from services.pipeline import Answer
 from services.typed import TypedService
@@ -15,6 +16,11 @@ from services.typed import TypedService
 class ClassificationServicer(classification_pb2_grpc.ClassificationServiceServicer, TypedService):
     task, client_stream, stream_window = "classification", "classify_stream", 32
     unary_rpcs, stream_rpcs = {"Classify": "call"}, {"ClassifyStream": "call"}
+    http_routes = {"classify": "Classify"}
+
+    def picture(self, request: classification_pb2.ClassifyRequest, answer: Answer) -> np.ndarray:
+        """The image above its most probable classes."""
+        return draw_text_band(answer.images[0], [f"{x.class_name} {x.probability:.3f}" for x in answer.outputs[0]])
 
     def respond(
         self, request: classification_pb2.ClassifyRequest, answer: Answer

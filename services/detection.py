@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from models.visualize import draw_detections
 from services.pb import common_pb2, detection_pb2, detection_pb2_grpc
 from services.pipeline import Answer
 from services.typed import TypedService
@@ -10,6 +13,11 @@ from services.typed import TypedService
 class DetectionServicer(detection_pb2_grpc.DetectionServiceServicer, TypedService):
     task, client_stream, stream_window = "detection", "detect_stream", 32
     unary_rpcs, stream_rpcs = {"Detect": "call"}, {"DetectStream": "call"}
+    http_routes = {"detect": "Detect"}
+
+    def picture(self, request: detection_pb2.DetectRequest, answer: Answer) -> np.ndarray:
+        """The image with its boxes, class names and scores drawn."""
+        return draw_detections(answer.images[0], answer.outputs[0])
 
     def respond(self, request: detection_pb2.DetectRequest, answer: Answer) -> detection_pb2.DetectResponse:
         detections = [

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from models.errors import InvalidInputError
-from models.generation import LatentPrior, given_latents, path_latents
+from models.generation import LatentPrior, given_latents, image_grid, path_latents
+from models.options import GenerateOptions, InterpolateOptions
 from models.preprocessing import encode_image
 from services.pb import common_pb2, generation_pb2, generation_pb2_grpc
 from services.pipeline import Answer, Call
@@ -46,6 +47,17 @@ def images_proto(pixels: np.ndarray, z: torch.Tensor, fmt: int) -> list[generati
 class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer, TypedService):
     task = "generation"
     unary_rpcs = {"Generate": "generate_call", "Interpolate": "interpolate_call"}
+    http_routes = {"generate": "Generate", "interpolate": "Interpolate"}
+    route_options = {"Generate": GenerateOptions, "Interpolate": InterpolateOptions}
+
+    def picture(
+        self, request: generation_pb2.GenerateRequest | generation_pb2.InterpolateRequest, answer: Answer
+    ) -> np.ndarray:
+        """The images in a grid; an interpolation path in one row."""
+        images = answer.outputs[0]
+        return image_grid(
+            images, columns=len(images) if isinstance(request, generation_pb2.InterpolateRequest) else None
+        )
 
     def generate_call(self, request: generation_pb2.GenerateRequest) -> Call:
         """``count`` latents of ``seed`` from the model's prior, or the request's own latents."""

@@ -1,5 +1,7 @@
 """The KServe v2 path's per-task codecs: input tensors + parameters -> a pipeline ``Call``; the
-``Answer`` -> output tensors. services/kserve.py runs the RPCs and (de)serialises tensors.
+``Answer`` -> output tensors. Transport-free (numpy arrays and plain values): services/kserve.py
+is the data plane over them, and services/kserve_grpc.py and services/kserve_rest.py move its
+tensors over gRPC and over HTTP.
 
 Image tasks (detection, segmentation, captioning, classification) take exactly one of
     IMAGE   BYTES [B]           encoded JPEG/PNG/WebP/BMP/TIFF files, one element per image
@@ -50,11 +52,11 @@ _RESERVED = frozenset(
     {"sequence_id", "sequence_start", "sequence_end", "priority", "timeout", "headers", "binary_data_output"}
 )
 _KINDS = {
-    float: ((int, float), "a number (double_param or int64_param)"),
-    int: ((int,), "an integer (int64_param)"),
-    str: ((str,), "a string (string_param)"),
-    tuple: ((str,), "a comma-separated string (string_param)"),
-    bool: ((bool,), "a boolean (bool_param)"),
+    float: ((int, float), "a number"),
+    int: ((int,), "an integer"),
+    str: ((str,), "a string"),
+    tuple: ((str,), "a comma-separated string"),
+    bool: ((bool,), "a boolean"),
 }
 
 
@@ -64,19 +66,20 @@ def kserve_parameters(cls: type[Options]) -> list[str]:
 
 
 def options_from_parameters(cls: type[Options], parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The request's ``parameters`` (InferParameter values) as option values, by name and kind.
-    An unknown name is refused (a typo would otherwise silently keep the default)."""
+    """The request's parameters (name -> a plain value: bool, int, float or str; None: unset), as
+    option values, by name and kind. Each transport reads its own wire form into plain values
+    (gRPC: the InferParameter's set field; REST: the JSON value). An unknown name is refused (a
+    typo would otherwise silently keep the default)."""
     known = {f.name: f for f in dataclasses.fields(cls) if spec_of(f).kserve}
     given: dict[str, Any] = {}
-    for key, param in parameters.items():
+    for key, value in parameters.items():
         if key in _RESERVED or key.startswith("triton_"):
             continue
         if key not in known:
             raise InvalidInputError(f"unknown parameter `{shown(key)}`; this model takes {sorted(known)}")
-        choice = param.WhichOneof("parameter_choice")
-        if choice is None:
+        if value is None:
             continue
-        value, kind = getattr(param, choice), base_type(known[key], cls)
+        kind = base_type(known[key], cls)
         types, what = _KINDS[kind]
         if not isinstance(value, types) or (kind is not bool and isinstance(value, bool)):
             raise InvalidInputError(
@@ -102,7 +105,7 @@ class Codec(ABC):
         return kserve_parameters(TASK_OPTIONS[self.task])
 
     def options(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
-        """The request's parameters as the task's option values."""
+        """The request's parameters (plain values) as the task's option values."""
         return options_from_parameters(TASK_OPTIONS[self.task], parameters)
 
     @abstractmethod

@@ -17,11 +17,13 @@ from services.server import ServerConfig
 
 class ServerAddress(str):
     """ "HOST:PORT" of a running server (a plain str for every caller), plus ``metrics_url``:
-    its Prometheus endpoint, or None when it serves no metrics, and ``health_address``: "HOST:PORT"
-    of its plaintext health port, or None."""
+    its Prometheus endpoint, or None when it serves no metrics, ``health_address``: "HOST:PORT"
+    of its plaintext health port, or None, and ``http_url``: the base URL of its HTTP/REST port
+    ("http://HOST:PORT", https with TLS), or None."""
 
     metrics_url: str | None = None
     health_address: str | None = None
+    http_url: str | None = None
 
 
 @contextlib.contextmanager
@@ -36,13 +38,16 @@ def running_server(
     grace_s: float = 5.0,
     metrics_port: int | None = None,
     health_port: int | None = None,
+    http_port: int | None = None,
     security: SecurityConfig = SecurityConfig(),
+    max_message_bytes: int | None = None,
     **serving: Any,
 ) -> Iterator[ServerAddress]:
     """Serve ``task`` (or several) from ``model_store`` until the block ends; yields "HOST:PORT" once SERVING.
     On exit, in-flight calls get ``grace_s`` seconds before they are cancelled. With ``metrics_port``
     (0 = any free port) the Prometheus endpoint runs too; its URL is the address's ``metrics_url``; with
-    ``health_port``, so does the plaintext health port (``health_address``)."""
+    ``health_port``, so does the plaintext health port (``health_address``), and with ``http_port``
+    HTTP/REST (``http_url``)."""
     app = build_app(
         [task] if isinstance(task, str) else list(task), model_store, ServingConfig(**serving), models=models
     )
@@ -57,7 +62,16 @@ def running_server(
         async def go() -> None:
             state["stop"] = asyncio.Event()
             state["loop"] = asyncio.get_running_loop()
-            config = ServerConfig(host=host, port=port, grace_s=grace_s, security=security, health_port=health_port)
+            limit = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
+            config = ServerConfig(
+                host=host,
+                port=port,
+                grace_s=grace_s,
+                security=security,
+                health_port=health_port,
+                http_port=http_port,
+                **limit,
+            )
             await run_app(
                 app,
                 config,
@@ -66,6 +80,9 @@ def running_server(
                 metrics_port=metrics_port,
                 on_metrics=lambda url: state.update(metrics_url=url),
                 on_health=lambda bound: state.update(health_address=f"{host}:{bound}"),
+                on_http=lambda bound: state.update(
+                    http_url=f"{'https' if security.tls_cert else 'http'}://{host}:{bound}"
+                ),
             )
 
         try:
@@ -85,6 +102,7 @@ def running_server(
         address = ServerAddress(f"{host}:{state['port']}")
         address.metrics_url = state.get("metrics_url")
         address.health_address = state.get("health_address")
+        address.http_url = state.get("http_url")
         yield address
     finally:
         state["loop"].call_soon_threadsafe(state["stop"].set)

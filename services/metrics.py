@@ -2,10 +2,12 @@
 
 Series (every name starts with ``cvtasks_``):
 
-- ``cvtasks_requests_total{model, method, status}``: finished RPCs. ``method`` is the full gRPC
-  path (``/cvtasks.v1.DetectionService/Detect``), ``status`` the gRPC status name (``OK``,
-  ``INVALID_ARGUMENT``, ...), ``model`` the served model the RPC resolved ("" when it resolved
-  none: health checks, ListModels, an unknown model name). A stream RPC counts once.
+- ``cvtasks_requests_total{model, method, status}``: finished RPCs and HTTP requests. ``method``
+  is the full gRPC path (``/cvtasks.v1.DetectionService/Detect``) or the HTTP route (``POST
+  /v1/models/{name}/detect``), ``status`` the gRPC status name (``OK``, ``INVALID_ARGUMENT``, ...)
+  or the HTTP status code (``200``, ``413``), ``model`` the served model the request resolved (""
+  when it resolved none: health checks, ListModels, an unknown model name). A stream RPC counts
+  once. services/http.py opens an HTTP request's record as the interceptor does an RPC's.
 - ``cvtasks_request_latency_seconds{model, stage}``: histogram per request item; ``stage`` is
   preprocess (decode), queue (waiting for a batch), inference (the batch's model call),
   postprocess (batch end -> response built) or total.

@@ -29,7 +29,7 @@ class ModelSource(Protocol):
     def set_default(self, name: str) -> None: ...
 
 
-def _to_proto(info: LoadedModelInfo) -> models_pb2.ModelInfo:
+def info_proto(info: LoadedModelInfo) -> models_pb2.ModelInfo:
     return models_pb2.ModelInfo(
         name=info.name,
         task=info.task,
@@ -61,13 +61,13 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
 
     async def ListModels(self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext):
         infos = [i for i in self._all() if not request.task or i.task == request.task]
-        return models_pb2.ListModelsResponse(models=[_to_proto(i) for i in infos])
+        return models_pb2.ListModelsResponse(models=[info_proto(i) for i in infos])
 
     async def GetModel(self, request: models_pb2.GetModelRequest, context: grpc.aio.ServicerContext):
         infos = self._all()
         for info in infos:
             if info.name == request.name or (not request.name and info.is_default):
-                return _to_proto(info)
+                return info_proto(info)
         raise UnknownModelError(
             f"Unknown model `{shown(request.name)}`. This server serves: {sorted(i.name for i in infos)}"
         )
@@ -94,7 +94,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         await source.load(request.name)
         if request.make_default:
             source.set_default(request.name)
-        return next(_to_proto(i) for i in source.list_models() if i.name == request.name)
+        return next(info_proto(i) for i in source.list_models() if i.name == request.name)
 
     async def UnloadModel(self, request: models_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext):
         if not request.name:

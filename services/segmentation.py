@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from models.preprocessing import encode_image
 from models.segmentation import Segmentation, class_areas, class_contours, labels_from_png
 from models.visualize import overlay_labels
@@ -13,6 +15,11 @@ from services.typed import TypedService
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer, TypedService):
     task, client_stream = "segmentation", "segment_stream"
     unary_rpcs, stream_rpcs = {"Segment": "call"}, {"SegmentStream": "call"}
+    http_routes = {"segment": "Segment"}
+
+    def picture(self, request: segmentation_pb2.SegmentRequest, answer: Answer) -> np.ndarray:
+        """The image with each class blended on in its colour (the overlay)."""
+        return overlay_labels(answer.images[0], answer.outputs[0].labels, alpha=answer.options.overlay_alpha)
 
     def respond(self, request: segmentation_pb2.SegmentRequest, answer: Answer) -> segmentation_pb2.SegmentResponse:
         """The label map PNG, class areas, and the overlay and contours when asked for."""

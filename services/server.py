@@ -42,14 +42,17 @@ class ServerConfig:
     max_concurrent_rpcs: int | None = None
     security: SecurityConfig = field(default_factory=SecurityConfig)  # TLS and tokens (none by default)
     health_port: int | None = None  # also serve gRPC health alone, in plaintext, on this port (0: any free port)
+    http_port: int | None = None  # also serve HTTP/REST (services/http.py) on this port of ``host`` (0: any free port)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
-        if self.health_port is not None and not 0 <= self.health_port <= 65535:
-            raise ValueError(f"health_port must be in 0..65535 (0 = any free port), got {self.health_port}")
+        for name in ("health_port", "http_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                raise ValueError(f"{name} must be in 0..65535 (0 = any free port), got {value}")
         if self.grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
 
@@ -280,17 +283,30 @@ async def serve(
     on_health: Callable[[int], None] | None = None,
     stop_event: asyncio.Event | None = None,
     metrics: ServingMetrics | None = None,
+    http_app: Any = None,
+    on_http: Callable[[int], None] | None = None,
+    on_serving: Callable[[bool], None] | None = None,
 ) -> None:
     """Listen, run ``startup`` (load + warm up models), report SERVING, and run until SIGTERM/SIGINT
     (or ``stop_event``); then NOT_SERVING, finish in-flight requests within grace_s, ``shutdown``.
-    With ``config.health_port``, health is also served alone on that port (``on_health`` gets it)."""
+    With ``config.health_port``, health is also served alone on that port (``on_health`` gets it).
+    With ``config.http_port``, ``http_app`` (an ASGI app: services/http.py) is served on that port,
+    in this event loop, and drained with the gRPC server (``on_http`` gets the port);
+    ``on_serving`` hears when SERVING begins (True) and ends (False)."""
     health_servicer = new_health()
     server, port = await create_server(config, servicers, health_servicer=health_servicer, metrics=metrics)
-    health_server = None
+    health_server = http = None
     if config.health_port is not None:
         health_server, health_port = await start_health_server(config, health_servicer, metrics)
         if on_health is not None:
             on_health(health_port)
+    if config.http_port is not None and http_app is not None:
+        from services.http import HttpEndpoint  # uvicorn and FastAPI load only for a server that serves HTTP
+
+        http = HttpEndpoint(http_app, config.host, config.http_port, config.security, config.grace_s)
+        http_port = await http.start()
+        if on_http is not None:
+            on_http(http_port)
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -304,6 +320,8 @@ async def serve(
         if startup is not None:
             await startup()
         await set_health(health_servicer, [s.service_name for s in servicers], serving=True)
+        if on_serving is not None:
+            on_serving(True)
         log.info("serving", extra={"port": port})
         if on_ready is not None:
             on_ready(port)
@@ -311,7 +329,9 @@ async def serve(
     finally:
         log.info("stopping", extra={"grace_s": config.grace_s})
         await set_health(health_servicer, [s.service_name for s in servicers], serving=False)
-        await server.stop(config.grace_s)
+        if on_serving is not None:
+            on_serving(False)
+        await asyncio.gather(server.stop(config.grace_s), *([http.stop()] if http is not None else []))
         if health_server is not None:
             await health_server.stop(0)
         if shutdown is not None:

@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
 
 import grpc
+import numpy as np
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from models.checkpoints import ModelConfig
 from models.errors import InvalidInputError
-from models.options import TASK_OPTIONS
+from models.options import TASK_OPTIONS, Options
 from services.imaging import ImageData, RawPixels
 from services.pb import common_pb2
 from services.pipeline import Answer, Call, Pipeline
@@ -91,8 +92,12 @@ class TypedService(ABC):
     stream_rpcs: ClassVar[dict[str, str]] = {}
     stream_window: ClassVar[int] = 16  # stream items in flight at once (so the batcher can batch them)
     client_stream: ClassVar[str] = ""  # the client's method for the stream RPC (remote batch jobs)
+    http_routes: ClassVar[dict[str, str]] = {}  # POST /v1/models/{name}/<verb> -> the unary RPC it runs
+    # The options of an RPC whose request carries no options message (they are its own fields).
+    route_options: ClassVar[dict[str, type[Options]]] = {}
     # Set from the generated code (__init_subclass__):
     service_name: ClassVar[str]
+    service: ClassVar[Any]  # its ServiceDescriptor
     add_servicer: ClassVar[Callable[[Any, grpc.aio.Server], None]]
     Response: ClassVar[type[Message]]  # what a stream answers a failed item with (``error`` set)
     options_message: ClassVar[type[Message] | None]  # which of a batch job's options its requests carry
@@ -106,7 +111,7 @@ class TypedService(ABC):
         service = sys.modules[generated.__module__.removesuffix("_grpc")].DESCRIPTOR.services_by_name[
             generated.__name__.removesuffix("Servicer")
         ]
-        cls.service_name = service.full_name
+        cls.service_name, cls.service = service.full_name, service
         cls.add_servicer = staticmethod(getattr(grpc_module, f"add_{generated.__name__}_to_server"))
         method = service.methods_by_name[next(iter(cls.unary_rpcs))]
         cls.Response = message_factory.GetMessageClass(method.output_type)
@@ -153,10 +158,23 @@ class TypedService(ABC):
         """A response back as the task's output (what run_batch returned), for remote batch jobs."""
         raise NotImplementedError
 
+    def picture(self, request: Any, answer: Answer) -> np.ndarray:
+        """The answer drawn for people: RGB uint8 (H, W, 3), e.g. the boxes on the image (HTTP's
+        ``Accept: image/png``; run in the decode pool)."""
+        raise NotImplementedError
+
     def failed(self, request: Any, error: common_pb2.ItemError) -> Message:
         return self.Response(request_id=request.request_id, error=error)
 
-    async def handle(self, request: Any, deadline: float | None, call: Callable[[Any], Call]) -> Message:
+    async def handle(
+        self,
+        request: Any,
+        deadline: float | None,
+        call: Callable[[Any], Call],
+        encode: Callable[[Any, Answer], Any] | None = None,
+    ) -> Any:
+        """Run ``request`` through the pipeline; the answer is encoded by ``encode`` (default: the
+        response message, ``respond``) in the decode pool."""
         loaded = self.pipeline.model(self.task, request.model.name)
         async with self.pipeline.run(loaded, call(request), deadline) as answer:
-            return await self.pipeline.encode(self.respond, request, answer)
+            return await self.pipeline.encode(encode or self.respond, request, answer)

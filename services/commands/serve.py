@@ -63,6 +63,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_optional_port(
         p,
+        "http-port",
+        "also serve HTTP/REST on this port of --host, from the same process and models: KServe v2 REST at /v2, "
+        "typed routes at /v1/models/NAME/detect etc., the OpenAPI docs at /docs (the URL is printed). HTTPS "
+        "when TLS is on; tokens as on gRPC.",
+    )
+    add_optional_port(
+        p,
         "health-port",
         "also serve the gRPC health service alone, in plaintext, on this port of --host (for probes "
         "without a client certificate under mutual TLS).",
@@ -176,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         grace_s=args.grace_s,
         security=security,
         health_port=args.health_port,
+        http_port=args.http_port,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
     )
     app = build_app(args.task, args.model_store, serving, models=args.models, default_model=args.default_model)
@@ -185,6 +193,12 @@ def run(args: argparse.Namespace) -> int:
 
     def metrics(url: str) -> None:
         print(f"cvtasks: metrics on {url}", flush=True)
+
+    def http(port: int) -> None:
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(args.host, args.host)
+        print(
+            f"cvtasks: HTTP on {'https' if security.tls_cert else 'http'}://{host}:{port} (docs at /docs)", flush=True
+        )
 
     def health(port: int) -> None:
         print(f"cvtasks: health on {args.host}:{port} (plaintext, health service only)", flush=True)
@@ -198,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
             metrics_host=args.metrics_host,
             on_metrics=metrics,
             on_health=health,
+            on_http=http,
         )
     )
     return 0

@@ -1,7 +1,8 @@
 """`cvtasks serve` in a subprocess, as the CLI tests use it: yields (process, address) once the
 server says it is serving; its log goes to a file that is printed (and so shown by pytest) when
 the test fails. The server runs with PYTHONFAULTHANDLER=1, so a crash leaves its stack in the log;
-the address is a services.launch.ServerAddress (``metrics_url`` with --metrics-port)."""
+the address is a services.launch.ServerAddress (``metrics_url`` with --metrics-port, ``http_url``
+with --http-port)."""
 
 from __future__ import annotations
 
@@ -48,15 +49,17 @@ def cli_server(
             env={**ENV, "PYTHONFAULTHANDLER": "1"},
         )
         try:
-            metrics_url = None
+            metrics_url = http_url = None
             line = proc.stdout.readline()  # "serving" once models are loaded, warmed up and health says SERVING
-            while line.startswith("cvtasks: metrics on ") or line.startswith("cvtasks: health on "):
+            while line.startswith(("cvtasks: metrics on ", "cvtasks: health on ", "cvtasks: HTTP on ")):
                 if "metrics on" in line:
                     metrics_url = line.split(" on ", 1)[1].strip()
+                if "HTTP on" in line:
+                    http_url = line.split(" on ", 1)[1].split()[0]
                 line = proc.stdout.readline()
             assert f"serving {', '.join(tasks)} on" in line, f"the server did not start: {line!r}"
             address = ServerAddress(line.strip().rsplit(" ", 1)[-1])
-            address.metrics_url = metrics_url
+            address.metrics_url, address.http_url = metrics_url, http_url
             yield proc, address
         except BaseException:
             print(f"--- server log {log_path} ---\n{log_path.read_text()}")

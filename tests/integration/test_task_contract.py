@@ -1,12 +1,15 @@
 """The contract every task keeps, run for each (the shape of smp's shared ``BaseModelTester``): a
 unary call, a stream with one bad item in the middle, an unknown model, bad options, the KServe
-path agreeing with the typed RPC, and a batch job that records a bad input and goes on. One real
-server on port 0 serves all five tasks; per-task test files keep only what is task-specific.
+path (over gRPC and over HTTP, with the stock tritonclient clients) and the typed HTTP route
+agreeing with the typed RPC, the HTTP route's picture, and a batch job that records a bad input and
+goes on. One real server on port 0 serves all five tasks over gRPC and HTTP; per-task test files
+keep only what is task-specific.
 
 A new task adds one ``Contract`` to CONTRACTS."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from models import checkpoints
 from models.batch.engine import file_work, index_work, run_local
@@ -23,7 +27,9 @@ from models.batch.job import build_job
 from models.batch.store import Manifest, list_inputs
 from models.preprocessing import decode_image
 from services.client import CvtasksClient
+from services.http_typed import to_json
 from services.launch import running_server
+from tests.web import call, without_timings
 
 BROKEN_PNG = b"\x89PNG\r\n\x1a\n not really"
 
@@ -40,6 +46,12 @@ class Contract:
     kserve_value: Callable[[Any], Any]
     kserve_inputs: Callable[[bytes], dict[str, np.ndarray]]
     kserve_parameters: dict[str, Any] | None = None
+    # The typed HTTP route asking what ``unary`` asks: its verb and query.
+    http: tuple[str, dict[str, str]] = ("", {})
+    # The HTTP JSON made comparable with ``typed_value``; None: the JSON must equal the typed
+    # response's JSON mapping field for field (timings aside).
+    http_value: Callable[[dict], Any] | None = None
+    picture_width: int = 128  # of the route's Accept: image/png answer for the test image
 
 
 def _label_map(response) -> np.ndarray:
@@ -63,6 +75,7 @@ CONTRACTS = {
         lambda r: int(r.as_numpy("COUNT")[0]),
         _encoded,
         {"score_threshold": 0.0},
+        ("detect", {"score_threshold": "0.0"}),
     ),
     "segmentation": Contract(
         "tiny-segmenter",
@@ -73,6 +86,7 @@ CONTRACTS = {
         _label_map,
         lambda r: r.as_numpy("LABEL_MAP")[0],
         _encoded,
+        http=("segment", {}),
     ),
     "captioning": Contract(
         "tiny-captioner",
@@ -83,6 +97,7 @@ CONTRACTS = {
         lambda r: r.captions[0].text,
         lambda r: r.as_numpy("CAPTION")[0, 0].decode(),
         _encoded,
+        http=("caption", {}),
     ),
     "classification": Contract(
         "tiny-classifier",
@@ -94,6 +109,7 @@ CONTRACTS = {
         lambda r: [n.decode() for n in r.as_numpy("CLASS_NAMES")[0]],
         _encoded,
         {"top_k": 3},
+        ("classify", {"top_k": "3"}),
     ),
     "generation": Contract(
         "tiny-generator",
@@ -105,6 +121,9 @@ CONTRACTS = {
         lambda r: r.as_numpy("IMAGE"),
         lambda _: {"SEED": np.array([4], np.int64)},
         {"count": 2},
+        ("generate", {"seed": "4", "count": "2"}),
+        lambda j: np.stack([decode_image(base64.b64decode(i["png"])) for i in j["images"]]),
+        picture_width=2 * (32 + 2) + 2,  # a grid of two 32 px images, 2 px apart
     ),
 }
 TASKS = sorted(CONTRACTS)
@@ -124,7 +143,7 @@ def store(tmp_path_factory, random_detector_store, segmenter_store, captioner_st
 
 @pytest.fixture(scope="module")
 def address(store):
-    with running_server(task=TASKS, model_store=store, max_batch_size=4) as served:
+    with running_server(task=TASKS, model_store=store, max_batch_size=4, http_port=0) as served:
         yield served
 
 
@@ -193,6 +212,59 @@ def test_the_kserve_path_gives_what_the_typed_rpc_gives(address, client, image, 
         triton.close()
     typed = contract.typed_value(contract.unary(client, image, ""))
     assert np.array_equal(np.asarray(contract.kserve_value(result)), np.asarray(typed))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_kserve_rest_path_gives_what_the_typed_rpc_gives(address, client, image, task):
+    contract = CONTRACTS[task]
+    triton = httpclient.InferenceServerClient(address.http_url.removeprefix("http://"), network_timeout=120)
+    try:
+        assert triton.is_server_ready() and triton.is_model_ready(contract.model)
+        tensors = []
+        for name, array in contract.kserve_inputs(image).items():
+            tensor = httpclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "INT64")
+            tensor.set_data_from_numpy(array)  # binary tensor data extension
+            tensors.append(tensor)
+        result = triton.infer(contract.model, tensors, parameters=contract.kserve_parameters)
+    finally:
+        triton.close()
+    typed = contract.typed_value(contract.unary(client, image, ""))
+    assert np.array_equal(np.asarray(contract.kserve_value(result)), np.asarray(typed))
+
+
+def _route(address, task: str, image: bytes, **headers: str):
+    contract = CONTRACTS[task]
+    verb, query = contract.http
+    takes_image = bool(contract.stream)
+    return call(
+        f"{address.http_url}/v1/models/{contract.model}/{verb}",
+        method="POST",
+        body=image if takes_image else None,
+        headers={"Content-Type": "image/png", **headers} if takes_image else headers,
+        query=query,
+    )
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_typed_http_route_gives_what_the_typed_rpc_gives(address, client, image, task):
+    contract = CONTRACTS[task]
+    reply = _route(address, task, image)
+    assert reply.status == 200 and reply.headers["content-type"] == "application/json", reply.body[:300]
+    typed = contract.unary(client, image, "")
+    if contract.http_value is None:
+        assert without_timings(reply.json()) == without_timings(to_json(typed))
+    else:
+        assert np.array_equal(contract.http_value(reply.json()), contract.typed_value(typed))
+    assert reply.json()["model"] == {"name": contract.model, "version": "1"}
+    assert reply.json()["timings"]["total_ms"] > 0
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_typed_http_route_draws_its_answer_when_asked_for_a_png(address, image, task):
+    reply = _route(address, task, image, Accept="image/png")
+    assert reply.status == 200 and reply.headers["content-type"] == "image/png"
+    picture = decode_image(reply.body)
+    assert picture.shape[1] == CONTRACTS[task].picture_width and picture.shape[2] == 3
 
 
 @pytest.mark.parametrize("task", TASKS)
