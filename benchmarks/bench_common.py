@@ -74,6 +74,40 @@ def add_model_arguments(parser: Any, *, images: int, images_help: str = "request
     parser.add_argument("--out", default=None, help="results JSON (default under benchmarks/results/)")
 
 
+def compare_detector_paths(doc: str, out: str, measure: Callable[..., dict[int, dict]]) -> tuple[Any, dict, dict]:
+    """The driver of the benchmarks that compare two request paths on one detector server: parse
+    the flags, make the PNGs, store a random detector unless ``--model-store``, and run
+    ``measure(store, name, images, device=, batch=, concurrencies=)``. Returns (the flags, the rows
+    by concurrency, the run's description for the results file); prints the header."""
+    import argparse
+
+    from bench_models import detector_store
+
+    from models.devices import pick_device
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-store", default=None)
+    parser.add_argument("--model", default="quickstart-detector")
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8, help="the server's max batch size")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default=str(RESULTS_DIR / out))
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    images = synth_png_images(args.images, args.size)
+    with tempfile.TemporaryDirectory() as tmp:
+        store, name = (Path(args.model_store), args.model) if args.model_store else detector_store(Path(tmp))
+        rows = measure(store, name, images, device=str(device), batch=args.batch, concurrencies=args.concurrency)
+    print(
+        f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px, one per "
+        f"request; server max batch {args.batch}"
+    )
+    run = {"device": device_name(device), "model": name, "images": len(images), "image_size": args.size}
+    return args, rows, {**run, "batch": args.batch}
+
+
 def write_results(out: str | Path, results: dict[str, Any]) -> Path:
     """``results`` and the time of measuring as JSON at ``out`` (folders made); prints where."""
     path = Path(out)

@@ -19,12 +19,8 @@ detector (see bench_models.py). Clients and server share the machine's cores.
 
 from __future__ import annotations
 
-import argparse
 import http.client
-import json
 import sys
-import tempfile
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,11 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_common import RESULTS_DIR, device_name, service_throughput, synth_png_images  # noqa: E402
-from bench_models import detector_store  # noqa: E402
+from bench_common import compare_detector_paths, service_throughput, write_results  # noqa: E402
 from kserve_vs_typed import kserve_detect, typed_detect  # noqa: E402
-
-from models.train.common import pick_device  # noqa: E402
 
 
 class HttpClient:
@@ -132,41 +125,9 @@ def print_rows(rows: dict[int, dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-store", default=None)
-    parser.add_argument("--model", default="quickstart-detector")
-    parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8, help="the server's max batch size")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "http_vs_grpc.json"))
-    args = parser.parse_args()
-
-    device = pick_device(args.device)
-    images = synth_png_images(args.images, args.size)
-    with tempfile.TemporaryDirectory() as tmp:
-        store, name = (Path(args.model_store), args.model) if args.model_store else detector_store(Path(tmp))
-        rows = measure(store, name, images, device=str(device), batch=args.batch, concurrencies=args.concurrency)
-    header = (
-        f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px, one per "
-        f"request; server max batch {args.batch}"
-    )
-    print(header)
+    args, rows, run = compare_detector_paths(__doc__, "http_vs_grpc.json", measure)
     print_rows(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = {
-        "device": device_name(device),
-        "model": name,
-        "images": len(images),
-        "image_size": args.size,
-        "batch": args.batch,
-        "by_concurrency": {str(c): r for c, r in rows.items()},
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results written to {out}")
+    write_results(args.out, {**run, "by_concurrency": {str(c): r for c, r in rows.items()}})
 
 
 if __name__ == "__main__":

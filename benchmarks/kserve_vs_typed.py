@@ -12,19 +12,14 @@ stores a randomly initialised tiny detector (see detection_serving.py).
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_common import RESULTS_DIR, device_name, service_throughput, synth_png_images, write_results  # noqa: E402
-from bench_models import detector_store  # noqa: E402
-
-from models.train.common import pick_device  # noqa: E402
+from bench_common import compare_detector_paths, service_throughput, write_results  # noqa: E402
 
 
 def typed_detect(client, data: bytes):
@@ -67,8 +62,7 @@ def measure(
     return rows
 
 
-def report(rows: dict[int, dict], header: str, out: Path, extra: dict) -> None:
-    print(header)
+def print_rows(rows: dict[int, dict]) -> None:
     print(
         f"{'conc':>4}  {'typed Detect img/s':>18} {'p50':>7} {'p99':>7}   {'KServe ModelInfer img/s':>23} "
         f"{'p50':>7} {'p99':>7}   ratio"
@@ -80,42 +74,12 @@ def report(rows: dict[int, dict], header: str, out: Path, extra: dict) -> None:
             f"{k['images_per_s']:23.1f} {k['p50_ms']:6.1f}ms {k['p99_ms']:6.1f}ms   "
             f"{row['ratio_kserve_to_typed']:.2f}"
         )
-    write_results(out, {**extra, "by_concurrency": {str(c): r for c, r in rows.items()}})
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-store", default=None)
-    parser.add_argument("--model", default="quickstart-detector")
-    parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8, help="the server's max batch size")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "kserve_vs_typed.json"))
-    args = parser.parse_args()
-
-    device = pick_device(args.device)
-    images = synth_png_images(args.images, args.size)
-    with tempfile.TemporaryDirectory() as tmp:
-        store, name = (Path(args.model_store), args.model) if args.model_store else detector_store(Path(tmp))
-        rows = measure(store, name, images, device=str(device), batch=args.batch, concurrencies=args.concurrency)
-    header = (
-        f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px, one per "
-        f"request; server max batch {args.batch}"
-    )
-    report(
-        rows,
-        header,
-        Path(args.out),
-        {
-            "device": device_name(device),
-            "model": name,
-            "images": len(images),
-            "image_size": args.size,
-            "batch": args.batch,
-        },
-    )
+    args, rows, run = compare_detector_paths(__doc__, "kserve_vs_typed.json", measure)
+    print_rows(rows)
+    write_results(args.out, {**run, "by_concurrency": {str(c): r for c, r in rows.items()}})
 
 
 if __name__ == "__main__":
