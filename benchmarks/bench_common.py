@@ -74,11 +74,13 @@ def add_model_arguments(parser: Any, *, images: int, images_help: str = "request
     parser.add_argument("--out", default=None, help="results JSON (default under benchmarks/results/)")
 
 
-def compare_detector_paths(doc: str, out: str, measure: Callable[..., dict[int, dict]]) -> tuple[Any, dict, dict]:
-    """The driver of the benchmarks that compare two request paths on one detector server: parse
-    the flags, make the PNGs, store a random detector unless ``--model-store``, and run
-    ``measure(store, name, images, device=, batch=, concurrencies=)``. Returns (the flags, the rows
-    by concurrency, the run's description for the results file); prints the header."""
+def compare_detector_paths(
+    doc: str, out: str, measure: Callable[..., dict[int, dict]], show: Callable[[dict[int, dict]], None]
+) -> None:
+    """The driver of the benchmarks that compare request paths on one detector server: parse the
+    flags, make the PNGs, store a random detector unless ``--model-store``, run ``measure(store,
+    name, images, device=, batch=, concurrencies=)``, print the header and ``show(rows)``, and
+    write the rows by concurrency to ``--out`` (default benchmarks/results/<out>)."""
     import argparse
 
     from bench_models import detector_store
@@ -104,8 +106,9 @@ def compare_detector_paths(doc: str, out: str, measure: Callable[..., dict[int, 
         f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px, one per "
         f"request; server max batch {args.batch}"
     )
+    show(rows)
     run = {"device": device_name(device), "model": name, "images": len(images), "image_size": args.size}
-    return args, rows, {**run, "batch": args.batch}
+    write_results(args.out, {**run, "batch": args.batch, "by_concurrency": {str(c): r for c, r in rows.items()}})
 
 
 def write_results(out: str | Path, results: dict[str, Any]) -> Path:

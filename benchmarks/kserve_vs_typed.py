@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_common import compare_detector_paths, service_throughput, write_results  # noqa: E402
+from bench_common import compare_detector_paths, service_throughput  # noqa: E402
 
 
 def typed_detect(client, data: bytes):
@@ -77,9 +77,7 @@ def print_rows(rows: dict[int, dict]) -> None:
 
 
 def main() -> None:
-    args, rows, run = compare_detector_paths(__doc__, "kserve_vs_typed.json", measure)
-    print_rows(rows)
-    write_results(args.out, {**run, "by_concurrency": {str(c): r for c, r in rows.items()}})
+    compare_detector_paths(__doc__, "kserve_vs_typed.json", measure, print_rows)
 
 
 if __name__ == "__main__":

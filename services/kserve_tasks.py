@@ -132,6 +132,13 @@ _IMAGE_INPUTS = [
 _IMAGE_SIZE = TensorSpec("IMAGE_SIZE", ("INT32",), (-1, 2))
 
 
+def one_of(tensors: Mapping[str, np.ndarray], first: str, second: str, refusal: str) -> str:
+    """Which of two alternative inputs the request gave; InvalidInputError(``refusal``) unless exactly one."""
+    if (first in tensors) == (second in tensors):
+        raise InvalidInputError(refusal)
+    return first if first in tensors else second
+
+
 class ImageCodec(Codec):
     """One model input per image of the request (IMAGE or PIXELS)."""
 
@@ -150,12 +157,14 @@ class ImageCodec(Codec):
     def task_tensors(self, answer: Answer) -> dict[str, np.ndarray]: ...
 
     def call(self, config: ModelConfig, tensors: dict[str, np.ndarray], options: dict[str, Any]) -> Call:
-        if ("IMAGE" in tensors) == ("PIXELS" in tensors):
-            raise InvalidInputError(
-                "give exactly one image input: IMAGE (BYTES [B], encoded JPEG/PNG/WebP/BMP/TIFF "
-                "files) or PIXELS (UINT8 [B, H, W, C], C = 1, 3 or 4)"
-            )
-        if "IMAGE" in tensors:
+        given = one_of(
+            tensors,
+            "IMAGE",
+            "PIXELS",
+            "give exactly one image input: IMAGE (BYTES [B], encoded JPEG/PNG/WebP/BMP/TIFF files) or PIXELS "
+            "(UINT8 [B, H, W, C], C = 1, 3 or 4)",
+        )
+        if given == "IMAGE":
             images: list = [bytes(data) for data in tensors["IMAGE"]]
         else:
             _, height, width, channels = tensors["PIXELS"].shape
@@ -306,12 +315,14 @@ class GenerationCodec(Codec):
         ]
 
     def call(self, config: ModelConfig, tensors: dict[str, np.ndarray], options: dict[str, Any]) -> Call:
-        if ("SEED" in tensors) == ("LATENT" in tensors):
-            raise InvalidInputError(
-                "give exactly one input: SEED (INT64 [1], with the `count` parameter) or "
-                "LATENT (FP32 [N, nz], one image per row)"
-            )
-        if "LATENT" in tensors:
+        given = one_of(
+            tensors,
+            "SEED",
+            "LATENT",
+            "give exactly one input: SEED (INT64 [1], with the `count` parameter) or LATENT (FP32 [N, nz], one "
+            "image per row)",
+        )
+        if given == "LATENT":
             if options.get("count") is not None:
                 raise InvalidInputError("the `count` parameter goes with SEED; with LATENT, N (its rows) is the count")
             rows = tensors["LATENT"].tolist()

@@ -63,15 +63,8 @@ def running_server(
             state["stop"] = asyncio.Event()
             state["loop"] = asyncio.get_running_loop()
             limit = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
-            config = ServerConfig(
-                host=host,
-                port=port,
-                grace_s=grace_s,
-                security=security,
-                health_port=health_port,
-                http_port=http_port,
-                **limit,
-            )
+            ports = {"host": host, "port": port, "health_port": health_port, "http_port": http_port}
+            config = ServerConfig(**ports, grace_s=grace_s, security=security, **limit)
             await run_app(
                 app,
                 config,
