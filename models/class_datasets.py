@@ -26,6 +26,9 @@ from models.errors import DatasetError
 from models.preprocessing import read_image
 
 Items = list[tuple[Path, int]]  # multi-label: (path, tuple of class ids)
+PathLike = str | Path
+Names = Sequence[str] | None  # class names in id order; None: from the data
+Loaded = tuple[tuple[str, ...], Items]  # (class names, items)
 LABEL_SEPARATOR = "|"  # between the classes of a multi-label CSV's label cell
 
 
@@ -96,12 +99,8 @@ def csv_labels(
 
 
 def load_items(
-    images: str | Path,
-    labels: str | Path | None = None,
-    classes: Sequence[str] | None = None,
-    *,
-    multi_label: bool = False,
-) -> tuple[tuple[str, ...], Items]:
+    images: PathLike, labels: PathLike | None = None, classes: Names = None, multi_label: bool = False
+) -> Loaded:
     """A CSV of labels when ``labels`` is given (images relative to ``images``), else ImageFolder
     (single-label only: ``multi_label`` needs the CSV)."""
     if multi_label and not labels:

@@ -34,13 +34,18 @@ LABEL_MAP_PAD = 255  # label-map pixels outside an image smaller than the larges
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """An input or output tensor: KServe datatypes (the first is the advertised one) and the
-    full shape, batch dimension included (-1 = any size)."""
+    """An input or output tensor: KServe datatypes (the first is the advertised one; one may be
+    given as a string) and the full shape, batch dimension included (-1 = any size; default
+    [B, K], a row per image)."""
 
     name: str
     datatypes: tuple[str, ...]
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] = (-1, -1)
     optional: bool = False  # an input that may be absent; an output given only when a parameter asks
+
+    def __post_init__(self) -> None:
+        if isinstance(self.datatypes, str):
+            object.__setattr__(self, "datatypes", (self.datatypes,))
 
     @property
     def datatype(self) -> str:
@@ -132,6 +137,15 @@ _IMAGE_INPUTS = [
 _IMAGE_SIZE = TensorSpec("IMAGE_SIZE", ("INT32",), (-1, 2))
 
 
+_ONE_IMAGE_INPUT = (
+    "give exactly one image input: IMAGE (BYTES [B], encoded JPEG/PNG/WebP/BMP/TIFF files) or PIXELS "
+    "(UINT8 [B, H, W, C], C = 1, 3 or 4)"
+)
+_ONE_GENERATION_INPUT = (
+    "give exactly one input: SEED (INT64 [1], with the `count` parameter) or LATENT (FP32 [N, nz], one image per row)"
+)
+
+
 def one_of(tensors: Mapping[str, np.ndarray], first: str, second: str, refusal: str) -> str:
     """Which of two alternative inputs the request gave; InvalidInputError(``refusal``) unless exactly one."""
     if (first in tensors) == (second in tensors):
@@ -157,13 +171,7 @@ class ImageCodec(Codec):
     def task_tensors(self, answer: Answer) -> dict[str, np.ndarray]: ...
 
     def call(self, config: ModelConfig, tensors: dict[str, np.ndarray], options: dict[str, Any]) -> Call:
-        given = one_of(
-            tensors,
-            "IMAGE",
-            "PIXELS",
-            "give exactly one image input: IMAGE (BYTES [B], encoded JPEG/PNG/WebP/BMP/TIFF files) or PIXELS "
-            "(UINT8 [B, H, W, C], C = 1, 3 or 4)",
-        )
+        given = one_of(tensors, "IMAGE", "PIXELS", _ONE_IMAGE_INPUT)
         if given == "IMAGE":
             images: list = [bytes(data) for data in tensors["IMAGE"]]
         else:
@@ -237,11 +245,7 @@ class CaptioningCodec(ImageCodec):
     task = "captioning"
 
     def task_outputs(self, config: ModelConfig) -> list[TensorSpec]:
-        return [
-            TensorSpec("CAPTION", ("BYTES",), (-1, -1)),
-            TensorSpec("LOG_PROB", ("FP32",), (-1, -1)),
-            TensorSpec("SCORE", ("FP32",), (-1, -1)),
-        ]
+        return [TensorSpec("CAPTION", "BYTES"), TensorSpec("LOG_PROB", "FP32"), TensorSpec("SCORE", "FP32")]
 
     def task_tensors(self, answer: Answer) -> dict[str, np.ndarray]:
         shape = (len(answer.outputs), answer.options.num_captions)
@@ -263,12 +267,12 @@ class ClassificationCodec(ImageCodec):
     task = "classification"
 
     def task_outputs(self, config: ModelConfig) -> list[TensorSpec]:
-        return [
-            TensorSpec("LABELS", ("INT64",), (-1, -1)),
-            TensorSpec("CLASS_NAMES", ("BYTES",), (-1, -1)),
-            TensorSpec("PROBABILITIES", ("FP32",), (-1, -1)),
-            TensorSpec("GRADCAM", ("FP32",), (-1, -1, -1), optional=True),
+        ranked = [
+            TensorSpec("LABELS", "INT64"),
+            TensorSpec("CLASS_NAMES", "BYTES"),
+            TensorSpec("PROBABILITIES", "FP32"),
         ]
+        return [*ranked, TensorSpec("GRADCAM", "FP32", (-1, -1, -1), optional=True)]
 
     def task_tensors(self, answer: Answer) -> dict[str, np.ndarray]:
         classes = len(answer.config.classes)
@@ -315,13 +319,7 @@ class GenerationCodec(Codec):
         ]
 
     def call(self, config: ModelConfig, tensors: dict[str, np.ndarray], options: dict[str, Any]) -> Call:
-        given = one_of(
-            tensors,
-            "SEED",
-            "LATENT",
-            "give exactly one input: SEED (INT64 [1], with the `count` parameter) or LATENT (FP32 [N, nz], one "
-            "image per row)",
-        )
+        given = one_of(tensors, "SEED", "LATENT", _ONE_GENERATION_INPUT)
         if given == "LATENT":
             if options.get("count") is not None:
                 raise InvalidInputError("the `count` parameter goes with SEED; with LATENT, N (its rows) is the count")
