@@ -19,8 +19,11 @@ class ClassificationServicer(classification_pb2_grpc.ClassificationServiceServic
     http_routes = {"classify": "Classify"}
 
     def picture(self, request: classification_pb2.ClassifyRequest, answer: Answer) -> np.ndarray:
-        """The image above its most probable classes."""
-        return draw_text_band(answer.images[0], [f"{x.class_name} {x.probability:.3f}" for x in answer.outputs[0]])
+        """The image (with ``explain``: its Grad-CAM overlay) above its most probable classes."""
+        image, found = answer.images[0], answer.outputs[0]
+        heatmap = found.explanation_map(image.shape[:2])
+        shown = image if heatmap is None else overlay_heatmap(image, heatmap)
+        return draw_text_band(shown, [f"{x.class_name} {x.probability:.3f}" for x in found.labels])
 
     def respond(
         self, request: classification_pb2.ClassifyRequest, answer: Answer
