@@ -6,6 +6,7 @@ KServe GRADCAM output only when asked, a batch job's explanations/<input>.png, a
 
 from __future__ import annotations
 
+import base64
 import json
 
 import grpc
@@ -21,11 +22,12 @@ from models.preprocessing import decode_image, encode_image, read_image
 from services.cli import main as cli_main
 from services.client import CvtasksClient
 from services.launch import running_server
+from tests.web import call
 
 
 @pytest.fixture(scope="module")
 def address(classifier_store):
-    with running_server(task="classification", model_store=classifier_store) as served:
+    with running_server(task="classification", model_store=classifier_store, http_port=0) as served:
         yield served
 
 
@@ -47,6 +49,25 @@ def test_classify_with_explain_returns_an_overlay_and_a_map_of_the_image_size(ad
     assert [c.class_name for c in plain.classes] == [c.class_name for c in explained.classes]
     for r in streamed:  # batched together: the same map, to a rounding of the 8-bit PNG
         assert np.abs(decode_image(r.heatmap_png).astype(int) - heatmap).max() <= 1
+
+
+def test_the_http_route_explains_in_json_and_draws_the_overlay(address, image):
+    route = f"{address.http_url}/v1/models/tiny-classifier/classify"
+    png = {"Content-Type": "image/png"}
+    explained = call(route, method="POST", body=encode_image(image), headers=png, query={"explain": "true"})
+    assert explained.status == 200, explained.body[:300]
+    overlay = decode_image(base64.b64decode(explained.json()["explanation_png"]))
+    assert overlay.shape == (60, 100, 3)
+    plain = call(route, method="POST", body=encode_image(image), headers=png)
+    assert plain.json().get("explanation_png", "") == ""  # (the JSON shows every field, empty ones too)
+    drawn = call(
+        route,
+        method="POST",
+        body=encode_image(image),
+        headers={**png, "Accept": "image/png"},
+        query={"explain": "true"},
+    )
+    assert drawn.status == 200 and decode_image(drawn.body).shape[1] == 100  # the overlay above its classes
 
 
 def test_kserve_gives_gradcam_only_when_asked(address, image):
