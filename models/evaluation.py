@@ -150,9 +150,6 @@ class SegmentationReport:
             "dice": self.dice,
             "classes": list(self.class_names),
             "confusion": self.confusion.tolist(),
-            "ece": self.ece,
-            "ece_bins": ECE_BINS,
-            "reliability": self.reliability().to_json(),
         }
 
     @property
