@@ -76,8 +76,9 @@ class Task(ABC, Generic[Opt]):
         return to_tensor(rgb)
 
     def inputs_of(self, config: ModelConfig, options: Opt) -> list[Any]:
-        """The model inputs of a request that carries no image (generation: latents from a seed)."""
-        raise NotImplementedError(f"{self.name} takes images")
+        """The model inputs of a request that carries no image (generation: latents from a seed);
+        the pipeline asks only a task with ``takes_images = False``."""
+        raise NotImplementedError(f"{self.name} requests carry images: its model inputs come from them")
 
     def input_pixels(self, config: ModelConfig, model_input: Any) -> int:
         """Pixels a ready (not decoded) input will produce: what admission control charges."""

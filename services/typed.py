@@ -153,15 +153,16 @@ class TypedService(ABC):
             fields.update(image_width=width, image_height=height)
         return fields
 
-    @staticmethod
-    def output_of(response: Any) -> Any:
-        """A response back as the task's output (what run_batch returned), for remote batch jobs."""
-        raise NotImplementedError
+    @classmethod
+    def output_of(cls, response: Any) -> Any:
+        """A response back as the task's output (what run_batch returned), for remote batch jobs of
+        image tasks (a task's servicer overrides it; a task without images has its own remote path)."""
+        raise NotImplementedError(f"remote batch jobs do not read {cls.task} responses back as outputs")
 
+    @abstractmethod
     def picture(self, request: Any, answer: Answer) -> np.ndarray:
         """The answer drawn for people: RGB uint8 (H, W, 3), e.g. the boxes on the image (HTTP's
         ``Accept: image/png``; run in the decode pool)."""
-        raise NotImplementedError
 
     def failed(self, request: Any, error: common_pb2.ItemError) -> Message:
         return self.Response(request_id=request.request_id, error=error)
