@@ -76,7 +76,9 @@ def image_row(path: str, response: Any, *, size: bool = True) -> dict[str, Any]:
     return {**row, "width": response.image_width, "height": response.image_height} if size else row
 
 
-def timings_ms(response: Any, fields: Collection[str] = ("total_ms", "inference_ms"), *, short: bool = True):
+def timings_ms(
+    response: Any, fields: Collection[str] = ("total_ms", "inference_ms"), *, short: bool = True
+) -> dict[str, float]:
     """The response's stage timings in ms by field name (``short``: without the ``_ms``)."""
     return {(f.removesuffix("_ms") if short else f): round(getattr(response.timings, f), 2) for f in fields}
 

@@ -153,8 +153,8 @@ def _classify(client: Any, data: Path, out: Path) -> tuple[list[dict], float, Pa
     rows = []
     for (path, label), response in zip(items, client.classify_stream((p.read_bytes() for p, _ in items), top_k=1)):
         best = response.classes[0]
-        rows.append({"image": str(path), "class": best.class_name, "probability": round(best.probability, 4)})
-        rows[-1]["true_class"] = classes[label]
+        found = {"class": best.class_name, "probability": round(best.probability, 4), "true_class": classes[label]}
+        rows.append({"image": str(path), **found})
     top1 = sum(r["class"] == r["true_class"] for r in rows) / max(1, len(rows))
     shown = [(read_image(Path(r["image"])), f"{r['class']} ({r['probability']:.2f})", r["true_class"]) for r in rows]
     sheet = caption_sheet(
