@@ -55,6 +55,7 @@ class App:
             max_body_bytes=config.max_message_bytes,
             metrics=self.metrics,
             version=server_version(),
+            cors_origins=config.cors_origins,
         )
 
     async def startup(self) -> None:

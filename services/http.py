@@ -16,7 +16,9 @@ gRPC interceptors do for RPCs:
   /v1/models/{name}/detect", the route's template; ``status`` the HTTP status code), on the
   process's Prometheus registry; the pipeline's stage timings land there as gRPC's do;
 - TLS with the server's certificate (mutual TLS: a client certificate from its CA);
-- graceful drain: ``stop`` lets requests in flight finish within the grace period.
+- graceful drain: ``stop`` lets requests in flight finish within the grace period;
+- CORS only for the origins given (``cvtasks serve --cors-origin``), off by default;
+- the browser page at ``/`` (services/http_page.py).
 
 ``HttpEndpoint.start`` binds (port 0: a free port, read ``.port``) and serves on the running loop.
 """
@@ -33,12 +35,14 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import CvtasksError
 from services.calls import LogLimiter
 from services.errors import PayloadTooLargeError, http_status_for, status_for, status_message
+from services.http_page import add_page
 from services.metrics import ServingMetrics, begin_rpc
 from services.security import SecurityConfig, bearer_token, token_matches
 
@@ -49,7 +53,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json")  # answered without a token
+OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json", "/ui/")  # answered without a token, as is the page at /
 ERROR_KEY = "cvtasks.error"  # where an error handler leaves the message for the request's log line
 
 
@@ -113,7 +117,7 @@ class TokenCheck:
         self.app, self.tokens = app, tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(OPEN_PATHS):
+        if scope["type"] != "http" or scope["path"] == "/" or scope["path"].startswith(OPEN_PATHS):
             return await self.app(scope, receive, send)
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         token = bearer_token([("authorization", header)])
@@ -235,12 +239,15 @@ def create_http_app(
     metrics: ServingMetrics | None = None,
     title: str = "cvtasks",
     version: str = "",
+    cors_origins: tuple[str, ...] = (),
 ) -> FastAPI:
-    """The FastAPI app over ``routers`` (APIRouters), with the shared rules of this module."""
+    """The FastAPI app over ``routers`` (APIRouters), with the shared rules of this module. CORS is
+    off unless ``cors_origins`` names the origins (``*``: any) whose pages may call this server."""
     app = FastAPI(title=title, version=version, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     for router in routers:
         app.include_router(router)
     _docs(app, title)
+    add_page(app)
     app.add_exception_handler(CvtasksError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
@@ -250,6 +257,15 @@ def create_http_app(
     if tokens:
         app.add_middleware(TokenCheck, tokens=tokens)
     app.add_middleware(RequestLog, metrics=metrics, limiter=LogLimiter())
+    if cors_origins:  # outermost: a preflight is answered before the token check, which it cannot pass
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "Inference-Header-Content-Length"],
+            expose_headers=["Inference-Header-Content-Length"],
+            max_age=600,
+        )
     return app
 
 

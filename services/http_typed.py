@@ -16,6 +16,9 @@ grid of generated images).
   field's name (or its flag's name: ``classes`` for ``class_filter``); a list is repeated or
   comma-separated; booleans are true/false/1/0/yes/no. The OpenAPI schema lists them with their
   defaults, bounds and help, from the same declaration.
+- The deadline: ``timeout_s`` (a query or form field, seconds), as a gRPC client's deadline: cut
+  to the server's ``--max-deadline-s``, ``--default-deadline-s`` when not given; a request still
+  queued at its deadline is dropped and answered 504.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from services.proto_options import options_to_proto
 from services.typed import TypedService
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/bmp", "image/tiff")
+TIMEOUT = "timeout_s"  # the request's deadline, not an option of the task
+_TIMEOUT_HELP = "the request's deadline in seconds (cut to the server's maximum; default: the server's default)"
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 _NO_IMAGE = (
     "the request has no image: send the image file as the body (curl --data-binary @photo.jpg "
@@ -197,12 +202,24 @@ def _wants_png(request: Request) -> bool:
     return False
 
 
+def _timeout(values: list[str] | None) -> float | None:
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise InvalidInputError(f"`{TIMEOUT}` is given {len(values)} times; give it once")
+    seconds = _value(TIMEOUT, values[0].strip(), float)
+    if not 0 < seconds < float("inf"):
+        raise InvalidInputError(f"`{TIMEOUT}` must be a number of seconds > 0, got {shown(values[0])!r}")
+    return seconds
+
+
 async def _run(route: Route, request: Request, name: str) -> Response:
     image, raw = await _read(route, request)
+    timeout = _timeout(raw.pop(TIMEOUT, None))
     message = route.request(name, image, _parse(route, raw))
     servicer = route.servicer
     call = getattr(servicer, servicer.unary_rpcs[route.rpc])
-    when = deadline(servicer.pipeline.limits)
+    when = deadline(servicer.pipeline.limits, timeout)
     if _wants_png(request):
 
         def png(req: Message, answer: Any) -> bytes:
@@ -249,6 +266,10 @@ def _openapi(route: Route) -> dict[str, Any]:
         }
         for f in fields
     ]
+    timeout = {"type": "number", "exclusiveMinimum": 0}
+    parameters.append(
+        {"name": TIMEOUT, "in": "query", "required": False, "description": _TIMEOUT_HELP, "schema": timeout}
+    )
     binary = {"type": "string", "format": "binary"}
     responses = {
         "200": {
@@ -259,7 +280,7 @@ def _openapi(route: Route) -> dict[str, Any]:
     }
     extra: dict[str, Any] = {"parameters": parameters, "responses": responses}
     if route.takes_image:
-        form = {f.name: _schema(f, route.options) for f in fields}
+        form = {**{f.name: _schema(f, route.options) for f in fields}, TIMEOUT: timeout}
         extra["requestBody"] = {
             "required": True,
             "content": {

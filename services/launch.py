@@ -39,6 +39,7 @@ def running_server(
     metrics_port: int | None = None,
     health_port: int | None = None,
     http_port: int | None = None,
+    cors_origins: tuple[str, ...] = (),
     security: SecurityConfig = SecurityConfig(),
     max_message_bytes: int | None = None,
     **serving: Any,
@@ -64,7 +65,7 @@ def running_server(
             state["loop"] = asyncio.get_running_loop()
             limit = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
             ports = {"host": host, "port": port, "health_port": health_port, "http_port": http_port}
-            config = ServerConfig(**ports, grace_s=grace_s, security=security, **limit)
+            config = ServerConfig(**ports, grace_s=grace_s, security=security, cors_origins=cors_origins, **limit)
             await run_app(
                 app,
                 config,

@@ -43,6 +43,7 @@ class ServerConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)  # TLS and tokens (none by default)
     health_port: int | None = None  # also serve gRPC health alone, in plaintext, on this port (0: any free port)
     http_port: int | None = None  # also serve HTTP/REST (services/http.py) on this port of ``host`` (0: any free port)
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the HTTP port (CORS); none: CORS off
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

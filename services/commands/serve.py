@@ -65,8 +65,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p,
         "http-port",
         "also serve HTTP/REST on this port of --host, from the same process and models: KServe v2 REST at /v2, "
-        "typed routes at /v1/models/NAME/detect etc., the OpenAPI docs at /docs (the URL is printed). HTTPS "
-        "when TLS is on; tokens as on gRPC.",
+        "typed routes at /v1/models/NAME/detect etc., a page to try the models at /, the OpenAPI docs at /docs "
+        "(the URL is printed). HTTPS when TLS is on; tokens as on gRPC.",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[o.strip() for o in os.environ.get("CVTASKS_CORS_ORIGINS", "").split(",") if o.strip()],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://app.example.com; * for any) call the HTTP port; "
+        "repeat for several (also $CVTASKS_CORS_ORIGINS, comma-separated). Default: CORS off",
     )
     add_optional_port(
         p,
@@ -184,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         security=security,
         health_port=args.health_port,
         http_port=args.http_port,
+        cors_origins=tuple(args.cors_origin),
         max_concurrent_rpcs=args.max_concurrent_rpcs,
     )
     app = build_app(args.task, args.model_store, serving, models=args.models, default_model=args.default_model)

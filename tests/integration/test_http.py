@@ -373,8 +373,15 @@ def test_a_queued_request_past_its_deadline_is_504_and_a_stop_drains_the_one_in_
     with running_server(
         task="generation", model_store=store, http_port=0, max_delay_ms=1500, default_deadline_s=0.5, grace_s=10
     ) as server:
-        late = call(f"{server.http_url}/v1/models/{GENERATOR}/generate", method="POST", query={"seed": 1})
+        route = f"{server.http_url}/v1/models/{GENERATOR}/generate"
+        late = call(route, method="POST", query={"seed": 1})
         assert late.status == 504 and "deadline" in late.error
+        # the client's own deadline, as a gRPC client's: long enough, too short, not a number
+        assert call(route, method="POST", query={"seed": 1, "timeout_s": 10}).status == 200
+        short = call(route, method="POST", query={"seed": 1, "timeout_s": 0.2})
+        assert short.status == 504 and "deadline" in short.error
+        bad = call(route, method="POST", query={"seed": 1, "timeout_s": "soon"})
+        assert bad.status == 400 and "timeout_s" in bad.error and "number" in bad.error
         client = httpclient.InferenceServerClient(server.http_url.removeprefix("http://"), network_timeout=60)
         seed = httpclient.InferInput("SEED", [1], "INT64")
         seed.set_data_from_numpy(np.array([3], np.int64))
@@ -424,3 +431,43 @@ def test_under_mutual_tls_the_http_port_needs_a_client_certificate(store, pki): 
         context = _tls(pki)
         context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
         assert isinstance(context, ssl.SSLContext) and call(url, context=context).json() == {"live": True}
+
+
+# --------------------------------------------------------------------------- CORS and the page
+
+
+def test_cors_is_off_by_default_and_on_for_the_origins_given(server, store):
+    origin = {"Origin": "https://app.example"}
+    plain = call(f"{server.http_url}/v1/models", headers=origin)
+    assert plain.status == 200 and "access-control-allow-origin" not in {k.lower() for k in plain.headers}
+    tokens = SecurityConfig(tokens=(USER,))
+    with running_server(
+        task="generation",
+        model_store=store,
+        models=[GENERATOR],
+        http_port=0,
+        cors_origins=("https://app.example",),
+        security=tokens,
+    ) as s:
+        preflight = {
+            **origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        }
+        # the preflight carries no token and still passes; the call itself needs one
+        answered = call(f"{s.http_url}/v1/models/{GENERATOR}/generate", method="OPTIONS", headers=preflight)
+        assert answered.status == 200
+        assert answered.headers["access-control-allow-origin"] == "https://app.example"
+        assert "authorization" in answered.headers["access-control-allow-headers"].lower()
+        listed = call(f"{s.http_url}/v1/models", headers={**origin, "Authorization": f"Bearer {USER}"})
+        assert listed.status == 200 and listed.headers["access-control-allow-origin"] == "https://app.example"
+        assert call(f"{s.http_url}/v1/models", headers=origin).status == 401
+        other = call(
+            f"{s.http_url}/v1/models", headers={"Origin": "https://evil.example", "Authorization": f"Bearer {USER}"}
+        )
+        assert "access-control-allow-origin" not in {k.lower() for k in other.headers}
+        # the page and its files are open; what they fetch is not
+        assert call(f"{s.http_url}/").status == 200 and b"cvtasks" in call(f"{s.http_url}/").body
+        config = call(f"{s.http_url}/ui/config.json")
+        assert config.status == 200 and len(config.json()["palette"]) == 256
+        assert call(f"{s.http_url}/ui/app.js").status == 200
