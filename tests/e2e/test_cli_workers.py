@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -22,7 +23,7 @@ from models.preprocessing import encode_image
 from services.cli import build_parser
 from services.client import CvtasksClient
 from services.pb import models_pb2
-from tests.e2e.cli_server import cli_server, server_log
+from tests.e2e.cli_server import CLI, ENV, cli_server, server_log
 from tests.web import call
 
 LIST = "/cvtasks.v1.ModelService/ListModels"
@@ -202,3 +203,21 @@ def test_the_worker_count_comes_from_the_flag_or_the_environment(monkeypatch, ca
     with pytest.raises(SystemExit):
         build_parser(argv).parse_args([*argv, "--workers", "0"])
     assert "expected a number of worker processes >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_a_worker_that_cannot_start_stops_the_server_with_the_reason(classifier_store, tmp_path):
+    log = tmp_path / "serve.log"
+    with log.open("w") as err:
+        done = subprocess.run(
+            [*CLI, "serve", "--task", "classification", "--model-store", str(classifier_store)]
+            + ["--models", "no-such-model", "--host", "127.0.0.1", "--port", "0", "--workers", "2"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=ENV,
+            timeout=120,
+        )
+    assert done.returncode == 1 and "serving" not in done.stdout
+    text = log.read_text()
+    assert "cvtasks serve: error: worker " in text and "exited with code 1 while starting" in text
+    assert "Unknown model `no-such-model`" in text  # the worker's own error, in the same log
