@@ -205,6 +205,7 @@ def test_the_worker_count_comes_from_the_flag_or_the_environment(monkeypatch, ca
     assert "expected a number of worker processes >= 1, got '0'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three more Python processes that import torch: about 30 s on the loaded 2-core CPU
 def test_a_worker_that_cannot_start_stops_the_server_with_the_reason(classifier_store, tmp_path):
     log = tmp_path / "serve.log"
     with log.open("w") as err:
