@@ -7,7 +7,7 @@ A new task plugs in with one ``services.tasks.SERVICES`` entry (its typed servic
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from services.metrics import ServingMetrics
 from services.metrics_http import start_metrics_endpoint
 from services.models import ModelServicer
 from services.pipeline import Pipeline
-from services.server import ServerConfig, Servicer, serve
+from services.server import Readiness, ServerConfig, Servicer, serve
 from services.tasks import SERVICES
 from services.typed import TypedService
 
@@ -34,10 +34,13 @@ class App:
     hosts: list[ModelHost]
     decoder: Decoder
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
-    serving: bool = False  # SERVING (models warm, not draining): what HTTP's ready route says
+    readiness: Readiness = field(default_factory=Readiness)  # what health and HTTP's ready route say
+    # A worker of ``serve --workers N``: joins the other workers once its models are warm (services/worker.py).
+    join: Callable[[], Awaitable[None]] | None = None
 
-    def set_serving(self, serving: bool) -> None:
-        self.serving = serving
+    @property
+    def models(self) -> ModelServicer:
+        return next(s for s in self.servicers if isinstance(s, ModelServicer))
 
     def http_app(self, config: ServerConfig) -> Any:
         """The HTTP/REST app (services/http.py) over the same servicers, pipeline and models."""
@@ -46,9 +49,8 @@ class App:
         from services.kserve_rest import kserve_router
 
         typed = [s for s in self.servicers if isinstance(s, TypedService)]
-        models = next(s for s in self.servicers if isinstance(s, ModelServicer))
         kserve = next(s for s in self.servicers if isinstance(s, KServeServicer))
-        routers = [kserve_router(kserve.plane, lambda: self.serving), typed_router(typed, models)]
+        routers = [kserve_router(kserve.plane, lambda: self.readiness.serving), typed_router(typed, self.models)]
         return create_http_app(
             routers,
             security=config.security,
@@ -61,6 +63,8 @@ class App:
     async def startup(self) -> None:
         for host in self.hosts:
             await host.load_all()
+        if self.join is not None:
+            await self.join()
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(host.close() for host in self.hosts))
@@ -74,10 +78,12 @@ def build_app(
     *,
     models: Sequence[str] = (),
     default_model: str | None = None,
+    metrics: ServingMetrics | None = None,
 ) -> App:
-    """One host per task over ``model_store`` (``models`` restricts which names load)."""
+    """One host per task over ``model_store`` (``models`` restricts which names load), counting into
+    ``metrics`` (default: new ones)."""
     decoder = Decoder(workers=serving.decode_workers, max_pixels=serving.max_pixels)
-    metrics = ServingMetrics()
+    metrics = metrics or ServingMetrics()
     hosts = [
         ModelHost(model_store, get_task(task), serving, names=models, default=default_model, metrics=metrics)
         for task in tasks
@@ -118,7 +124,7 @@ async def run_app(
             shutdown=app.shutdown,
             metrics=app.metrics,
             http_app=app.http_app(config) if config.http_port is not None else None,
-            on_serving=app.set_serving,
+            readiness=app.readiness,
             **kwargs,
         )
     finally:

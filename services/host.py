@@ -313,8 +313,10 @@ class ModelHost:
             self._default = next(iter(self._models))
         self.get(self._default)  # a wrong --default-model fails here, listing what is loaded
 
-    async def load(self, name: str) -> LoadedModel:
-        """Load ``name`` from the store, warm it up, then swap it in (replacing an older version)."""
+    async def prepare(self, name: str) -> LoadedModel:
+        """Load ``name`` from the store and warm it up, without serving it yet (``install`` swaps it
+        in, ``discard`` drops it): the part of a load that can fail, kept apart so that several
+        worker processes can load first and swap in only once every one has succeeded."""
         folder = checkpoints.resolve(self.store, name)
         config = checkpoints.load_config(folder)
         if config.task != self.task.name:
@@ -324,15 +326,31 @@ class ModelHost:
         ]
         loaded = LoadedModel(list(zip(models, self.devices)), config, self.task, self.serving, metrics=self.metrics)
         await _warm_up(loaded, folder)
+        return loaded
+
+    async def install(self, loaded: LoadedModel) -> None:
+        """Serve a prepared model under its name, replacing an older version (whose queued
+        requests finish on it)."""
+        name = loaded.config.name
         old = self._models.get(name)
         self._models[name] = loaded
         log.info(
             "model loaded",
-            extra={"model": name, "version": config.version, "device": ",".join(str(d) for d in self.devices)},
+            extra={"model": name, "version": loaded.config.version, "device": ",".join(str(d) for d in self.devices)},
         )
         if old is not None:
             old.successor = loaded
             await old.stop(drain=True)  # what it had queued finishes on the old version
+
+    @staticmethod
+    async def discard(loaded: LoadedModel) -> None:
+        """Drop a prepared model that will not be installed."""
+        await loaded.stop(drain=False)
+
+    async def load(self, name: str) -> LoadedModel:
+        """Load ``name`` from the store, warm it up, then swap it in (replacing an older version)."""
+        loaded = await self.prepare(name)
+        await self.install(loaded)
         return loaded
 
     async def unload(self, name: str) -> str:
@@ -348,6 +366,11 @@ class ModelHost:
 
     def set_default(self, name: str) -> None:
         self._default = self.get(name).config.name
+
+    @property
+    def default_model(self) -> str:
+        """The model a request that names none gets ("" when none is loaded)."""
+        return self._default or ""
 
     def get(self, name: str = "") -> LoadedModel:
         """The model called ``name`` ("" -> the default); UnknownModelError lists what is served."""

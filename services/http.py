@@ -272,12 +272,14 @@ def create_http_app(
 # --------------------------------------------------------------------------- the endpoint
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.getaddrinfo(host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
     # proto IPPROTO_TCP, so that asyncio sets TCP_NODELAY on each accepted connection (it checks the
     # proto): with Nagle on, a response's body waits for the client's delayed ACK (40 ms).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # one listening socket per worker process; the kernel spreads connections over them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -300,6 +302,7 @@ class HttpEndpoint:
     port: int
     security: SecurityConfig
     grace_s: float = 10.0
+    reuse_port: bool = False  # a worker of ``serve --workers N``: the port is shared (SO_REUSEPORT)
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (also ``self.port``)."""
@@ -314,7 +317,7 @@ class HttpEndpoint:
             ssl_context_factory=(lambda _config, _default: ssl_context) if ssl_context else None,
         )
         config.load()
-        self._sock = _bind(self.host, self.port)
+        self._sock = _bind(self.host, self.port, self.reuse_port)
         self.port = self._sock.getsockname()[1]
         self._server = uvicorn.Server(config)
         self._server.lifespan = config.lifespan_class(config)  # what Server.serve would set; lifespan is off

@@ -25,10 +25,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "info", *, json_lines: bool = True) -> None:
-    """Send cvtasks logs to stderr as JSON lines (or plain text) at ``level``."""
+class _Fields(logging.Filter):
+    def __init__(self, fields: dict[str, object]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            setattr(record, key, value)
+        return True
+
+
+def configure_logging(level: str = "info", *, json_lines: bool = True, fields: dict[str, object] | None = None) -> None:
+    """Send cvtasks logs to stderr as JSON lines (or plain text) at ``level``; ``fields`` go on every
+    line (a worker's ``{"worker": 1}``)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    if fields:
+        handler.addFilter(_Fields(fields))
+    prefix = "".join(f"{k}={v} " for k, v in (fields or {}).items())
+    handler.setFormatter(
+        JsonFormatter() if json_lines else logging.Formatter(f"%(levelname)s {prefix}%(name)s %(message)s")
+    )
     root = logging.getLogger("cvtasks")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -22,6 +22,12 @@ How the numbers get here without metrics code in the servicers: the error interc
 tasks), ``ModelHost.get`` notes the model on it, the timings helper in services/streaming.py
 observes the stages, the interceptor counts the RPC with its status, and the host wires the
 batcher's batch sizes and queue depths. The ``/metrics`` endpoint is services/metrics_http.py.
+
+Several workers (``cvtasks serve --workers N``): each worker's ServingMetrics is ``shared``:
+prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the supervisor before the
+worker starts) writes every value to files there, and the supervisor's ``/metrics`` sums them
+(``shared_registry``). The scrape-time gauges cannot be read across processes, so a shared
+worker ``publish``-es them into 'livesum' gauges (summed over live workers) twice a second.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -51,8 +57,9 @@ QueueSource = Callable[[], Mapping[str, int]]
 class ServingMetrics:
     """The metric objects of one serving process (or one test server), on a private registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, shared: bool = False) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.shared = shared
         self.requests = Counter(
             "cvtasks_requests",
             "Finished RPCs by served model, gRPC method and gRPC status.",
@@ -75,7 +82,29 @@ class ServingMetrics:
         )
         self._queue_sources: list[QueueSource] = []
         self._lock = threading.Lock()
-        self.registry.register(_ScrapeTimeCollector(self))
+        if not shared:
+            self.registry.register(_ScrapeTimeCollector(self))
+            return
+        queue, gpu = _ScrapeTimeCollector._queue_family(), _ScrapeTimeCollector._gpu_family()
+        self._queue_gauge = Gauge(
+            queue.name, queue.documentation, ["model"], multiprocess_mode="livesum", registry=self.registry
+        )
+        self._gpu_gauge = Gauge(
+            gpu.name, gpu.documentation, ["device", "kind"], multiprocess_mode="livesum", registry=self.registry
+        )
+        self._published: set[str] = set()
+
+    def publish(self) -> None:
+        """A shared worker: write the current queue depths and GPU memory to the shared gauges (a
+        model no longer served reads 0)."""
+        depths = self.queue_depths()
+        for model in self._published - set(depths):
+            self._queue_gauge.labels(model=model).set(0)
+        for model, depth in depths.items():
+            self._queue_gauge.labels(model=model).set(depth)
+        self._published = set(depths)
+        for (device, kind), value in gpu_memory().items():
+            self._gpu_gauge.labels(device=device, kind=kind).set(value)
 
     def observe_rpc(self, *, model: str, method: str, status: str) -> None:
         self.requests.labels(model=model, method=method, status=status).inc()
@@ -108,6 +137,15 @@ class ServingMetrics:
     def text(self) -> str:
         """The exposition text a scrape gets (Prometheus text format 0.0.4)."""
         return generate_latest(self.registry).decode()
+
+
+def shared_registry(path: str) -> CollectorRegistry:
+    """A registry whose scrape sums the values every worker wrote under ``path`` (the supervisor's)."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return registry
 
 
 def gpu_memory() -> dict[tuple[str, str], int]:

@@ -119,10 +119,14 @@ def _family(host: str, port: int) -> socket.AddressFamily:
 
 
 def start_metrics_endpoint(
-    metrics: ServingMetrics, port: int, host: str = "0.0.0.0", security: SecurityConfig = SecurityConfig()
+    metrics: ServingMetrics | CollectorRegistry,
+    port: int,
+    host: str = "0.0.0.0",
+    security: SecurityConfig = SecurityConfig(),
 ) -> MetricsEndpoint:
-    """Serve ``metrics`` on ``host:port`` (0 = any free port; read ``.port``), with the TLS and the
-    tokens of ``security``."""
+    """Serve ``metrics`` (a process's, or a registry: the sum over workers) on ``host:port`` (0 = any
+    free port; read ``.port``), with the TLS and the tokens of ``security``."""
+    registry = metrics.registry if isinstance(metrics, ServingMetrics) else metrics
     if not 0 <= port <= 65535:
         raise ValueError(f"metrics port must be in 0..65535 (0 = any free port), got {port}")
 
@@ -131,7 +135,7 @@ def start_metrics_endpoint(
         ssl_context = security.ssl_context()
 
     try:
-        server = make_server(host, port, metrics_app(metrics.registry, security), Server, handler_class=_QuietHandler)
+        server = make_server(host, port, metrics_app(registry, security), Server, handler_class=_QuietHandler)
     except OSError as exc:
         raise OSError(
             f"could not bind the metrics endpoint on {host}:{port} ({exc}); "

@@ -44,6 +44,8 @@ class ServerConfig:
     health_port: int | None = None  # also serve gRPC health alone, in plaintext, on this port (0: any free port)
     http_port: int | None = None  # also serve HTTP/REST (services/http.py) on this port of ``host`` (0: any free port)
     cors_origins: tuple[str, ...] = ()  # origins whose pages may call the HTTP port (CORS); none: CORS off
+    # Several worker processes share the ports (SO_REUSEPORT; services/workers.py binds them first).
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -219,6 +221,27 @@ async def set_health(health_servicer: health.aio.HealthServicer, names: Sequence
         await health_servicer.set(name, status)
 
 
+class Readiness:
+    """SERVING or not, as health (gRPC, and the HTTP ready route) reports it: this process's models
+    are warm and it is not draining (``local``), and, in a ``--workers`` server, every other worker
+    is SERVING too (``peers``; always True in a single process)."""
+
+    def __init__(self) -> None:
+        self.health = new_health()
+        self.names: list[str] = []
+        self.local = False
+        self.peers = True
+
+    @property
+    def serving(self) -> bool:
+        return self.local and self.peers
+
+    async def update(self, *, local: bool | None = None, peers: bool | None = None) -> None:
+        self.local = self.local if local is None else local
+        self.peers = self.peers if peers is None else peers
+        await set_health(self.health, self.names, serving=self.serving)
+
+
 async def create_server(
     config: ServerConfig,
     servicers: Sequence[Servicer],
@@ -231,7 +254,7 @@ async def create_server(
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(config.reuse_port)),
     ]
     # Tokens, or the guard of the admin RPCs, inside the error interceptor: refused calls are logged and counted.
     interceptors = [ErrorInterceptor(metrics), *server_interceptors(config.security, config.host)]
@@ -261,7 +284,8 @@ async def start_health_server(
 ) -> tuple[grpc.aio.Server, int]:
     """A started server with only ``health_servicer``, in plaintext on ``config.host:config.health_port``:
     for probes that hold no client certificate when the main port needs one (mutual TLS)."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics)], options=[("grpc.so_reuseport", 0)])
+    options = [("grpc.so_reuseport", int(config.reuse_port))]
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(metrics)], options=options)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(f"{config.host}:{config.health_port}")
     if port == 0:
@@ -287,14 +311,18 @@ async def serve(
     http_app: Any = None,
     on_http: Callable[[int], None] | None = None,
     on_serving: Callable[[bool], None] | None = None,
+    readiness: Readiness | None = None,
 ) -> None:
     """Listen, run ``startup`` (load + warm up models), report SERVING, and run until SIGTERM/SIGINT
     (or ``stop_event``); then NOT_SERVING, finish in-flight requests within grace_s, ``shutdown``.
     With ``config.health_port``, health is also served alone on that port (``on_health`` gets it).
     With ``config.http_port``, ``http_app`` (an ASGI app: services/http.py) is served on that port,
     in this event loop, and drained with the gRPC server (``on_http`` gets the port);
-    ``on_serving`` hears when SERVING begins (True) and ends (False)."""
-    health_servicer = new_health()
+    ``on_serving`` hears when this process's SERVING begins (True) and ends (False); ``readiness``
+    (default a new one) is what health reports."""
+    readiness = readiness or Readiness()
+    readiness.names = [s.service_name for s in servicers]
+    health_servicer = readiness.health
     server, port = await create_server(config, servicers, health_servicer=health_servicer, metrics=metrics)
     health_server = http = None
     if config.health_port is not None:
@@ -304,7 +332,9 @@ async def serve(
     if config.http_port is not None and http_app is not None:
         from services.http import HttpEndpoint  # uvicorn and FastAPI load only for a server that serves HTTP
 
-        http = HttpEndpoint(http_app, config.host, config.http_port, config.security, config.grace_s)
+        http = HttpEndpoint(
+            http_app, config.host, config.http_port, config.security, config.grace_s, reuse_port=config.reuse_port
+        )
         http_port = await http.start()
         if on_http is not None:
             on_http(http_port)
@@ -320,7 +350,7 @@ async def serve(
     try:
         if startup is not None:
             await startup()
-        await set_health(health_servicer, [s.service_name for s in servicers], serving=True)
+        await readiness.update(local=True)
         if on_serving is not None:
             on_serving(True)
         log.info("serving", extra={"port": port})
@@ -329,7 +359,7 @@ async def serve(
         await stop.wait()
     finally:
         log.info("stopping", extra={"grace_s": config.grace_s})
-        await set_health(health_servicer, [s.service_name for s in servicers], serving=False)
+        await readiness.update(local=False)
         if on_serving is not None:
             on_serving(False)
         await asyncio.gather(server.stop(config.grace_s), *([http.stop()] if http is not None else []))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections.abc import Callable
+from typing import Any
 
 from services.host import ServingConfig
 from services.security import ADMIN_TOKENS_ENV, TOKENS_ENV, SecurityConfig, read_tokens
@@ -154,16 +156,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="open LoadModel/UnloadModel without admin tokens on every interface: only on a trusted "
         "network (by default they need admin tokens unless --host is loopback)",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=_workers(os.environ.get("CVTASKS_WORKERS", "1")),
+        help="serving processes sharing the ports (SO_REUSEPORT), each with its own replicas and batchers on "
+        "the same device(s); LoadModel/UnloadModel reach every one, health is SERVING when all are, metrics "
+        "are summed, a worker that dies is restarted. On CPU each gets cores/N torch threads unless "
+        "OMP_NUM_THREADS is set. Default: $CVTASKS_WORKERS, else 1 (one process, no supervisor)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--plain-logs", action="store_true", help="text logs instead of JSON lines")
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from services.app import build_app, run_app
-    from services.logs import configure_logging
+def _workers(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of worker processes >= 1, got {value!r}")
+    return count
 
-    configure_logging(args.log_level, json_lines=not args.plain_logs)
+
+def configs(args: argparse.Namespace) -> tuple[ServingConfig, ServerConfig]:
+    """The serving and server settings ``args`` ask for (tokens read from their files or env)."""
     serving = ServingConfig(
         max_batch_size=args.max_batch_size,
         max_delay_ms=args.max_delay_ms,
@@ -173,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         max_inflight_pixels=args.max_inflight_pixels,
         device=args.device,
-        devices=args.devices,
+        devices=tuple(args.devices),
         decode_workers=args.decode_workers,
     )
     security = SecurityConfig(
@@ -195,7 +213,12 @@ def run(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors_origin),
         max_concurrent_rpcs=args.max_concurrent_rpcs,
     )
-    app = build_app(args.task, args.model_store, serving, models=args.models, default_model=args.default_model)
+    return serving, config
+
+
+def announcers(args: argparse.Namespace, tls: bool) -> dict[str, Callable[[Any], None]]:
+    """What the server prints on stdout once each endpoint is up (``on_ready`` last, once SERVING):
+    the lines scripts and tests wait for."""
 
     def ready(port: int) -> None:
         print(f"cvtasks: serving {', '.join(args.task)} on {args.host}:{port}", flush=True)
@@ -205,23 +228,27 @@ def run(args: argparse.Namespace) -> int:
 
     def http(port: int) -> None:
         host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(args.host, args.host)
-        print(
-            f"cvtasks: HTTP on {'https' if security.tls_cert else 'http'}://{host}:{port} (docs at /docs)", flush=True
-        )
+        url = f"{'https' if tls else 'http'}://{host}:{port}"
+        print(f"cvtasks: HTTP on {url} (a page to try the models at {url}/, docs at /docs)", flush=True)
 
     def health(port: int) -> None:
         print(f"cvtasks: health on {args.host}:{port} (plaintext, health service only)", flush=True)
 
-    asyncio.run(
-        run_app(
-            app,
-            config,
-            on_ready=ready,
-            metrics_port=args.metrics_port,
-            metrics_host=args.metrics_host,
-            on_metrics=metrics,
-            on_health=health,
-            on_http=http,
-        )
-    )
+    return {"on_ready": ready, "on_metrics": metrics, "on_http": http, "on_health": health}
+
+
+def run(args: argparse.Namespace) -> int:
+    from services.logs import configure_logging
+
+    configure_logging(args.log_level, json_lines=not args.plain_logs)
+    if args.workers > 1:
+        from services.workers import supervise
+
+        return supervise(args)
+    from services.app import build_app, run_app
+
+    serving, config = configs(args)
+    app = build_app(args.task, args.model_store, serving, models=args.models, default_model=args.default_model)
+    announce = announcers(args, bool(config.security.tls_cert))
+    asyncio.run(run_app(app, config, metrics_port=args.metrics_port, metrics_host=args.metrics_host, **announce))
     return 0
