@@ -280,7 +280,8 @@ def load_export(folder: str | os.PathLike) -> tuple[checkpoints.ModelConfig, Any
     record = config.extra.get("export")
     if not isinstance(record, dict):
         raise InvalidInputError(f"{folder} holds no export (its config.json has no extra.export); run `cvtasks export`")
-    runners = {name: load_runner(Path(folder) / p["file"], record["format"]) for name, p in record["parts"].items()}
+    parts = record.get("parts") or {"model": {"file": record["file"]}}  # exports written before parts were recorded
+    runners = {name: load_runner(Path(folder) / p["file"], record["format"]) for name, p in parts.items()}
     return config, _exportable(config.task).assemble(runners, record)
 
 

@@ -73,6 +73,8 @@ class DetectorGraph(nn.Module):
 
 def sizes_of(model: nn.Module) -> dict[str, int]:
     """The sizes the Python side needs, recorded in the export's config: min_size, max_size."""
+    if model.transform.fixed_size is not None:  # no builder here sets one; model_sized would not honour it
+        raise ValueError("a detector whose transform has a fixed_size cannot be exported (model_sized ignores it)")
     return {"min_size": int(model.transform.min_size[-1]), "max_size": int(model.transform.max_size)}
 
 

@@ -76,6 +76,16 @@ def test_the_command_exports_and_prints_the_parity(classifier_store, tmp_path, c
     printed = json.loads(capsys.readouterr().out)
     assert printed["format"] == "onnx" and printed["parity"]["top1_disagreement"] == 0.0
     assert (out / "model.onnx").is_file() and (out / "model.safetensors").is_file()
+    # what runs the export, also from a config.json written before the parts were recorded
+    model, _ = checkpoints.load_model(out)
+    x = torch.rand(2, 3, 64, 64)
+    for strip in (False, True):
+        if strip:
+            stored = json.loads((out / "config.json").read_text())
+            del stored["extra"]["export"]["parts"]
+            (out / "config.json").write_text(json.dumps(stored))
+        config, run = load_export(out)
+        assert config.name == "tiny-classifier" and torch.equal(run(x).argmax(1), model(x).argmax(1))
     assert (
         main(["export", "no-such-model", "--model-store", str(classifier_store), "--format", "onnx", "--out", str(out)])
         != 0
