@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -217,6 +217,29 @@ class Captioner(nn.Module):
     def forward(self, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(images), captions)
 
+    def start(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Show and Tell's image step: (B, 3, H, W) -> the LSTM state (h, c), each (layers, B,
+        hidden), after the image embedding is fed from a zero state (its prediction is unused)."""
+        _, state = self.decoder.step(self.encoder(images), None)
+        return state
+
+    def step(
+        self, tokens: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One word: the previous tokens (N,) int64 and the state -> log-probabilities (N, V), new state."""
+        return self.decoder.step(self.decoder.embed(tokens), state)
+
+
+class CaptionSteps(Protocol):
+    """What decoding needs of a captioner: ``start`` and ``step`` as Captioner's. A stored model
+    has them, and so do its exported parts (models/export_captioning.py)."""
+
+    def start(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def step(
+        self, tokens: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]: ...
+
 
 def words_loss(word_logits: torch.Tensor, captions: torch.Tensor, *, first_word_id: int = 4) -> torch.Tensor:
     """Multi-label BCE of the bag-of-words head against the words of each caption (B, T); the
@@ -256,7 +279,7 @@ def check_options(beam_size: int, max_length: int, num_captions: int, length_pen
 
 @torch.inference_mode()
 def beam_search(
-    model: Captioner,
+    model: CaptionSteps,
     images: torch.Tensor,
     *,
     beam_size: int = 3,
@@ -273,10 +296,8 @@ def beam_search(
     so no caption is longer than max_length, whether or not the model ever chose <end>.
     """
     check_options(beam_size, max_length, num_captions, length_penalty)
-    dec = model.decoder
     batch, k = images.shape[0], beam_size
-    _, state = dec.step(model.encoder(images), None)  # the image step; its prediction is unused
-    state = tuple(s.repeat_interleave(k, dim=1) for s in state)  # (layers, B*k, H)
+    state = tuple(s.repeat_interleave(k, dim=1) for s in model.start(images))  # (layers, B*k, H)
     device = images.device
     tokens = torch.full((batch * k,), start_id, dtype=torch.long, device=device)
     scores = torch.zeros(batch, k, device=device)
@@ -285,7 +306,7 @@ def beam_search(
     finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch * k, dtype=torch.long, device=device)
     for step in range(max_length + 1):  # max_length words, then room for <end>
-        log_probs, state = dec.step(dec.embed(tokens), state)  # (B*k, V)
+        log_probs, state = model.step(tokens, state)  # (B*k, V)
         vocab = log_probs.shape[-1]
         if step == max_length:  # out of room: every open beam ends here, with <end>'s probability
             log_probs = torch.where(
@@ -334,12 +355,12 @@ def _best(
     return results
 
 
-def greedy(model: Captioner, images: torch.Tensor, *, max_length: int = 20) -> list[Caption]:
+def greedy(model: CaptionSteps, images: torch.Tensor, *, max_length: int = 20) -> list[Caption]:
     """Greedy decoding (beam size 1): the single most likely word at each step."""
     return [c[0] for c in beam_search(model, images, beam_size=1, max_length=max_length)]
 
 
-def caption_batch(model: Captioner, images: torch.Tensor, options: list[CaptionOptions]) -> list[list[Caption]]:
+def caption_batch(model: CaptionSteps, images: torch.Tensor, options: list[CaptionOptions]) -> list[list[Caption]]:
     """Caption (B, 3, S, S) images, each with its own options (max_length set): images sharing
     options decode in one batched beam search; results come back in input order."""
     if len(options) != images.shape[0]:

@@ -270,11 +270,24 @@ def predict(
     Any size the decoder admits works (see fit_for_model). Returns one list of Detections per
     image, boxes in that image's pixels.
     """
+    return predict_with(model, images, max_size=int(model.transform.max_size), class_names=class_names, options=options)
+
+
+def predict_with(
+    run: Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]],
+    images: Sequence[torch.Tensor],
+    *,
+    max_size: int,
+    class_names: Sequence[str],
+    options: Sequence[DetectOptions] | DetectOptions = DetectOptions(),
+) -> list[list[Detection]]:
+    """predict with ``run``: the model, or anything that takes a list of images as it does and
+    answers its output dicts (an export, models/export_detection.py); ``max_size`` is the
+    model's (``model.transform.max_size``)."""
     per_image = [options] * len(images) if isinstance(options, DetectOptions) else list(options)
-    max_size = int(model.transform.max_size)
     fitted = [fit_for_model(image, max_size=max_size) for image in images]
     with torch.inference_mode():
-        outputs = model([image for image, _ in fitted])
+        outputs = run([image for image, _ in fitted])
     outputs = [_restore(o, scale, *image.shape[-2:]) for o, (_, scale), image in zip(outputs, fitted, images)]
     return [postprocess(o, class_names=class_names, options=opt) for o, opt in zip(outputs, per_image)]
 

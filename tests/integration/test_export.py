@@ -10,7 +10,7 @@ import torch
 
 from models import checkpoints
 from models.errors import InvalidInputError
-from models.export import EXPORTABLE, TOLERANCES, ExportError, check_parity, export_model, load_runner
+from models.export import EXPORTABLE, TOLERANCES, ExportError, check_parity, export_model, load_export, load_runner
 from services.cli import main
 
 STORES = {
@@ -54,14 +54,17 @@ def test_an_export_that_disagrees_is_refused_and_not_left_behind(classifier_stor
     assert not (tmp_path / "out" / "model.onnx").exists() and not (tmp_path / "out" / "config.json").exists()
 
 
-def test_unknown_formats_and_tasks_without_an_export_path_say_what_to_do(
-    classifier_store, random_detector_store, tmp_path
+def test_unknown_formats_folders_without_an_export_and_empty_sample_folders_say_what_to_do(
+    classifier_store, captioner_store, tmp_path
 ):
     with pytest.raises(InvalidInputError, match="onnx, torchscript"):
         export_model(classifier_store / "tiny-classifier", "tensorrt", tmp_path / "x")
-    with pytest.raises(InvalidInputError, match="detection models cannot be exported yet; exportable"):
-        export_model(random_detector_store / "random-detector", "onnx", tmp_path / "y")
-    assert not (tmp_path / "y").exists()
+    with pytest.raises(InvalidInputError, match="no export .* run `cvtasks export`"):
+        load_export(classifier_store / "tiny-classifier")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError, match="--samples .*: no images"):
+        export_model(captioner_store / "tiny-captioner", "onnx", tmp_path / "y", samples=tmp_path / "empty")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_the_command_exports_and_prints_the_parity(classifier_store, tmp_path, capsys):
@@ -73,6 +76,16 @@ def test_the_command_exports_and_prints_the_parity(classifier_store, tmp_path, c
     printed = json.loads(capsys.readouterr().out)
     assert printed["format"] == "onnx" and printed["parity"]["top1_disagreement"] == 0.0
     assert (out / "model.onnx").is_file() and (out / "model.safetensors").is_file()
+    # what runs the export, also from a config.json written before the parts were recorded
+    model, _ = checkpoints.load_model(out)
+    x = torch.rand(2, 3, 64, 64)
+    for strip in (False, True):
+        if strip:
+            stored = json.loads((out / "config.json").read_text())
+            del stored["extra"]["export"]["parts"]
+            (out / "config.json").write_text(json.dumps(stored))
+        config, run = load_export(out)
+        assert config.name == "tiny-classifier" and torch.equal(run(x).argmax(1), model(x).argmax(1))
     assert (
         main(["export", "no-such-model", "--model-store", str(classifier_store), "--format", "onnx", "--out", str(out)])
         != 0
