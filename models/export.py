@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,12 +140,15 @@ def _write(module: nn.Module, spec: Exportable, sample: torch.Tensor, fmt: str, 
             torch.jit.save(torch.jit.trace(module, sample, check_trace=False), str(path))
 
 
-def load_runner(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A written export as a function of one CPU tensor -> CPU tensor (onnxruntime for ONNX)."""
+def load_runner(
+    path: str | os.PathLike, fmt: str, *, providers: Sequence[Any] = ("CPUExecutionProvider",)
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A written export as a function of one CPU tensor -> CPU tensor (onnxruntime for ONNX, with
+    ``providers``: onnxruntime's execution providers, first choice first)."""
     if fmt == "onnx":
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path), providers=list(providers))
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
     with warnings.catch_warnings():
