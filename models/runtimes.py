@@ -46,8 +46,9 @@ RUNTIMES = ("eager", "compiled", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "fp16")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CONFIG_KEY = "serving"  # config.json: "extra": {"serving": {"runtime": "onnxruntime", "precision": "fp32"}}
-# Tasks whose convolutions run channels-last on eager and compiled. Empty: on the 2-core CPU it
-# measured slower or no faster for the quickstart classifier and U-Net (README, runtimes table).
+# Tasks whose convolutions run channels-last on eager and compiled. Empty for now: in one run on the
+# loaded 2-core CPU it made the eager classifier 4x slower and the compiled one 7.7x faster (README,
+# runtimes table), the U-Net 1.6x faster on both; single loaded runs, so not turned on yet.
 CHANNELS_LAST: frozenset[str] = frozenset()
 
 
