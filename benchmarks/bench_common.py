@@ -146,14 +146,21 @@ def measure_service(
     device: torch.device,
     batch: int,
     concurrencies: tuple[int, ...] = (1, 4, 16),
+    **serving: Any,
 ) -> dict[int, dict[str, float]]:
-    """Serve ``name`` from ``store`` on a free port (max batch ``batch``) and measure ``call``
-    from each number of concurrent clients."""
+    """Serve ``name`` from ``store`` on a free port (max batch ``batch``, and ``serving``: more
+    ServingConfig fields, e.g. a runtime) and measure ``call`` from each number of concurrent clients."""
     from services.client import CvtasksClient
     from services.launch import running_server
 
     with running_server(
-        task=task, model_store=store, models=[name], device=str(device), max_batch_size=batch
+        task=task,
+        model_store=store,
+        models=[name],
+        device=str(device),
+        max_batch_size=batch,
+        ready_timeout_s=1800,
+        **serving,
     ) as address:
         return {
             c: service_throughput(lambda: CvtasksClient(address, timeout=120), call, images, c) for c in concurrencies

@@ -85,7 +85,22 @@ def raw_images_per_s(
     store: Path, name: str, images: list[bytes], args: argparse.Namespace, device: torch.device
 ) -> float:
     """Images/s of the task's run_batch alone, on inputs made before the clock starts."""
+    return raw_timer(store, name, images, args, device)()
+
+
+def raw_timer(
+    store: Path,
+    name: str,
+    images: list[bytes],
+    args: argparse.Namespace,
+    device: torch.device,
+    setup: Callable[[torch.nn.Module, checkpoints.ModelConfig], Any] | None = None,
+) -> Callable[[], float]:
+    """A function that times one pass of the task's run_batch over ``images`` (images/s): the
+    model loaded (then given to ``setup``, e.g. a runtime) and the inputs made once, beforehand."""
     model, config = checkpoints.load_model(store / name, device=device)
+    if setup is not None:
+        setup(model, config)
     task = get_task(config.task)
     options = task.options(config, _options(config.task, args))
     if task.takes_images:
@@ -97,17 +112,21 @@ def raw_images_per_s(
             for i in range(len(images))
         ]
         per_input, batch = args.count, max(1, args.batch // args.count)
-    with torch.inference_mode():
-        task.run_batch(model, config, inputs[:batch], [options] * len(inputs[:batch]))  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for i in range(0, len(inputs), batch):
-            part = inputs[i : i + batch]
-            task.run_batch(model, config, part, [options] * len(part))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    return len(inputs) * per_input / (time.perf_counter() - start)
+
+    def timed() -> float:
+        with torch.inference_mode():
+            task.run_batch(model, config, inputs[:batch], [options] * len(inputs[:batch]))  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for i in range(0, len(inputs), batch):
+                part = inputs[i : i + batch]
+                task.run_batch(model, config, part, [options] * len(part))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        return len(inputs) * per_input / (time.perf_counter() - start)
+
+    return timed
 
 
 def main() -> None:

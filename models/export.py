@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,13 +246,14 @@ def _write(module: nn.Module, part: Part, fmt: str, path: Path) -> None:
             torch.jit.save(torch.jit.trace(module, part.example, check_trace=False), str(path))
 
 
-def load_runner(path: str | os.PathLike, fmt: str) -> Runner:
+def load_runner(path: str | os.PathLike, fmt: str, *, providers: Sequence[Any] = ("CPUExecutionProvider",)) -> Runner:
     """A written export as a function of CPU tensors (its inputs, in order) -> a CPU tensor, or
-    a tuple of them when it has several outputs (onnxruntime's CPU provider for ONNX)."""
+    a tuple of them when it has several outputs (onnxruntime for ONNX, with ``providers``: its
+    execution providers, first choice first)."""
     if fmt == "onnx":
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path), providers=list(providers))
         names = [i.name for i in session.get_inputs()]
 
         def run_onnx(*xs: torch.Tensor) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from models.devices import pick_device
 from models.errors import ModelStoreError, UnknownModelError, shown
 from models.options import Options
 from models.preprocessing import DEFAULT_MAX_PIXELS
+from models.runtimes import RuntimeChoice, Served, check_device, choice_for, serve_with
 from models.task import Task
 from services.batching import DynamicBatcher
 from services.errors import QueueFullError, UnavailableError
@@ -53,8 +55,13 @@ class ServingConfig:
     # request can hold a queue slot for ever. Streams keep the client's (batch jobs run for hours).
     default_deadline_s: float = 60.0
     max_deadline_s: float = 600.0
+    # How models run (models/runtimes.py); a model's config.json ``extra.serving`` overrides both.
+    runtime: str = "eager"  # eager, compiled (torch.compile) or onnxruntime
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast)
+    export_cache: str = ""  # where onnxruntime's exports of models without one are made ("": the temp dir)
 
     def __post_init__(self) -> None:
+        RuntimeChoice(self.runtime, self.precision)  # an unknown name fails here, listing the known ones
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.decode_workers < 1:
             raise ValueError("max_batch_size, max_queue_size and decode_workers must be >= 1")
         if self.max_delay_ms < 0 or self.max_pixels < 1:
@@ -125,6 +132,8 @@ class LoadedModelInfo:
     created: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     is_default: bool = False
+    runtime: str = "eager"
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -174,10 +183,11 @@ class LoadedModel:
         serving: ServingConfig,
         *,
         metrics: ServingMetrics | None = None,
+        served: Served = Served("eager", "fp32"),
     ) -> None:
         if not models:
             raise ValueError("a loaded model needs at least one device")
-        self.config, self.task, self.metrics = config, task, metrics
+        self.config, self.task, self.metrics, self.served = config, task, metrics, served
         self.ready = False
         self.successor: LoadedModel | None = None  # set when a reload swaps a newer version in
         self.replicas = [Replica(self, model, device, serving) for model, device in models]
@@ -229,7 +239,14 @@ class LoadedModel:
         named = {key: getattr(c, key) for key in IDENTITY}
         stored = {"classes": list(c.classes), "input_size": c.input_size or 0, "created": c.created}
         return LoadedModelInfo(
-            **named, **stored, metrics=dict(c.metrics), device=device, ready=self.ready, is_default=is_default
+            **named,
+            **stored,
+            metrics=dict(c.metrics),
+            device=device,
+            ready=self.ready,
+            is_default=is_default,
+            runtime=self.served.runtime,
+            precision=self.served.precision,
         )
 
 
@@ -285,6 +302,10 @@ class ModelHost:
         self._names, self._default = list(names), default
         self._models: dict[str, LoadedModel] = {}
         self.devices = serving_devices(serving)
+        self.runtime = RuntimeChoice(serving.runtime, serving.precision)
+        for device in self.devices:
+            check_device(self.runtime, device)  # e.g. --precision fp16 on the CPU: refused at start
+        self.export_cache = Path(serving.export_cache or Path(tempfile.gettempdir()) / "cvtasks-exports")
         if metrics is not None:
             metrics.watch_queues(self.queue_depths)
 
@@ -321,10 +342,9 @@ class ModelHost:
         config = checkpoints.load_config(folder)
         if config.task != self.task.name:
             raise UnknownModelError(f"model `{name}` is a {config.task} model, not {self.task.name}")
-        models = [
-            (await asyncio.to_thread(checkpoints.load_model, folder, device=device))[0] for device in self.devices
-        ]
-        loaded = LoadedModel(list(zip(models, self.devices)), config, self.task, self.serving, metrics=self.metrics)
+        prepared = [await asyncio.to_thread(self._load_on, folder, device) for device in self.devices]
+        models = [(model, device) for (model, _), device in zip(prepared, self.devices)]
+        loaded = LoadedModel(models, config, self.task, self.serving, metrics=self.metrics, served=prepared[0][1])
         await _warm_up(loaded, folder)
         return loaded
 
@@ -352,6 +372,23 @@ class ModelHost:
         loaded = await self.prepare(name)
         await self.install(loaded)
         return loaded
+
+    def _load_on(self, folder: Path, device: torch.device) -> tuple[nn.Module, Served]:
+        """The model in ``folder`` on ``device``, set up for its runtime; ModelStoreError when the
+        runtime asked for (here or by its config.json) cannot serve it."""
+        model, config = checkpoints.load_model(folder, device=device)
+        try:
+            choice = choice_for(config, self.runtime)
+        except ValueError as exc:
+            raise ModelStoreError(f"{folder.name}/{checkpoints.CONFIG_FILE}: {exc}") from None
+        try:
+            return model, serve_with(model, config, folder, device, choice, cache=self.export_cache)
+        except Exception as exc:  # noqa: BLE001 — whatever the runtime raised: the model cannot serve so
+            fault = f"{type(exc).__name__}: {str(exc)[:500]}" if not isinstance(exc, ValueError) else str(exc)
+        raise ModelStoreError(
+            f"model `{config.name}` cannot serve with runtime {choice.runtime} at {choice.precision} "
+            f"on {device}: {fault}"
+        )
 
     async def unload(self, name: str) -> str:
         """Stop serving ``name`` (its queued requests finish first); returns the task's default

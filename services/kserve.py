@@ -216,6 +216,8 @@ def model_config(loaded: LoadedModel, codec: Codec, serving: Any) -> mc.ModelCon
         "classes": ",".join(c.classes),
         "request_parameters": ",".join(codec.parameters),
         "device": str(loaded.device),
+        "runtime": loaded.served.runtime,
+        "precision": loaded.served.precision,
     }
     return mc.ModelConfig(
         name=c.name,

@@ -83,6 +83,8 @@ def info_proto(info: LoadedModelInfo) -> models_pb2.ModelInfo:
         created=info.created,
         metrics=info.metrics,
         is_default=info.is_default,
+        runtime=info.runtime,
+        precision=info.precision,
     )
 
 

@@ -34,6 +34,35 @@ def add_optional_port(p: argparse.ArgumentParser, flag: str, what: str) -> None:
     p.add_argument(f"--{flag}", type=_metrics_port, default=os.environ.get(env, "off"), help=text)
 
 
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """``--runtime``, ``--precision`` and ``--export-cache`` (models/runtimes.py), each also by
+    ``$CVTASKS_<FLAG>``; a model's config.json ``extra.serving`` overrides the first two."""
+    from models.runtimes import PRECISIONS, RUNTIMES
+
+    env = os.environ.get
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=env("CVTASKS_RUNTIME", "eager"),
+        help="how models run: eager (PyTorch), compiled (torch.compile, inductor) or onnxruntime (the "
+        "model's ONNX export; made and checked at load when its folder has none). Default: $CVTASKS_RUNTIME, "
+        'else eager; a model\'s config.json "extra": {"serving": {"runtime": ...}} overrides it',
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=env("CVTASKS_PRECISION", "fp32"),
+        help="fp32, or autocast to bf16 (CUDA or CPU) or fp16 (CUDA only); eager and compiled only. "
+        'Default: $CVTASKS_PRECISION, else fp32; config.json "extra.serving.precision" overrides it',
+    )
+    p.add_argument(
+        "--export-cache",
+        default=env("CVTASKS_EXPORT_CACHE", ""),
+        help="folder for the ONNX exports onnxruntime makes of models whose folder holds none (keyed by "
+        "the weights' hash; default: $CVTASKS_EXPORT_CACHE, else <temp dir>/cvtasks-exports)",
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     s = ServingConfig()
     p.add_argument(
@@ -92,6 +121,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="one replica of each model per device, e.g. cuda:0,cuda:1 (requests go to the shortest "
         "queue; a GPU this machine lacks falls back to the CPU)",
     )
+    add_runtime_arguments(p)
     p.add_argument("--max-batch-size", type=int, default=s.max_batch_size)
     p.add_argument(
         "--max-delay-ms",
@@ -193,6 +223,9 @@ def configs(args: argparse.Namespace) -> tuple[ServingConfig, ServerConfig]:
         device=args.device,
         devices=tuple(args.devices),
         decode_workers=args.decode_workers,
+        runtime=args.runtime,
+        precision=args.precision,
+        export_cache=args.export_cache,
     )
     security = SecurityConfig(
         tls_cert=args.tls_cert,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63vtasks/v1/models.proto\x12\ncvtasks.v1\"6\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmake_default\x18\x02 \x01(\x08\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x13UnloadModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.cvtasks.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x9c\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\r\n\x05ready\x18\x07 \x01(\x08\x12\x12\n\ninput_size\x18\x08 \x01(\r\x12\x0f\n\x07\x63reated\x18\t \x01(\t\x12\x33\n\x07metrics\x18\n \x03(\x0b\x32\".cvtasks.v1.ModelInfo.MetricsEntry\x12\x12\n\nis_default\x18\x0b \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xad\x02\n\x0cModelService\x12K\n\nListModels\x12\x1d.cvtasks.v1.ListModelsRequest\x1a\x1e.cvtasks.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x1b.cvtasks.v1.GetModelRequest\x1a\x15.cvtasks.v1.ModelInfo\x12@\n\tLoadModel\x12\x1c.cvtasks.v1.LoadModelRequest\x1a\x15.cvtasks.v1.ModelInfo\x12N\n\x0bUnloadModel\x12\x1e.cvtasks.v1.UnloadModelRequest\x1a\x1f.cvtasks.v1.UnloadModelResponseB7\n\x0e\x64\x65v.cvtasks.v1P\x01Z#cvtasks/gen/go/cvtasks/v1;cvtasksv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63vtasks/v1/models.proto\x12\ncvtasks.v1\"6\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmake_default\x18\x02 \x01(\x08\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x13UnloadModelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"!\n\x11ListModelsRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.cvtasks.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xc0\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\r\n\x05ready\x18\x07 \x01(\x08\x12\x12\n\ninput_size\x18\x08 \x01(\r\x12\x0f\n\x07\x63reated\x18\t \x01(\t\x12\x33\n\x07metrics\x18\n \x03(\x0b\x32\".cvtasks.v1.ModelInfo.MetricsEntry\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12\x0f\n\x07runtime\x18\x0c \x01(\t\x12\x11\n\tprecision\x18\r \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xad\x02\n\x0cModelService\x12K\n\nListModels\x12\x1d.cvtasks.v1.ListModelsRequest\x1a\x1e.cvtasks.v1.ListModelsResponse\x12>\n\x08GetModel\x12\x1b.cvtasks.v1.GetModelRequest\x1a\x15.cvtasks.v1.ModelInfo\x12@\n\tLoadModel\x12\x1c.cvtasks.v1.LoadModelRequest\x1a\x15.cvtasks.v1.ModelInfo\x12N\n\x0bUnloadModel\x12\x1e.cvtasks.v1.UnloadModelRequest\x1a\x1f.cvtasks.v1.UnloadModelResponseB7\n\x0e\x64\x65v.cvtasks.v1P\x01Z#cvtasks/gen/go/cvtasks/v1;cvtasksv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,9 +48,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST']._serialized_start=287
   _globals['_GETMODELREQUEST']._serialized_end=318
   _globals['_MODELINFO']._serialized_start=321
-  _globals['_MODELINFO']._serialized_end=605
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=559
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=605
-  _globals['_MODELSERVICE']._serialized_start=608
-  _globals['_MODELSERVICE']._serialized_end=909
+  _globals['_MODELINFO']._serialized_end=641
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=595
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=641
+  _globals['_MODELSERVICE']._serialized_start=644
+  _globals['_MODELSERVICE']._serialized_end=945
 # @@protoc_insertion_point(module_scope)

@@ -48,7 +48,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "architecture", "classes", "version", "device", "ready", "input_size", "created", "metrics", "is_default")
+    __slots__ = ("name", "task", "architecture", "classes", "version", "device", "ready", "input_size", "created", "metrics", "is_default", "runtime", "precision")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,8 @@ class ModelInfo(_message.Message):
     CREATED_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     architecture: str
@@ -78,4 +80,6 @@ class ModelInfo(_message.Message):
     created: str
     metrics: _containers.ScalarMap[str, float]
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., ready: _Optional[bool] = ..., input_size: _Optional[int] = ..., created: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    runtime: str
+    precision: str
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., ready: _Optional[bool] = ..., input_size: _Optional[int] = ..., created: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., is_default: _Optional[bool] = ..., runtime: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...

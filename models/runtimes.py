@@ -1,0 +1,283 @@
+"""How a served model runs: a runtime (eager PyTorch, torch.compile, or onnxruntime on its ONNX
+export) and a precision (fp32, or bf16/fp16 autocast), chosen per model.
+
+    choice = choice_for(config, RuntimeChoice("onnxruntime"))  # config.json extra.serving wins
+    served = serve_with(model, config, folder, device, choice, cache=Path("/tmp/cvtasks-exports"))
+
+``serve_with`` changes the loaded model in place and nothing else: the part of it that the task's
+export covers (models/export.py ``EXPORTABLE``: the classifier or segmenter itself, the DCGAN
+generator's ``.net``) has its ``forward`` taken over by a ``RuntimeForward``. The task code
+(``run_batch``, padding, tiling, the generator's shape checks) calls the model as before and does
+not know which runtime answers. What a runtime cannot run stays in PyTorch around it: a forward
+with gradients on (Grad-CAM's ``explain``) runs the eager forward, and the model's weights stay
+loaded for it.
+
+A task gets ``compiled`` and ``onnxruntime`` by its ``EXPORTABLE`` entry, provided the module
+that entry exports is the served model or one of its submodules, called with the export's input
+and returning its one output; detection and captioning have none yet and serve ``eager`` only.
+
+Before a model serves, each runtime is checked against the eager forward on the export's sample
+inputs (two batch sizes, two image sizes: ``check_parity`` with the export's ``TOLERANCES``); at
+fp32 a disagreement fails the load. That also compiles the shapes the server will see first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from models import checkpoints
+from models.export import EXPORTABLE, FILES, Exportable, check_parity, export_model, load_runner
+
+log = logging.getLogger("cvtasks.runtimes")
+
+RUNTIMES = ("eager", "compiled", "onnxruntime")
+PRECISIONS = ("fp32", "bf16", "fp16")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CONFIG_KEY = "serving"  # config.json: "extra": {"serving": {"runtime": "onnxruntime", "precision": "fp32"}}
+# Tasks whose convolutions run channels-last on eager and compiled. Empty for now: in one run on the
+# loaded 2-core CPU it made the eager classifier 4x slower and the compiled one 7.7x faster (README,
+# runtimes table), the U-Net 1.6x faster on both; single loaded runs, so not turned on yet.
+CHANNELS_LAST: frozenset[str] = frozenset()
+
+
+class RuntimeChoiceError(ValueError):
+    """A runtime or precision this model, task or device cannot serve with; says what can."""
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """How one model is served: ``runtime`` in RUNTIMES, ``precision`` in PRECISIONS."""
+
+    runtime: str = "eager"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise RuntimeChoiceError(f"unknown runtime {self.runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        if self.precision not in PRECISIONS:
+            raise RuntimeChoiceError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+def choice_for(config: checkpoints.ModelConfig, default: RuntimeChoice) -> RuntimeChoice:
+    """``default`` (the server's) with what the model's config.json sets in ``extra.serving``
+    (``runtime``, ``precision``) instead; RuntimeChoiceError for anything else there."""
+    stored = config.extra.get(CONFIG_KEY, {})
+    if not isinstance(stored, dict) or set(stored) - {"runtime", "precision"}:
+        raise RuntimeChoiceError(
+            f'extra.{CONFIG_KEY} must be an object with "runtime" and/or "precision", got {str(stored)[:100]}'
+        )
+    return RuntimeChoice(stored.get("runtime", default.runtime), stored.get("precision", default.precision))
+
+
+def runtimes_for(task: str) -> tuple[str, ...]:
+    """The runtimes a task's models can serve with."""
+    return RUNTIMES if _one_part(task) else ("eager",)
+
+
+def _one_part(task: str) -> bool:
+    """Whether the task's export is one module of the model, a function of one tensor (what a
+    runtime can take over); detectors' and captioners' exports are run around Python loops."""
+    return isinstance(EXPORTABLE.get(task), Exportable)
+
+
+def check_device(choice: RuntimeChoice, device: torch.device) -> None:
+    """RuntimeChoiceError when ``device`` cannot run ``choice``'s precision (fp16 on the CPU; bf16 on a
+    GPU without it; anything but fp32 under onnxruntime)."""
+    if choice.precision == "fp32":
+        return
+    if choice.runtime == "onnxruntime":
+        raise RuntimeChoiceError(
+            f"the onnxruntime runtime runs the fp32 ONNX export; for {choice.precision} choose the "
+            "eager or compiled runtime, or serve onnxruntime at fp32"
+        )
+    if device.type == "cpu" and choice.precision == "fp16":
+        raise RuntimeChoiceError("fp16 autocast runs on CUDA only; on the CPU serve bf16 or fp32")
+    if device.type == "cuda" and choice.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise RuntimeChoiceError(f"{device} has no bf16 support; serve fp16 or fp32 there")
+
+
+@dataclass(frozen=True)
+class Served:
+    """What ``serve_with`` set up: the choice, and a word on how (the provider, the export used)."""
+
+    runtime: str
+    precision: str
+    detail: str = ""
+
+
+class RuntimeForward:
+    """Takes over one module's ``forward``: inference calls run ``fast`` (under autocast when a
+    precision asks for it, inputs channels-last when asked), with floating outputs back in float32;
+    a call with gradients on runs the module's own forward (no runtime here gives gradients)."""
+
+    def __init__(
+        self,
+        part: nn.Module,
+        fast: Callable[..., Any],
+        served: Served,
+        *,
+        device_type: str,
+        channels_last: bool = False,
+    ) -> None:
+        self.eager = type(part).forward.__get__(part)  # the class's forward, bound: not this object
+        self.fast, self.served, self.device_type, self.channels_last = fast, served, device_type, channels_last
+        self.dtype = AUTOCAST.get(served.precision)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():
+            return self.eager(*args, **kwargs)
+        if self.channels_last:
+            args = tuple(_channels_last(a) for a in args)
+        if self.dtype is None:
+            return self.fast(*args, **kwargs)
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.fast(*args, **kwargs)
+        return tree_map(_as_float32, out)
+
+
+def _channels_last(x: Any) -> Any:
+    return x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
+
+
+def _as_float32(x: Any) -> Any:
+    return x.float() if isinstance(x, torch.Tensor) and x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def served_part(model: nn.Module, task: str) -> nn.Module:
+    """The module a runtime takes over: the one the task's export covers, a part of ``model``."""
+    if not _one_part(task):
+        raise RuntimeChoiceError(
+            f"{task} models serve with the {' or '.join(runtimes_for(task))} runtime only: compiled and "
+            "onnxruntime take over one module's forward, and a detector's or captioner's export runs "
+            "around Python (image by image, or a decoding loop; `cvtasks export` writes it); serve them with "
+            f'--runtime eager, or set "extra": {{"{CONFIG_KEY}": {{"runtime": "eager"}}}} in their config.json'
+        )
+    part = EXPORTABLE[task].module(model)
+    if not any(part is m for m in model.modules()):
+        raise RuntimeChoiceError(
+            f"the {task} export covers a module built around the model, not a part of it; a runtime "
+            "cannot take over its forward (models/runtimes.py needs an entry for it)"
+        )
+    return part
+
+
+def serve_with(
+    model: nn.Module,
+    config: checkpoints.ModelConfig,
+    folder: Path,
+    device: torch.device,
+    choice: RuntimeChoice,
+    *,
+    cache: Path,
+    channels_last: bool | None = None,
+) -> Served:
+    """Set ``model`` (loaded from ``folder``, on ``device``, in eval mode) up to run as ``choice``
+    says, checked against its eager forward (see the module docstring). ONNX exports are taken
+    from ``folder`` when its config.json has one (``extra.export``), else made under ``cache``.
+    ``channels_last``: run the part's convolutions channels-last (eager and compiled only)."""
+    check_device(choice, device)
+    if device.type == "cpu" and choice.precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("this CPU has no native bf16 (AVX512-BF16 or AMX): %s runs emulated, slower than fp32", config.name)
+    if channels_last is None:  # the measured default (CHANNELS_LAST); benchmarks try both
+        channels_last = config.task in CHANNELS_LAST
+    channels_last = channels_last and choice.runtime != "onnxruntime"
+    if choice == RuntimeChoice() and not channels_last:
+        return Served("eager", "fp32")  # today's path, untouched
+    part = served_part(model, config.task)
+    if channels_last:
+        part.to(memory_format=torch.channels_last)
+    eager = type(part).forward.__get__(part)
+    detail = ""
+    if choice.runtime == "eager":
+        fast: Callable[..., Any] = eager
+    elif choice.runtime == "compiled":
+        fast, detail = torch.compile(eager, dynamic=True), "inductor"
+    else:
+        fast, detail = _onnx_runner(folder, config, device, cache)
+    served = Served(choice.runtime, choice.precision, detail)
+    forward = RuntimeForward(part, fast, served, device_type=device.type, channels_last=channels_last)
+    _check(part, forward, config, device, served)
+    part.forward = forward  # type: ignore[method-assign] — an instance attribute: nn.Module calls it
+    log.info("runtime set up", extra={"model": config.name, "runtime": choice.runtime, "precision": choice.precision})
+    return served
+
+
+def _check(part: nn.Module, forward: RuntimeForward, config: Any, device: torch.device, served: Served) -> None:
+    """Run ``forward`` beside the eager part on the export's samples (compiling their shapes); at
+    fp32 a disagreement beyond the export's TOLERANCES raises ExportError."""
+    spec = EXPORTABLE[config.task]
+    assert isinstance(spec, Exportable)  # served_part admitted only one-part exports
+
+    def on(run: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: run(x.to(device)).float().cpu()
+
+    if served.precision == "fp32":
+        check_parity(on(forward.eager), on(forward), spec, config)  # type: ignore[arg-type]
+        return
+    with torch.no_grad():  # lower precision: its own bounds are the tests'; here it only warms up
+        for side in sorted(set(spec.sizes(config))):
+            for batch in (1, 3):
+                forward(spec.sample(config, batch, side).to(device))
+
+
+def _onnx_runner(
+    folder: Path, config: checkpoints.ModelConfig, device: torch.device, cache: Path
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """The model's ONNX export under onnxruntime (CUDA's provider on a CUDA device when this
+    onnxruntime has it, else the CPU's), as a function of a tensor on ``device``."""
+    import onnxruntime
+
+    path = _onnx_export(folder, config, cache)
+    if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers: list[Any] = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    else:
+        if device.type == "cuda":
+            log.warning("onnxruntime has no CUDA provider here (onnxruntime-gpu has): %s runs on the CPU", config.name)
+        providers = ["CPUExecutionProvider"]
+    run = load_runner(path, "onnx", providers=providers)
+    used = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    return (lambda x: run(x.detach().cpu().contiguous()).to(device)), f"{used}, {path.parent.name}/{path.name}"
+
+
+def _onnx_export(folder: Path, config: checkpoints.ModelConfig, cache: Path) -> Path:
+    """``folder``'s own ONNX export when its config.json records one, else the cached export of
+    these weights under ``cache`` (made, with its parity check, on first use)."""
+    record = config.extra.get("export") or {}
+    if record.get("format") == "onnx" and (folder / str(record.get("file", ""))).is_file():
+        return folder / record["file"]
+    target = cache / f"{config.name}-{_weights_key(folder)}"
+    if not (target / checkpoints.CONFIG_FILE).is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        scratch = cache / f".{target.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            export_model(folder, "onnx", scratch)
+            os.replace(scratch, target)  # another process may have made it meanwhile: keep theirs
+        except OSError:
+            if not (target / checkpoints.CONFIG_FILE).is_file():
+                raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        log.info("exported to ONNX for serving", extra={"model": config.name, "export": str(target)})
+    return target / FILES["onnx"]
+
+
+def _weights_key(folder: Path) -> str:
+    """What the export depends on: the weights, the config and the torch version."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in (checkpoints.WEIGHTS_FILE, checkpoints.CONFIG_FILE):
+        with (folder / name).open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
