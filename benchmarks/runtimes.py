@@ -30,11 +30,10 @@ from bench_common import (  # noqa: E402
     RESULTS_DIR,
     add_model_arguments,
     device_name,
-    measure_service,
     synth_png_images,
     write_results,
 )
-from serving import BENCHES, raw_timer  # noqa: E402
+from serving import BENCHES, measure_task_service, raw_timer  # noqa: E402
 
 from models.devices import pick_device  # noqa: E402
 from models.runtimes import PRECISIONS, RUNTIMES, RuntimeChoice, check_device, runtimes_for, serve_with  # noqa: E402
@@ -75,17 +74,16 @@ def measure_raw(args, task, store, name, images, device, cache) -> dict[str, flo
 
 def measure_served(args, task, store, name, images, device, cache) -> dict[str, dict[int, dict[str, float]]]:
     """Runtime -> concurrency -> the service's images/s and latency, at fp32."""
-    bench, served = BENCHES[task], {}
+    served: dict[str, dict[int, dict[str, float]]] = {}
     for runtime in (r for r in args.runtimes if r in runtimes_for(task)):
         print(f"  serving with {runtime} ...", flush=True)
-        served[runtime] = measure_service(
+        served[runtime] = measure_task_service(
+            args,
             task,
             store,
             name,
             images,
-            lambda client, data: bench.call(client, data, args),
-            device=device,
-            batch=args.batch,
+            device,
             concurrencies=tuple(args.concurrency),
             runtime=runtime,
             export_cache=str(cache),

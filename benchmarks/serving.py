@@ -88,6 +88,24 @@ def raw_images_per_s(
     return raw_timer(store, name, images, args, device)()
 
 
+def measure_task_service(
+    args: Any, task: str, store: Path, name: str, images: list[bytes], device: Any, **serving: Any
+):
+    """``measure_service`` with the task's benchmark call (BENCHES) and the run's batch size;
+    ``serving``: concurrencies and ServingConfig settings (e.g. runtime)."""
+    bench = BENCHES[task]
+    return measure_service(
+        task,
+        store,
+        name,
+        images,
+        lambda client, data: bench.call(client, data, args),
+        device=device,
+        batch=args.batch,
+        **serving,
+    )
+
+
 def raw_timer(
     store: Path,
     name: str,
@@ -147,15 +165,7 @@ def main() -> None:
             (Path(args.model_store), args.model or bench.model) if args.model_store else bench.store(Path(tmp))
         )
         raw = raw_images_per_s(store, name, images, args, device)
-        rows = measure_service(
-            args.task,
-            store,
-            name,
-            images,
-            lambda client, data: bench.call(client, data, args),
-            device=device,
-            batch=args.batch,
-        )
+        rows = measure_task_service(args, args.task, store, name, images, device)
     per_call = args.count if generating else 1
     for row in rows.values():  # measure_service counts calls
         row["images_per_s"] *= per_call

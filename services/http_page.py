@@ -16,6 +16,7 @@ from models.visualize import class_color
 
 WEB = Path(__file__).with_name("web")
 PALETTE_SIZE = 256  # label ids the page colours (a uint8 label map's range)
+PAGE_CONFIG = {"palette": [class_color(label) for label in range(PALETTE_SIZE)]}
 
 
 def add_page(app: FastAPI) -> None:
@@ -28,6 +29,6 @@ def add_page(app: FastAPI) -> None:
 
     @app.get("/ui/config.json", include_in_schema=False)
     async def config() -> dict:
-        return {"palette": [class_color(label) for label in range(PALETTE_SIZE)]}
+        return PAGE_CONFIG
 
     app.mount("/ui", StaticFiles(directory=str(WEB)), name="ui")
