@@ -49,6 +49,8 @@ from idle_latency import raw_one_image_ms  # noqa: E402
 from serving import BENCHES, raw_images_per_s  # noqa: E402
 from workers import served  # noqa: E402
 
+from models.jpeg_batch import decode_jpegs  # noqa: E402
+
 CLIENTS = (1, 4, 16, 64)
 BATCH = 8  # the servers' max batch size and the raw model's batch
 
@@ -95,6 +97,39 @@ def add_ratios(result: dict[str, Any]) -> None:
                 row["p50_to_unbatched"] = row["p50_ms"] / unbatched[count]["p50_ms"]
 
 
+def decode_figures(images: list[bytes], device: str) -> dict[str, float]:
+    """The batched JPEG decoder (models/jpeg_batch.py) on ``device``, batches of 32, copy to the
+    host included, vs the CPU decoder one image at a time: images/s of each and the largest
+    differences (the measured tolerance)."""
+    import numpy as np
+
+    from models.jpeg_batch import difference
+    from models.preprocessing import decode_image
+    from services.imaging import MAX_DECODE_BATCH
+
+    def batched() -> list[np.ndarray]:
+        out = []
+        for i in range(0, len(images), MAX_DECODE_BATCH):
+            out += decode_jpegs(images[i : i + MAX_DECODE_BATCH], device=device, max_pixels=10**9)
+        return out
+
+    batched()  # warm-up (nvJPEG handles, CUDA context)
+    start = time.perf_counter()
+    decoded = batched()
+    batched_s = time.perf_counter() - start
+    start = time.perf_counter()
+    reference = [decode_image(data) for data in images]
+    cpu_s = time.perf_counter() - start
+    diffs = [difference(a, b) for a, b in zip(decoded, reference, strict=True)]
+    return {
+        "batched_images_per_s": len(images) / batched_s,
+        "cpu_decoder_images_per_s": len(images) / cpu_s,
+        "max_abs_difference": max(d[0] for d in diffs),
+        "p999_abs_difference": max(d[1] for d in diffs),
+        "mean_abs_difference": max(d[2] for d in diffs),
+    }
+
+
 def run_task(task: str, args: argparse.Namespace, device: str, clock: float) -> dict[str, Any]:
     """Raw, one image and every server of ``task``; prints progress with the elapsed seconds. A
     server not started before ``args.budget_s`` is left out (said in its place), so the run ends
@@ -113,8 +148,10 @@ def run_task(task: str, args: argparse.Namespace, device: str, clock: float) -> 
             "images": len(images),
             "image_size": args.size,
             "format": "jpeg",
+            "device": device,
             "raw_images_per_s": raw_images_per_s(store, name, images, raw_args, torch.device(device)),
             "raw_one_image_ms": raw_one_image_ms(store, name, images[:32], torch.device(device)),
+            "decode": decode_figures(images, device),
             "servers": {},
         }
         print(f"[{time.monotonic() - clock:5.0f} s] {task}: raw {result['raw_images_per_s']:.1f} images/s", flush=True)
@@ -139,6 +176,13 @@ def summary(results: list[dict[str, Any]], header: str) -> str:
             "",
             f"raw batched model (batch {BATCH}): {result['raw_images_per_s']:.1f} images/s; "
             f"model on one image: {result['raw_one_image_ms']:.2f} ms",
+            "",
+            f"JPEG decoding: batched on {result['device']} (copy to host included) "
+            f"{result['decode']['batched_images_per_s']:.0f} images/s, CPU decoder (one thread) "
+            f"{result['decode']['cpu_decoder_images_per_s']:.0f} images/s; |batched - CPU| at most "
+            f"{result['decode']['max_abs_difference']} levels (99.9th percentile "
+            f"{result['decode']['p999_abs_difference']:.1f}, mean {result['decode']['mean_abs_difference']:.3f}, "
+            "worst image)",
             "",
             "| server | clients | images/s | p50 ms | p99 ms | server CPU ms/request | / raw | / unbatched "
             "| p50 / unbatched |",
