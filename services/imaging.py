@@ -128,8 +128,8 @@ class Decoder:
         return pixels_of(image, max_pixels=self.max_pixels)
 
     async def decode(self, image: ImageData, then: Callable[[np.ndarray], T]) -> tuple[np.ndarray, T]:
-        """Decode ``image`` and apply ``then`` (the task's model input) in the pool; returns
-        (array, then(array))."""
+        """Decode ``image`` (a batchable JPEG by the batched decoder when it is on, else in the
+        pool) and apply ``then`` (the task's model input) in the pool; returns (array, then(array))."""
         array = await self._batched(image) if self._jpegs is not None else None
 
         def work() -> tuple[np.ndarray, T]:
@@ -142,7 +142,9 @@ class Decoder:
         """``image`` decoded by the batched JPEG decoder, or None: not a batchable JPEG, or that
         decoder failed on it (the pool decodes it then, and raises the CPU path's error). The
         header checks run here, on the event loop (they read headers only), and raise at once."""
-        if isinstance(image, RawPixels) or not batchable_jpeg(image, max_pixels=self.max_pixels):
+        if isinstance(image, RawPixels) or detect_format(image) != "jpeg":
+            return None  # the pool decodes it and makes every check there
+        if not batchable_jpeg(image, max_pixels=self.max_pixels):
             return None
         await self._jpegs.start()  # no-op once started
         try:
