@@ -140,3 +140,22 @@ def test_nvjpeg_matches_the_cpu_decoder_within_the_cuda_tolerance():
     for array, data in zip(arrays, JPEGS, strict=True):
         _, high, mean = difference(array, decode_image(data))
         assert high <= CUDA_TOLERANCE.max_abs and mean <= CUDA_TOLERANCE.mean_abs, (high, mean)
+
+
+FLAG_CASES = [([], None, "auto"), ([], "off", "off"), (["--gpu-decode", "on"], "off", "on")]  # argv, env, expected
+
+
+@pytest.mark.parametrize(("argv", "env", "expected"), FLAG_CASES)
+def test_the_serve_flag_and_its_env_var_reach_the_serving_config(monkeypatch, argv, env, expected):
+    import argparse
+
+    from services.commands import serve
+
+    if env is None:
+        monkeypatch.delenv("CVTASKS_GPU_DECODE", raising=False)
+    else:
+        monkeypatch.setenv("CVTASKS_GPU_DECODE", env)
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser.add_subparsers().add_parser("serve"))
+    serving, _ = serve.configs(parser.parse_args(["serve", "--task", "detection", *argv]))
+    assert serving.gpu_decode == expected
