@@ -99,19 +99,20 @@ def add_ratios(result: dict[str, Any]) -> None:
 
 def decode_figures(images: list[bytes], device: str) -> dict[str, float]:
     """The batched JPEG decoder (models/jpeg_batch.py) on ``device``, batches of 32, copy to the
-    host included, vs the CPU decoder one image at a time: images/s of each and the largest
-    differences (the measured tolerance)."""
+    host included, vs the CPU decoder one image at a time: images/s of each, the copy to the host
+    alone (ms per image), and the largest differences (the measured tolerance)."""
     import numpy as np
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     from models.jpeg_batch import difference
     from models.preprocessing import decode_image
     from services.imaging import MAX_DECODE_BATCH
 
+    parts = [images[i : i + MAX_DECODE_BATCH] for i in range(0, len(images), MAX_DECODE_BATCH)]
+
     def batched() -> list[np.ndarray]:
-        out = []
-        for i in range(0, len(images), MAX_DECODE_BATCH):
-            out += decode_jpegs(images[i : i + MAX_DECODE_BATCH], device=device, max_pixels=10**9)
-        return out
+        return [a for part in parts for a in decode_jpegs(part, device=device, max_pixels=10**9)]
 
     batched()  # warm-up (nvJPEG handles, CUDA context)
     start = time.perf_counter()
@@ -120,10 +121,20 @@ def decode_figures(images: list[bytes], device: str) -> dict[str, float]:
     start = time.perf_counter()
     reference = [decode_image(data) for data in images]
     cpu_s = time.perf_counter() - start
+    on_device = decode_jpeg(
+        [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in parts[0]], mode=ImageReadMode.RGB, device=device
+    )
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for chw in on_device:
+        chw.permute(1, 2, 0).cpu()
+    copy_ms = (time.perf_counter() - start) * 1000 / len(on_device)
     diffs = [difference(a, b) for a, b in zip(decoded, reference, strict=True)]
     return {
         "batched_images_per_s": len(images) / batched_s,
         "cpu_decoder_images_per_s": len(images) / cpu_s,
+        "copy_to_host_ms_per_image": copy_ms,
         "max_abs_difference": max(d[0] for d in diffs),
         "p999_abs_difference": max(d[1] for d in diffs),
         "mean_abs_difference": max(d[2] for d in diffs),
@@ -179,7 +190,8 @@ def summary(results: list[dict[str, Any]], header: str) -> str:
             "",
             f"JPEG decoding: batched on {result['device']} (copy to host included) "
             f"{result['decode']['batched_images_per_s']:.0f} images/s, CPU decoder (one thread) "
-            f"{result['decode']['cpu_decoder_images_per_s']:.0f} images/s; |batched - CPU| at most "
+            f"{result['decode']['cpu_decoder_images_per_s']:.0f} images/s; copy to host "
+            f"{result['decode']['copy_to_host_ms_per_image']:.3f} ms an image; |batched - CPU| at most "
             f"{result['decode']['max_abs_difference']} levels (99.9th percentile "
             f"{result['decode']['p999_abs_difference']:.1f}, mean {result['decode']['mean_abs_difference']:.3f}, "
             "worst image)",

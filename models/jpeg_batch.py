@@ -22,8 +22,8 @@ torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec (no
 here yet); ``decode_jpegs`` is the one place to change when they go.
 
 The pixels are copied back to the host (RGB uint8 HWC numpy): every task's ``model_input``
-takes that. The copy costs about 1 ms per 12 Mpx on PCIe 4; the decode itself is what moves off
-the CPU.
+takes that, so what moves off the CPU is the decode, not the copy. benchmarks/gpu_suite.py
+measures the copy (``copy_to_host_ms_per_image``); it has not run on a GPU yet.
 """
 
 from __future__ import annotations

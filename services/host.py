@@ -31,7 +31,7 @@ from models.runtimes import RuntimeChoice, Served, check_device, choice_for, ser
 from models.task import Task
 from services.batching import DynamicBatcher
 from services.errors import QueueFullError, UnavailableError
-from services.imaging import GPU_DECODE_MODES
+from services.imaging import check_gpu_decode_mode
 from services.metrics import ServingMetrics
 
 log = logging.getLogger("cvtasks.host")
@@ -75,8 +75,7 @@ class ServingConfig:
                 f"max_inflight_pixels ({self.max_inflight_pixels}) must be >= max_pixels "
                 f"({self.max_pixels}), or the largest accepted image could never be served"
             )
-        if self.gpu_decode not in GPU_DECODE_MODES:
-            raise ValueError(f"gpu_decode must be one of {', '.join(GPU_DECODE_MODES)}, got {self.gpu_decode!r}")
+        check_gpu_decode_mode(self.gpu_decode)
         if self.devices and self.device:
             raise ValueError("give either device or devices, not both")
         object.__setattr__(self, "devices", tuple(self.devices))

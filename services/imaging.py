@@ -73,14 +73,19 @@ def pixels_of(image: ImageData, *, max_pixels: int) -> int:
     return size[0] * size[1] if size[0] * size[1] <= max_pixels else 0  # larger: refused before decoding
 
 
+def check_gpu_decode_mode(mode: str) -> None:
+    """ValueError naming the modes unless ``mode`` is one of GPU_DECODE_MODES."""
+    if mode not in GPU_DECODE_MODES:
+        raise ValueError(f"gpu_decode must be one of {', '.join(GPU_DECODE_MODES)}, got {mode!r}")
+
+
 def jpeg_batch_device(mode: str, serving_device: str | None) -> torch.device | None:
     """The device JPEGs are decoded on in batches, or None (every image in the thread pool).
 
     ``mode``: "off"; "on" (on the serving device, CUDA or CPU: the CPU is for tests); "auto" (on
     when the serving device is CUDA). ``serving_device``: what the models serve on (None: CUDA
     when available, as the model host picks)."""
-    if mode not in GPU_DECODE_MODES:
-        raise ValueError(f"gpu_decode must be one of {', '.join(GPU_DECODE_MODES)}, got {mode!r}")
+    check_gpu_decode_mode(mode)
     if mode == "off":
         return None
     try:
