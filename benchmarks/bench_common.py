@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 import threading
@@ -24,6 +25,36 @@ def synth_png_images(n: int, size: int, seed: int = 7) -> list[bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         generate_shapes(tmp, splits={"test": n}, image_size=size, seed=seed)
         return [p.read_bytes() for p in sorted((Path(tmp) / "images" / "test").glob("*.png"))]
+
+
+def synth_jpeg_images(n: int, size: int, *, quality: int = 90, seed: int = 7) -> list[bytes]:
+    """The images of ``synth_png_images`` as JPEG bytes (what batched GPU decoding takes)."""
+    from models.preprocessing import decode_image, encode_image
+
+    return [encode_image(decode_image(png), "jpeg", quality=quality) for png in synth_png_images(n, size, seed)]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` and its live descendants (a server
+    and its workers), from /proc (Linux). Take the difference over a measurement."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        parents[int(entry.name)] = int(fields[1])  # field 4 (ppid), after the name
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 def service_throughput(

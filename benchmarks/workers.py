@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -35,19 +35,30 @@ from serving import BENCHES  # noqa: E402
 CLIENTS = (1, 4, 16)
 
 
+class ServedAddress(str):
+    """ "HOST:PORT" of a served subprocess, plus ``pid``: its process (the supervisor with workers)."""
+
+    pid: int = 0
+
+
 @contextmanager
-def served(store: Path, name: str, task: str, workers: int, threads: int, device: str) -> Iterator[str]:
-    """``cvtasks serve --workers N`` on a free port until the block ends; yields "HOST:PORT"."""
+def served(
+    store: Path, name: str, task: str, workers: int, threads: int, device: str, extra: Sequence[str] = ()
+) -> Iterator[ServedAddress]:
+    """``cvtasks serve --workers N`` (and ``extra`` serve flags, e.g. ``--gpu-decode on``) on a free
+    port until the block ends; yields "HOST:PORT" with the server's ``pid``."""
     command = [sys.executable, "-m", "services.cli", "serve", "--task", task, "--model-store", str(store)]
     command += ["--models", name, "--host", "127.0.0.1", "--port", "0", "--workers", str(workers)]
-    command += ["--device", device, "--log-level", "warning"]
+    command += ["--device", device, "--log-level", "warning", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NO_ALBUMENTATIONS_UPDATE": "1"}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
         if " serving " not in f" {line}":
             raise RuntimeError(f"the server did not start: {line!r}")
-        yield line.strip().rsplit(" ", 1)[-1]
+        address = ServedAddress(line.strip().rsplit(" ", 1)[-1])
+        address.pid = proc.pid
+        yield address
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -130,6 +130,21 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def jpeg_frame(data: bytes) -> tuple[str, int, int] | None:
+    """(kind, sample precision in bits, colour components) of a JPEG's first frame, e.g.
+    ("baseline", 8, 3) for an ordinary colour photo; kind is "baseline" (SOF0), "extended" (SOF1),
+    "progressive" (SOF2) or "other" (lossless, hierarchical, arithmetic coding). None when the
+    data is no JPEG or its header is malformed. Decoders that handle only common JPEGs (nvJPEG)
+    check this first."""
+    if detect_format(data) != "jpeg":
+        return None
+    for marker, start, end in _safe(lambda: list(_jpeg_segments(data))) or []:
+        if marker in _JPEG_SOF and end <= len(data) and end - start >= 6:
+            kind = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive"}.get(marker, "other")
+            return kind, data[start], data[start + 5]
+    return None
+
+
 def _jpeg_exif(data: bytes) -> bytes | None:
     for marker, start, end in _jpeg_segments(data):
         if marker == _JPEG_APP1 and data[start : start + 6] == _EXIF_PREFIX:

@@ -45,7 +45,8 @@ from models.image_header import (  # noqa: E402
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "IMAGENET_MEAN", "IMAGENET_STD", "SUPPORTED_FORMATS", "BOX_FORMATS",
-    "probe_image_size", "decode_image", "image_from_pixels", "read_image", "encode_image",
+    "probe_image_size", "decode_image", "check_encoded", "finish_decoded", "image_from_pixels",
+    "read_image", "encode_image",
     "apply_exif_orientation", "to_tensor", "resize_keep_aspect", "letterbox", "normalize",
     "TransformMeta", "InferenceTransform", "convert_boxes", "clip_boxes",
     "detection_train_transform", "detection_eval_transform", "segmentation_train_transform",
@@ -145,8 +146,23 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         DecodeError: empty, unknown format, truncated or corrupt data (the message lists the formats).
         ImageTooLargeError: more than ``max_pixels`` pixels (checked from the header first).
     """
-    _check_max_pixels(max_pixels)
     data = _as_bytes(data)
+    fmt = check_encoded(data, max_pixels=max_pixels)
+    try:
+        # IMREAD_UNCHANGED keeps depth and alpha and ignores EXIF; orientation is applied below.
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise DecodeError(f"cannot decode the {fmt.upper()} image: {exc}; {_SUPPORTED_TEXT}") from exc
+    if pixels is None or pixels.size == 0:
+        raise DecodeError(f"cannot decode the {fmt.upper()} image: corrupt or unsupported variant; {_SUPPORTED_TEXT}")
+    return finish_decoded(_to_rgb(pixels, bgr=True), data, max_pixels=max_pixels)
+
+
+def check_encoded(data: bytes, *, max_pixels: int) -> str:
+    """The checks ``decode_image`` makes before decoding, for every decoder (the batched JPEG one
+    too): not empty, a supported format (by magic bytes), the header's size within ``max_pixels``,
+    not cut short. Returns the format ("jpeg", "png", ...); raises what ``decode_image`` raises."""
+    _check_max_pixels(max_pixels)
     if not data:
         raise DecodeError(f"the image is empty (0 bytes); {_SUPPORTED_TEXT}")
     fmt = detect_format(data)
@@ -159,15 +175,14 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     problem = truncation_problem(data)
     if problem is not None:
         raise DecodeError(f"truncated {fmt.upper()} image: {problem}; send the complete file ({_SUPPORTED_TEXT})")
-    try:
-        # IMREAD_UNCHANGED keeps depth and alpha and ignores EXIF; orientation is applied below.
-        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:
-        raise DecodeError(f"cannot decode the {fmt.upper()} image: {exc}; {_SUPPORTED_TEXT}") from exc
-    if pixels is None or pixels.size == 0:
-        raise DecodeError(f"cannot decode the {fmt.upper()} image: corrupt or unsupported variant; {_SUPPORTED_TEXT}")
-    _check_pixel_count(pixels.shape[1], pixels.shape[0], max_pixels)
-    return apply_exif_orientation(_to_rgb(pixels, bgr=True), exif_orientation(data))
+    return fmt
+
+
+def finish_decoded(rgb: np.ndarray, data: bytes, *, max_pixels: int) -> np.ndarray:
+    """What every decoder does after decoding ``data`` to RGB uint8 (H, W, 3): the pixel limit
+    checked again on the decoded size, then the EXIF orientation applied (pixels come back upright)."""
+    _check_pixel_count(rgb.shape[1], rgb.shape[0], max_pixels)
+    return apply_exif_orientation(rgb, exif_orientation(data))
 
 
 def image_from_pixels(

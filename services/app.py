@@ -14,7 +14,7 @@ from typing import Any
 
 from models.tasks import get_task
 from services.host import ModelHost, ServingConfig
-from services.imaging import Decoder
+from services.imaging import Decoder, jpeg_batch_device
 from services.kserve import server_version
 from services.kserve_grpc import KServeServicer
 from services.metrics import ServingMetrics
@@ -68,7 +68,7 @@ class App:
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(host.close() for host in self.hosts))
-        self.decoder.close()
+        await self.decoder.stop()
 
 
 def build_app(
@@ -82,7 +82,8 @@ def build_app(
 ) -> App:
     """One host per task over ``model_store`` (``models`` restricts which names load), counting into
     ``metrics`` (default: new ones)."""
-    decoder = Decoder(workers=serving.decode_workers, max_pixels=serving.max_pixels)
+    jpeg_device = jpeg_batch_device(serving.gpu_decode, serving.devices[0] if serving.devices else serving.device)
+    decoder = Decoder(workers=serving.decode_workers, max_pixels=serving.max_pixels, jpeg_device=jpeg_device)
     metrics = metrics or ServingMetrics()
     hosts = [
         ModelHost(model_store, get_task(task), serving, names=models, default=default_model, metrics=metrics)

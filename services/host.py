@@ -31,6 +31,7 @@ from models.runtimes import RuntimeChoice, Served, check_device, choice_for, ser
 from models.task import Task
 from services.batching import DynamicBatcher
 from services.errors import QueueFullError, UnavailableError
+from services.imaging import check_gpu_decode_mode
 from services.metrics import ServingMetrics
 
 log = logging.getLogger("cvtasks.host")
@@ -47,6 +48,9 @@ class ServingConfig:
     device: str | None = None  # None: CUDA when available, else CPU
     devices: tuple[str, ...] = ()  # one replica of each model per device, e.g. ("cuda:0", "cuda:1")
     decode_workers: int = 2
+    # JPEGs decoded in batches on the serving device (services/imaging.py): "auto" (when it is
+    # CUDA: nvJPEG), "on" (on the CPU too: for tests), "off" (every image in the thread pool).
+    gpu_decode: str = "auto"
     # Decoded pixels a model may hold at once, summed over the requests it has admitted (decoding,
     # queued, computing, encoding): the memory ceiling of its images, about 30 bytes a pixel
     # (decoded RGB, the float input, outputs). A request beyond it is refused before decoding.
@@ -71,6 +75,7 @@ class ServingConfig:
                 f"max_inflight_pixels ({self.max_inflight_pixels}) must be >= max_pixels "
                 f"({self.max_pixels}), or the largest accepted image could never be served"
             )
+        check_gpu_decode_mode(self.gpu_decode)
         if self.devices and self.device:
             raise ValueError("give either device or devices, not both")
         object.__setattr__(self, "devices", tuple(self.devices))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from services.host import ServingConfig
+from services.imaging import GPU_DECODE_MODES
 from services.security import ADMIN_TOKENS_ENV, TOKENS_ENV, SecurityConfig, read_tokens
 from services.server import MiB, ServerConfig
 
@@ -154,6 +155,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-message-mb", type=float, default=64, help="largest gRPC message, MiB")
     p.add_argument("--decode-workers", type=int, default=s.decode_workers)
     p.add_argument(
+        "--gpu-decode",
+        choices=GPU_DECODE_MODES,
+        default=os.environ.get("CVTASKS_GPU_DECODE", s.gpu_decode),
+        help="decode the JPEGs of concurrent requests together on the serving device (nvJPEG through "
+        "torchvision); other formats, grayscale/CMYK JPEGs and any failure are decoded on the CPU as "
+        "without it. auto: when serving on CUDA; on: on CPU too (for tests). Default: $CVTASKS_GPU_DECODE, else auto",
+    )
+    p.add_argument(
         "--max-concurrent-rpcs",
         type=int,
         default=None,
@@ -223,6 +232,7 @@ def configs(args: argparse.Namespace) -> tuple[ServingConfig, ServerConfig]:
         device=args.device,
         devices=tuple(args.devices),
         decode_workers=args.decode_workers,
+        gpu_decode=args.gpu_decode,
         runtime=args.runtime,
         precision=args.precision,
         export_cache=args.export_cache,
