@@ -1,0 +1,52 @@
+"""Overlapped batches (``--overlap``, the default) against one stage (``--no-overlap``): two real
+servers on port 0 with the tiny segmenter give the same label maps under concurrent requests."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from services.client import CvtasksClient
+from services.launch import running_server
+from tests.devices import assert_labels_agree
+
+CLIENTS = 8
+
+
+def _label_maps(address, images: list[bytes]) -> list[np.ndarray]:
+    with CvtasksClient(address, timeout=120) as client:
+
+        def one(data: bytes) -> np.ndarray:
+            png = client.segment(data).label_map_png
+            return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            return list(pool.map(one, images))
+
+
+def test_overlapped_and_one_stage_servers_give_the_same_answers(segmenter_store, shapes_dir):
+    paths = sorted((shapes_dir / "images" / "test").glob("*.png"))[:4]
+    images = [p.read_bytes() for p in paths] * 6  # 24 requests, 8 at a time: batches form
+    answers = {}
+    for overlap in (True, False):
+        with running_server(task="segmentation", model_store=segmenter_store, overlap=overlap) as address:
+            answers[overlap] = _label_maps(address, images)
+    assert len(answers[True]) == len(images)
+    for a, b in zip(answers[True], answers[False]):
+        assert_labels_agree(a, b)
+    # the same image got the same answer wherever it was batched
+    for i, labels in enumerate(answers[True]):
+        assert_labels_agree(labels, answers[True][i % len(paths)])
+
+
+def test_the_serve_command_overlaps_unless_told_not_to():
+    import argparse
+
+    from services.commands.serve import add_arguments, configs
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert configs(parser.parse_args(["--task", "segmentation"]))[0].overlap is True
+    assert configs(parser.parse_args(["--task", "segmentation", "--no-overlap"]))[0].overlap is False
