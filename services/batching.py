@@ -94,7 +94,8 @@ class DynamicBatcher(Generic[In, Out]):
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize() if self._queue is not None else 0
+        """Requests waiting for the model: queued, or prepared ahead (safe from another thread)."""
+        return (self._queue.qsize() if self._queue is not None else 0) + len(self._ahead)
 
     def _held(self) -> list[_Pending[In, Out]]:
         return [*self._computing, *self._ahead, *self._gathering]

@@ -44,8 +44,9 @@ class ServingConfig:
     max_batch_size: int = 8
     max_delay_ms: float = 0.0  # 0: an idle model runs a request at once; a busy one batches what queued
     max_queue_size: int = 64
-    # Overlapped batches: while a batch computes, the next one is taken and its inputs moved to the
-    # device (on CUDA: pinned, copied on a stream of its own), so the model starts it at once.
+    # Overlapped batches on CUDA: while a batch computes, the next one is taken and its inputs
+    # pinned and copied to the device on a stream of their own, so the model starts it at once.
+    # (On the CPU there is nothing to copy, so no stage.)
     overlap: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
     device: str | None = None  # None: CUDA when available, else CPU
@@ -165,7 +166,9 @@ class Replica:
             max_delay_s=serving.max_delay_ms / 1000,
             max_queue_size=serving.max_queue_size,
             name=owner.config.name,
-            prepare=self._prepare if serving.overlap else None,
+            # On the CPU there is nothing to move: the stage would only add a thread hop (measured
+            # on the 2-core CPU: no gain; benchmarks/results/segmentation_overlap_cpu_stage.json).
+            prepare=self._prepare if serving.overlap and self.mover.stream is not None else None,
             on_batch=owner.batch_done,
         )
 

@@ -134,8 +134,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--overlap",
         action=argparse.BooleanOptionalAction,
         default=s.overlap,
-        help="overlapped batches (default on): while a batch computes, the next is taken and its inputs "
-        "moved to the device (on CUDA pinned and copied on a stream of its own); --no-overlap: one stage",
+        help="overlapped batches on CUDA (default on): while a batch computes, the next is taken and its "
+        "inputs pinned and copied to the device on a stream of their own; --no-overlap: one stage. On the "
+        "CPU there is nothing to copy: no stage either way",
     )
     p.add_argument(
         "--max-queue", type=int, default=s.max_queue_size, help="queued requests per model before RESOURCE_EXHAUSTED"

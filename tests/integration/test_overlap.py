@@ -50,3 +50,36 @@ def test_the_serve_command_overlaps_unless_told_not_to():
     add_arguments(parser)
     assert configs(parser.parse_args(["--task", "segmentation"]))[0].overlap is True
     assert configs(parser.parse_args(["--task", "segmentation", "--no-overlap"]))[0].overlap is False
+
+
+def test_the_replicas_prepare_stage_moves_inputs_and_changes_no_answer(segmenter_store, shapes_dir):
+    """The replica's stage, called directly (the CPU runs without it; on a CUDA host this is the
+    pinned copy on the copy stream through a real model): same label maps as the plain path."""
+    import asyncio
+
+    import torch
+
+    from models.preprocessing import decode_image, to_tensor
+    from models.segmentation import SEGMENTATION, SegmentOptions
+    from services.host import Item, ModelHost, ServingConfig
+    from tests.devices import ON_CUDA
+
+    async def main():
+        host = ModelHost(segmenter_store, SEGMENTATION, ServingConfig(), names=["tiny-segmenter"])
+        await host.load_all()
+        try:
+            replica = host.get().replicas[0]
+            assert (replica.batcher.prepare is not None) == ON_CUDA
+            paths = sorted((shapes_dir / "images" / "test").glob("*.png"))[:3]
+            items = [Item(to_tensor(decode_image(p.read_bytes())), SegmentOptions()) for p in paths]
+            with torch.inference_mode():
+                prepared = replica._prepare(items)
+                assert all(i.input.device.type == replica.device.type for i in prepared)
+                assert all(a.options is b.options for a, b in zip(items, prepared))
+                return replica._run(items), replica._run(prepared)
+        finally:
+            await host.close()
+
+    plain, staged = asyncio.run(main())
+    for a, b in zip(plain, staged):
+        assert_labels_agree(np.asarray(a.value.labels), np.asarray(b.value.labels))

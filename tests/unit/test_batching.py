@@ -370,7 +370,8 @@ def test_at_most_one_batch_is_prepared_ahead_and_the_rest_stays_queued():
         await until(lambda: ("prepare", [1, 2]) in staged.log)
         later += [asyncio.ensure_future(batcher.submit(i)) for i in (3, 4, 5)]
         await asyncio.sleep(0.02)  # the collector would take more now if it did
-        assert batcher.queue_depth == 3 and len(staged.log) == 3
+        assert batcher._queue.qsize() == 3 and len(staged.log) == 3
+        assert batcher.queue_depth == 5  # the prepared batch waits for the model too
         with pytest.raises(QueueFullError):
             await batcher.submit(6)
         gate.set()
