@@ -14,7 +14,8 @@ configuration, p50/p99 latency and images/s of the task's unary RPC (PNG bytes i
   server path to compare with);
 
 ``--compare overlap``: ``overlapped`` (``--overlap``, the default: the next batch is taken and
-its inputs moved to the device while one computes) against ``one stage`` (``--no-overlap``).
+its inputs copied to the GPU while one computes) against ``one stage`` (``--no-overlap``); on
+the CPU both run one stage (nothing to copy), so there the ratios show the noise floor.
 Both print the raw model on one pre-decoded image (no server), for scale, and the ratios named
 in COMPARISONS. With ``--rounds`` R > 1 the servers take turns R times and each figure is the
 median of its rounds (a loaded machine drifts). The load average is recorded. Writes
@@ -143,6 +144,8 @@ def main() -> None:
     ratios = {key: rows[a][c][m] / rows[b][c][m] for key, (a, b, c, m) in ratio_of.items()}
     print(f"device: {device_name(device)}; model: {name}; {len(images)} images of {args.size} px a measurement")
     print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']}; rounds: {args.rounds}")
+    if args.compare == "overlap" and device.type != "cuda":
+        print("note: on the CPU --overlap has nothing to copy, so both servers run one stage (a noise floor)")
     print(f"raw model, one image: {raw_ms:.1f} ms")
     print(f"{'server':12s} {'1 client p50':>13s} {'p99':>8s}   {'16 clients img/s':>16s} {'p50':>8s}")
     for label, row in rows.items():
