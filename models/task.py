@@ -164,6 +164,11 @@ class InputMover:
         self.device = torch.device(device)
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
+    @property
+    def copies(self) -> bool:
+        """Whether moving is work worth a stage of its own: a copy to a GPU (on the CPU nothing moves)."""
+        return self.stream is not None
+
     def move(self, inputs: Sequence[Any]) -> tuple[list[Any], Copied | None]:
         """``inputs`` on the device, in order, and (on CUDA) what ``ready`` needs before they are used."""
         if self.stream is None:

@@ -168,7 +168,7 @@ class Replica:
             name=owner.config.name,
             # On the CPU there is nothing to move: the stage would only add a thread hop (measured
             # on the 2-core CPU: no gain; benchmarks/results/segmentation_overlap_cpu_stage.json).
-            prepare=self._prepare if serving.overlap and self.mover.stream is not None else None,
+            prepare=self._prepare if serving.overlap and self.mover.copies else None,
             on_batch=owner.batch_done,
         )
 

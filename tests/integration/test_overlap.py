@@ -1,13 +1,16 @@
 """Overlapped batches (``--overlap``, the default) against one stage (``--no-overlap``): two real
-servers on port 0 with the tiny segmenter give the same label maps under concurrent requests."""
+servers on port 0 with the tiny segmenter give the same label maps under concurrent requests;
+the replica's prepare stage; the serve flag."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 
+from models.task import InputMover
 from services.client import CvtasksClient
 from services.launch import running_server
 from tests.devices import assert_labels_agree
@@ -26,13 +29,26 @@ def _label_maps(address, images: list[bytes]) -> list[np.ndarray]:
             return list(pool.map(one, images))
 
 
-def test_overlapped_and_one_stage_servers_give_the_same_answers(segmenter_store, shapes_dir):
+def test_overlapped_and_one_stage_servers_give_the_same_answers(segmenter_store, shapes_dir, monkeypatch):
+    """The CPU has no stage (nothing to copy); here it is made to take one, so that the overlapped
+    batcher runs end to end under real requests on every machine (the move itself is then a no-op)."""
+    stage_threads = set()
+    move = InputMover.move
+
+    def recorded(self, inputs):
+        stage_threads.add(threading.current_thread().name)
+        return move(self, inputs)
+
+    monkeypatch.setattr(InputMover, "copies", property(lambda self: True))
+    monkeypatch.setattr(InputMover, "move", recorded)
     paths = sorted((shapes_dir / "images" / "test").glob("*.png"))[:4]
     images = [p.read_bytes() for p in paths] * 6  # 24 requests, 8 at a time: batches form
     answers = {}
     for overlap in (True, False):
         with running_server(task="segmentation", model_store=segmenter_store, overlap=overlap) as address:
             answers[overlap] = _label_maps(address, images)
+        assert bool(stage_threads) == overlap and all(t.startswith("prepare-") for t in stage_threads)
+        stage_threads.clear()
     assert len(answers[True]) == len(images)
     for a, b in zip(answers[True], answers[False]):
         assert_labels_agree(a, b)
