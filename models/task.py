@@ -9,13 +9,15 @@ restates a task.
 
 Shapes: an image input starts as RGB uint8 (H, W, 3); ``model_input`` makes the tensor the
 model takes (on the CPU); ``run_batch`` moves inputs to the model's device and returns one
-plain output per input, in order.
+plain output per input, in order (inputs the serving batcher has already moved there with
+``InputMover`` stay where they are).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -137,3 +139,69 @@ def device_of(model: nn.Module) -> torch.device:
 def stacked(inputs: Sequence[torch.Tensor], model: nn.Module) -> torch.Tensor:
     """Same-shape inputs as one batch on the model's device."""
     return torch.stack(list(inputs)).to(device_of(model), non_blocking=True)
+
+
+@dataclass(frozen=True)
+class Copied:
+    """Inputs copied to a CUDA device on a copy stream: ``event`` marks the copy's end."""
+
+    event: torch.cuda.Event
+    tensors: list[torch.Tensor]
+
+
+class InputMover:
+    """Moves model inputs to ``device`` ahead of the model: the serving batcher's prepare stage,
+    which runs for the next batch while the one before computes.
+
+    On CUDA each tensor is pinned and copied ``non_blocking`` on a stream of its own, so the copy
+    overlaps the compute; ``ready`` (in the thread that computes, before the model) makes the
+    compute stream wait for that copy and tells the caching allocator that stream uses the
+    tensors. On other devices tensors are moved with ``.to`` (on the CPU: unchanged). Tensors
+    inside lists, tuples and dicts are moved too; anything else passes unchanged. A task's
+    ``run_batch`` ``x.to(device)`` is then a no-op."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    @property
+    def copies(self) -> bool:
+        """Whether moving is work worth a stage of its own: a copy to a GPU (on the CPU nothing moves)."""
+        return self.stream is not None
+
+    def move(self, inputs: Sequence[Any]) -> tuple[list[Any], Copied | None]:
+        """``inputs`` on the device, in order, and (on CUDA) what ``ready`` needs before they are used."""
+        if self.stream is None:
+            return [_moved(x, lambda t: t.to(self.device)) for x in inputs], None
+        tensors: list[torch.Tensor] = []
+
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            if t.device.type == "cpu":
+                t = t.pin_memory().to(self.device, non_blocking=True)
+            tensors.append(t)
+            return t
+
+        with torch.cuda.stream(self.stream):
+            moved = [_moved(x, copy) for x in inputs]
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return moved, Copied(event, tensors)
+
+    def ready(self, copied: Copied | None) -> None:
+        """Make the current (compute) stream wait for ``copied``'s copy; call before the model."""
+        if copied is None:
+            return
+        stream = torch.cuda.current_stream(self.device)
+        stream.wait_event(copied.event)
+        for t in copied.tensors:
+            t.record_stream(stream)  # their memory is not reused before this stream is done with it
+
+
+def _moved(x: Any, move: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(x, torch.Tensor):
+        return move(x)
+    if type(x) in (list, tuple):
+        return type(x)(_moved(v, move) for v in x)
+    if isinstance(x, dict):
+        return {k: _moved(v, move) for k, v in x.items()}
+    return x

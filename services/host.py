@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import time
@@ -28,7 +29,7 @@ from models.errors import ModelStoreError, UnknownModelError, shown
 from models.options import Options
 from models.preprocessing import DEFAULT_MAX_PIXELS
 from models.runtimes import RuntimeChoice, Served, check_device, choice_for, serve_with
-from models.task import Task
+from models.task import Copied, InputMover, Task
 from services.batching import DynamicBatcher
 from services.errors import QueueFullError, UnavailableError
 from services.imaging import check_gpu_decode_mode
@@ -44,6 +45,10 @@ class ServingConfig:
     max_batch_size: int = 8
     max_delay_ms: float = 0.0  # 0: an idle model runs a request at once; a busy one batches what queued
     max_queue_size: int = 64
+    # Overlapped batches on CUDA: while a batch computes, the next one is taken and its inputs
+    # pinned and copied to the device on a stream of their own, so the model starts it at once.
+    # (On the CPU there is nothing to copy, so no stage.)
+    overlap: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
     device: str | None = None  # None: CUDA when available, else CPU
     devices: tuple[str, ...] = ()  # one replica of each model per device, e.g. ("cuda:0", "cuda:1")
@@ -91,6 +96,7 @@ class Item:
 
     input: Any
     options: Options
+    copied: Copied | None = None  # set when the batcher's prepare stage copied ``input`` to a GPU
 
 
 class Admission:
@@ -158,17 +164,28 @@ class Replica:
     def __init__(self, owner: LoadedModel, model: nn.Module, device: torch.device, serving: ServingConfig) -> None:
         self.owner, self.model, self.device = owner, model, device
         self.batches_run = 0
+        self.mover = InputMover(device)
         self.batcher: DynamicBatcher[Any, BatchResult] = DynamicBatcher(
             self._run,
             max_batch_size=serving.max_batch_size,
             max_delay_s=serving.max_delay_ms / 1000,
             max_queue_size=serving.max_queue_size,
             name=owner.config.name,
+            # On the CPU there is nothing to move: the stage would only add a thread hop (measured
+            # on the 2-core CPU: no gain; benchmarks/results/segmentation_overlap_cpu_stage.json).
+            prepare=self._prepare if serving.overlap and self.mover.copies else None,
             on_batch=owner.batch_done,
         )
 
-    def _run(self, items: list[Any]) -> list[BatchResult]:
+    def _prepare(self, items: list[Item]) -> list[Item]:
+        """The batcher's prepare stage: the items' inputs moved to the replica's device."""
+        inputs, copied = self.mover.move([i.input for i in items])
+        return [dataclasses.replace(item, input=x, copied=copied) for item, x in zip(items, inputs)]
+
+    def _run(self, items: list[Item]) -> list[BatchResult]:
         config = self.owner.config
+        for copied in {id(i.copied): i.copied for i in items}.values():
+            self.mover.ready(copied)
         started = time.perf_counter()
         values = self.owner.task.run_batch(self.model, config, [i.input for i in items], [i.options for i in items])
         finished = time.perf_counter()

@@ -132,6 +132,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "and what queues while a batch computes forms the next batch)",
     )
     p.add_argument(
+        "--overlap",
+        action=argparse.BooleanOptionalAction,
+        default=s.overlap,
+        help="overlapped batches on CUDA (default on): while a batch computes, the next is taken and its "
+        "inputs pinned and copied to the device on a stream of their own; --no-overlap: one stage. On the "
+        "CPU there is nothing to copy: no stage either way",
+    )
+    p.add_argument(
         "--max-queue", type=int, default=s.max_queue_size, help="queued requests per model before RESOURCE_EXHAUSTED"
     )
     p.add_argument("--max-pixels", type=int, default=s.max_pixels, help="largest accepted image, in pixels")
@@ -224,6 +232,7 @@ def configs(args: argparse.Namespace) -> tuple[ServingConfig, ServerConfig]:
     serving = ServingConfig(
         max_batch_size=args.max_batch_size,
         max_delay_ms=args.max_delay_ms,
+        overlap=args.overlap,
         max_queue_size=args.max_queue,
         default_deadline_s=args.default_deadline_s,
         max_deadline_s=args.max_deadline_s,

@@ -1,4 +1,5 @@
-"""services/batching.py with a deterministic tiny handler (x -> 2x + 1): the test is about batching."""
+"""services/batching.py with a deterministic tiny handler (x -> 2x + 1) and, for overlapped batches,
+a tiny prepare stage (x -> 10x) in real threads: the test is about batching."""
 
 from __future__ import annotations
 
@@ -243,9 +244,10 @@ def test_a_failing_on_batch_hook_does_not_stop_the_batcher():
     assert run(main()) == (3, 5)
 
 
-def test_a_crashed_collector_fails_its_waiters_instead_of_hanging(monkeypatch):
+@pytest.mark.parametrize("prepare", [None, list], ids=["one stage", "overlapped"])
+def test_a_crashed_collector_fails_its_waiters_instead_of_hanging(monkeypatch, prepare):
     async def main():
-        batcher = DynamicBatcher(Recorder(), max_batch_size=4, max_delay_s=0.05)
+        batcher = DynamicBatcher(Recorder(), max_batch_size=4, max_delay_s=0.05, prepare=prepare)
 
         def broken(batch):
             raise AssertionError("bug in the collector")
@@ -298,3 +300,164 @@ def test_requests_queued_together_share_one_batch_without_a_delay():
     rec, results = run(main())
     assert rec.batches == [[0, 1, 2, 3], [4, 5]]
     assert results == [2 * i + 1 for i in range(6)]
+
+
+# ----------------------------------------------------------------- overlapped batches (prepare)
+
+
+class Staged:
+    """prepare: x -> 10x (13 fails), then the Recorder; ``log`` lists each stage's calls in order."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.rec, self.log, self.threads = Recorder(gate), [], set()
+
+    def prepare(self, items: list[int]) -> list[int]:
+        self.log.append(("prepare", list(items)))
+        self.threads.add(("prepare", threading.current_thread().name))
+        if 13 in items:
+            raise ValueError("13 cannot be prepared")
+        return [10 * i for i in items]
+
+    def handler(self, items: list[int]) -> list[int]:
+        self.log.append(("compute", list(items)))
+        self.threads.add(("compute", threading.current_thread().name))
+        return self.rec(items)
+
+    def batcher(self, **kwargs) -> DynamicBatcher:
+        return DynamicBatcher(self.handler, prepare=self.prepare, **kwargs)
+
+    async def computing(self) -> None:
+        """Until the handler has been entered (it then waits at the gate)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.rec.entered.wait, 10)
+
+
+async def until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.002)
+
+
+def test_the_next_batch_is_prepared_while_one_computes_and_answers_keep_their_order():
+    async def main():
+        gate, sizes = threading.Event(), []
+        staged = Staged(gate)
+        batcher = staged.batcher(max_batch_size=4, on_batch=lambda size, seconds: sizes.append(size))
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await staged.computing()  # a lone request on an idle model runs at once
+        later = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
+        await until(lambda: ("prepare", [1, 2, 3]) in staged.log)
+        assert not gate.is_set() and staged.rec.batches == []  # batch [0] is still in the handler
+        gate.set()
+        results = await asyncio.gather(first, *later)
+        await batcher.stop()
+        return staged, results, sizes
+
+    staged, results, sizes = run(main())
+    assert staged.log == [("prepare", [0]), ("compute", [0]), ("prepare", [1, 2, 3]), ("compute", [10, 20, 30])]
+    assert results == [1, 21, 41, 61] and sizes == [1, 3]
+    assert len({name for _, name in staged.threads}) == 2  # each stage in a thread of its own
+
+
+def test_at_most_one_batch_is_prepared_ahead_and_the_rest_stays_queued():
+    async def main():
+        gate = threading.Event()
+        staged = Staged(gate)
+        batcher = staged.batcher(max_batch_size=2, max_queue_size=3)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await staged.computing()
+        later = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await until(lambda: ("prepare", [1, 2]) in staged.log)
+        later += [asyncio.ensure_future(batcher.submit(i)) for i in (3, 4, 5)]
+        await asyncio.sleep(0.02)  # the collector would take more now if it did
+        assert batcher._queue.qsize() == 3 and len(staged.log) == 3
+        assert batcher.queue_depth == 5  # the prepared batch waits for the model too
+        with pytest.raises(QueueFullError):
+            await batcher.submit(6)
+        gate.set()
+        results = await asyncio.gather(first, *later)
+        await batcher.stop()
+        return staged, results
+
+    staged, results = run(main())
+    assert staged.rec.batches == [[0], [10, 20], [30, 40], [50]]
+    assert results == [20 * i + 1 for i in range(6)]
+
+
+def test_an_item_that_fails_its_prepare_fails_alone():
+    async def main():
+        staged = Staged()
+        batcher = staged.batcher(max_batch_size=8)
+        await batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in (1, 13, 2)), return_exceptions=True)
+        await batcher.stop()
+        return staged, results
+
+    staged, results = run(main())
+    assert results[0] == 21 and results[2] == 41
+    assert isinstance(results[1], ValueError) and "13 cannot be prepared" in str(results[1])
+    assert staged.rec.batches == [[10, 20]]  # the others still computed together
+
+
+@pytest.mark.parametrize("how", ["deadline", "cancel"])
+def test_a_prepared_request_whose_caller_gave_up_is_not_computed(how):
+    """A deadline passing, or a caller cancelling, while its batch sits prepared: dropped just
+    before the model runs."""
+
+    async def main():
+        gate = threading.Event()
+        staged = Staged(gate)
+        batcher = staged.batcher(max_batch_size=4)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await staged.computing()
+        deadline = time.monotonic() + 0.05 if how == "deadline" else None
+        gone = asyncio.ensure_future(batcher.submit(7, deadline=deadline))
+        await until(lambda: ("prepare", [7]) in staged.log)
+        if how == "cancel":
+            gone.cancel()
+        else:
+            await until(lambda: time.monotonic() > deadline)
+        gate.set()
+        assert await first == 1
+        if how == "deadline":
+            with pytest.raises(DeadlineExceededError, match="deadline passed"):
+                await gone
+        assert await batcher.submit(4) == 81
+        await batcher.stop()
+        return staged
+
+    staged = run(main())
+    assert staged.rec.batches == [[0], [40]]  # 7 was prepared (70) but never computed
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_stop_loses_nothing_computing_prepared_or_queued(drain):
+    """drain: every taken request is answered; no drain: each fails with UNAVAILABLE."""
+
+    async def main():
+        gate = threading.Event()
+        staged = Staged(gate)
+        batcher = staged.batcher(max_batch_size=2)
+        await batcher.start()
+        pending = [asyncio.ensure_future(batcher.submit(0))]
+        await staged.computing()
+        pending += [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]  # 1, 2 prepared; 3 queued
+        await until(lambda: ("prepare", [1, 2]) in staged.log)
+        if drain:
+            stopping = asyncio.ensure_future(batcher.stop(drain=True))
+            await asyncio.sleep(0.02)
+            assert not stopping.done()  # it waits for the held requests
+            gate.set()
+            await stopping
+        else:
+            threading.Timer(0.1, gate.set).start()  # stop waits for the handler thread to return
+            await batcher.stop(drain=False)
+        return staged, await asyncio.gather(*pending, return_exceptions=True)
+
+    staged, results = run(main())
+    if drain:
+        assert results == [1, 21, 41, 61] and staged.rec.batches == [[0], [10, 20], [30]]
+    else:
+        assert all(isinstance(r, UnavailableError) and "shutting down" in str(r) for r in results)
+        assert staged.rec.batches == [[0]]
