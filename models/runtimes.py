@@ -117,8 +117,9 @@ TAKEN_OVER: dict[str, dict[str, Callable[[Any], Callable[..., Any]]]] = {
 # Why a parts task has no compiled runtime, measured (see the README's runtimes section).
 NOT_COMPILED = {
     "detection": (
-        "torch.compile of a Faster R-CNN breaks its graph 15 times (nonzero and NMS, whose output "
-        "shapes depend on the data), and compiles for minutes on the CPU; serve it eager or onnxruntime"
+        "torch.compile of a Faster R-CNN breaks its graph 15 times (at nonzero and NMS, whose output "
+        "shapes depend on the data), and its first compiled call had not finished after 5 minutes on the "
+        "2-core CPU (the tiny detector, one loaded run)"
     ),
     "captioning": (
         "a captioner's start and step are small calls in a Python decoding loop, where torch.compile's "
