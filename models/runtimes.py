@@ -4,21 +4,30 @@ export) and a precision (fp32, or bf16/fp16 autocast), chosen per model.
     choice = choice_for(config, RuntimeChoice("onnxruntime"))  # config.json extra.serving wins
     served = serve_with(model, config, folder, device, choice, cache=Path("/tmp/cvtasks-exports"))
 
-``serve_with`` changes the loaded model in place and nothing else: the part of it that the task's
-export covers (models/export.py ``EXPORTABLE``: the classifier or segmenter itself, the DCGAN
-generator's ``.net``) has its ``forward`` taken over by a ``RuntimeForward``. The task code
-(``run_batch``, padding, tiling, the generator's shape checks) calls the model as before and does
-not know which runtime answers. What a runtime cannot run stays in PyTorch around it: a forward
-with gradients on (Grad-CAM's ``explain``) runs the eager forward, and the model's weights stay
-loaded for it.
+``serve_with`` changes the loaded model in place and nothing else: the methods of it that the
+task's export covers have their answers taken over by ``RuntimeForward``s. For one-part exports
+(models/export.py ``Exportable``: the classifier or segmenter itself, the DCGAN generator's
+``.net``) that is the part's ``forward``. For parts exports (``PartsExportable``, ``TAKEN_OVER``)
+it is what the export's ``assemble`` makes of its parts: the detector's ``forward`` answered by an
+``ExportedDetector`` (the one-image graph, image by image, resized in Python), the captioner's
+``start`` and ``step`` by an ``ExportedCaptioner`` (encoder and step graphs). The task code
+(``run_batch``, padding, tiling, the generator's shape checks, ``detection.predict_with``,
+``captioning.beam_search``) calls the model as before and does not know which runtime answers. What
+a runtime cannot run stays in PyTorch around it: a call with gradients on (Grad-CAM's ``explain``,
+training) runs the eager method, and the model's weights stay loaded for it.
 
-A task gets ``compiled`` and ``onnxruntime`` by its ``EXPORTABLE`` entry, provided the module
-that entry exports is the served model or one of its submodules, called with the export's input
-and returning its one output; detection and captioning have none yet and serve ``eager`` only.
+One-part tasks get ``compiled`` and ``onnxruntime`` (at any precision the device has, onnxruntime at
+fp32), provided the module their entry exports is the served model or one of its submodules.
+Detectors and captioners get ``onnxruntime`` at fp32; ``compiled`` is refused, saying why
+(``NOT_COMPILED``). The ONNX files come from one place for both kinds: the model folder's
+own export (config.json ``extra.export``) or one made at load under the export cache.
 
-Before a model serves, each runtime is checked against the eager forward on the export's sample
-inputs (two batch sizes, two image sizes: ``check_parity`` with the export's ``TOLERANCES``); at
-fp32 a disagreement fails the load. That also compiles the shapes the server will see first.
+Before a model serves, each runtime is checked against the eager model: one-part exports on the
+export's sample inputs (two batch sizes, two image sizes: ``check_parity``), parts exports by their
+own check (``PartsExportable.check``) on synthetic shapes scenes at the model's size
+(``export.sample_images``). At fp32 a disagreement beyond ``TOLERANCES`` fails the load; a
+detector that finds no box to compare only warns (``_check_parts``). That also compiles the shapes
+the server will see first.
 """
 
 from __future__ import annotations
@@ -114,7 +123,7 @@ TAKEN_OVER: dict[str, dict[str, Callable[[Any], Callable[..., Any]]]] = {
     "detection": {"forward": lambda exported: exported},
     "captioning": {"start": lambda exported: exported.start, "step": lambda exported: exported.step},
 }
-# Why a parts task has no compiled runtime, measured (see the README's runtimes section).
+# Why a parts task has no compiled runtime (see the README's runtimes section).
 NOT_COMPILED = {
     "detection": (
         "torch.compile of a Faster R-CNN breaks its graph 15 times (at nonzero and NMS, whose output "
@@ -122,8 +131,8 @@ NOT_COMPILED = {
         "2-core CPU (the tiny detector, one loaded run)"
     ),
     "captioning": (
-        "a captioner's start and step are small calls in a Python decoding loop, where torch.compile's "
-        "guards cost about what it saves; serve it eager or onnxruntime"
+        "not offered yet, not measured: a captioner's start and step are small calls inside a Python "
+        "decoding loop, where torch.compile's per-call guards weigh most"
     ),
 }
 
