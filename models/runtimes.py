@@ -151,8 +151,8 @@ def check_task(task: str, choice: RuntimeChoice) -> None:
     if choice.runtime not in runtimes_for(task):
         raise RuntimeChoiceError(f"{task} models serve with the {' or '.join(runtimes_for(task))} runtime only; {how}")
     raise RuntimeChoiceError(
-        f"{task} models serve at fp32 only: their runtime takes over several calls of the model "
-        f"(models/runtimes.py TAKEN_OVER), none under autocast; {how}"
+        f"{task} models serve at fp32 only: onnxruntime runs their fp32 export, and autocast of their "
+        f"eager calls (TAKEN_OVER) is not offered, not having been measured or checked; {how}"
     )
 
 
