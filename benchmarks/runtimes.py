@@ -1,7 +1,8 @@
 """Raw and served throughput per runtime and precision (models/runtimes.py), side by side in one run.
 
-    python benchmarks/runtimes.py [--tasks classification segmentation] [--runtimes eager compiled onnxruntime]
-                                  [--precisions fp32 bf16] [--rounds 3] [--images 96] [--concurrency 1 16]
+    python benchmarks/runtimes.py [--tasks classification segmentation detection captioning]
+                                  [--runtimes eager compiled onnxruntime] [--precisions fp32 bf16]
+                                  [--rounds 3] [--images 96] [--concurrency 1 16]
 
 Raw: the task's own ``run_batch`` (benchmarks/serving.py ``raw_timer``: pre-decoded inputs, batches
 of --batch) on the model as ``serve_with`` sets it up, for each runtime x precision (onnxruntime at
@@ -16,6 +17,7 @@ its quickstart architecture (benchmarks/bench_models.py).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -36,7 +38,15 @@ from bench_common import (  # noqa: E402
 from serving import BENCHES, measure_task_service, raw_timer  # noqa: E402
 
 from models.devices import pick_device  # noqa: E402
-from models.runtimes import PRECISIONS, RUNTIMES, RuntimeChoice, check_device, runtimes_for, serve_with  # noqa: E402
+from models.runtimes import (  # noqa: E402
+    PRECISIONS,
+    RUNTIMES,
+    RuntimeChoice,
+    check_device,
+    check_task,
+    runtimes_for,
+    serve_with,
+)
 
 
 def variants(args: argparse.Namespace, task: str, device: torch.device) -> list[tuple[str, RuntimeChoice, bool]]:
@@ -47,6 +57,7 @@ def variants(args: argparse.Namespace, task: str, device: torch.device) -> list[
             choice = RuntimeChoice(runtime, precision)
             try:
                 check_device(choice, device)
+                check_task(task, choice)  # detectors and captioners: fp32 only
             except ValueError:
                 continue
             found.append((f"{runtime} {precision}", choice, False))
@@ -109,7 +120,8 @@ def show(task: str, raw: dict[str, float], served: dict[str, dict[int, dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["classification", "segmentation"], choices=sorted(BENCHES))
+    tasks = ["classification", "segmentation", "detection", "captioning"]
+    parser.add_argument("--tasks", nargs="+", default=tasks, choices=sorted(BENCHES))
     add_model_arguments(parser, images=96)
     parser.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS)
@@ -124,6 +136,7 @@ def main() -> None:
     device = pick_device(args.device)
     images = synth_png_images(args.images, args.size)
     results: dict[str, Any] = {"device": device_name(device), "images": len(images), "image_size": args.size}
+    results["load_average_before"] = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             root, cache = Path(tmp) / task, Path(tmp) / f"{task}-exports"
@@ -144,6 +157,7 @@ def main() -> None:
                 "served": {r: {str(c): row for c, row in rows.items()} for r, rows in served.items()},
             }
     results["batch"], results["rounds"] = args.batch, args.rounds
+    results["load_average_after"] = os.getloadavg()  # the machine is shared: other work skews every variant
     write_results(args.out or RESULTS_DIR / "runtimes.json", results)
 
 

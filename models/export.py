@@ -82,7 +82,9 @@ class Exportable:
         axes = {self.input_name: self.dynamic, self.output_name: {0: "batch"}}
         return (Part("model", self.module, example, (self.input_name,), (self.output_name,), axes),)
 
-    def check(self, model: nn.Module, runners: dict[str, Runner], config: Any, samples: Any) -> dict[str, float]:
+    def check(
+        self, model: nn.Module, runners: dict[str, Runner], config: Any, samples: Any, *, minimums: bool = True
+    ) -> dict[str, float]:
         return check_parity(self.module(model).eval(), runners["model"], self, config)
 
     def assemble(self, runners: dict[str, Runner], record: dict[str, Any]) -> Runner:
@@ -124,9 +126,18 @@ class PartsExportable:
         return self.make_parts(model, config)
 
     def check(
-        self, model: nn.Module, runners: dict[str, Runner], config: Any, samples: list[np.ndarray]
+        self,
+        model: nn.Module,
+        runners: dict[str, Runner],
+        config: Any,
+        samples: list[np.ndarray],
+        *,
+        minimums: bool = True,
     ) -> dict[str, float]:
-        return _refused_unless_agreed(self.figures(model, runners, config, samples, band=TOLERANCES["max_score_diff"]))
+        """The figures, or ExportError when one is over its tolerance (or, with ``minimums``, under
+        its minimum: ``unmet_minimums`` says which, for a caller that only warns)."""
+        figures = self.figures(model, runners, config, samples, band=TOLERANCES["max_score_diff"])
+        return _refused_unless_agreed(figures, minimums=minimums)
 
 
 def _images(config: checkpoints.ModelConfig, batch: int, side: int) -> torch.Tensor:
@@ -281,9 +292,14 @@ def load_export(folder: str | os.PathLike) -> tuple[checkpoints.ModelConfig, Any
     record = config.extra.get("export")
     if not isinstance(record, dict):
         raise InvalidInputError(f"{folder} holds no export (its config.json has no extra.export); run `cvtasks export`")
-    parts = record.get("parts") or {"model": {"file": record["file"]}}  # exports written before parts were recorded
-    runners = {name: load_runner(Path(folder) / p["file"], record["format"]) for name, p in parts.items()}
+    runners = {name: load_runner(path, record["format"]) for name, path in export_files(folder, record).items()}
     return config, _exportable(config.task).assemble(runners, record)
+
+
+def export_files(folder: str | os.PathLike, record: dict[str, Any]) -> dict[str, Path]:
+    """Part name -> its file in ``folder``, from the export's config record (extra.export)."""
+    parts = record.get("parts") or {"model": {"file": record["file"]}}  # exports written before parts were recorded
+    return {name: Path(folder) / str(p["file"]) for name, p in parts.items()}
 
 
 def check_parity(
@@ -302,16 +318,22 @@ def check_parity(
     return _refused_unless_agreed(worst)
 
 
-def _refused_unless_agreed(worst: dict[str, float]) -> dict[str, float]:
-    """``worst`` itself, or ExportError naming each figure over its tolerance or under its minimum."""
+def _refused_unless_agreed(worst: dict[str, float], *, minimums: bool = True) -> dict[str, float]:
+    """``worst`` itself, or ExportError naming each figure over its tolerance or (``minimums``)
+    under its minimum."""
     over = {k: v for k, v in worst.items() if k in TOLERANCES and v > TOLERANCES[k]}
     if over:
         detail = ", ".join(f"{k} {v:.3g} > {TOLERANCES[k]:g}" for k, v in over.items())
         raise ExportError(f"the export disagrees with the PyTorch model: {detail}")
-    under = [f"{k} {worst[k]:g} < {low:g}: {hint}" for k, (low, hint) in MINIMUMS.items() if worst.get(k, low) < low]
-    if under:
+    under = unmet_minimums(worst)
+    if under and minimums:
         raise ExportError(f"the export could not be checked: {'; '.join(under)}")
     return worst
+
+
+def unmet_minimums(figures: dict[str, float]) -> list[str]:
+    """What a check's ``figures`` did not reach of ``MINIMUMS``, each with what to do about it."""
+    return [f"{k} {figures[k]:g} < {low:g}: {hint}" for k, (low, hint) in MINIMUMS.items() if figures.get(k, low) < low]
 
 
 def sample_images(config: checkpoints.ModelConfig, samples: str | os.PathLike | None = None) -> list[np.ndarray]:
@@ -329,11 +351,17 @@ def sample_images(config: checkpoints.ModelConfig, samples: str | os.PathLike | 
 
 
 def export_model(
-    model_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, *, samples: str | os.PathLike | None = None
+    model_dir: str | os.PathLike,
+    fmt: str,
+    out: str | os.PathLike,
+    *,
+    samples: str | os.PathLike | None = None,
+    minimums: bool = True,
 ) -> tuple[Path, dict[str, float]]:
     """Export the stored model in ``model_dir`` as ``fmt`` into the folder ``out`` (see the module
-    docstring; ``samples``: a folder of images for a detector's or captioner's check); returns
-    (the folder, the parity figures)."""
+    docstring; ``samples``: a folder of images for a detector's or captioner's check;
+    ``minimums=False``: keep an export whose check compared less than MINIMUMS, e.g. no box);
+    returns (the folder, the parity figures)."""
     if fmt not in FORMATS:
         raise InvalidInputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     model, config = checkpoints.load_model(model_dir, device="cpu")
@@ -346,7 +374,8 @@ def export_model(
     try:
         for part in parts:
             _write(part.module(model).eval(), part, fmt, files[part.name])
-        parity = spec.check(model, {name: load_runner(path, fmt) for name, path in files.items()}, config, images)
+        runners = {name: load_runner(path, fmt) for name, path in files.items()}
+        parity = spec.check(model, runners, config, images, minimums=minimums)
     except Exception:
         for path in files.values():
             path.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from models.captioning import CAPTIONING, beam_search, max_length_of
+from models.task import device_of
 from models.text import SPECIALS, START
 
 ENCODER = (
@@ -83,7 +84,8 @@ class StepGraph(nn.Module):
         self.model = model
 
     def forward(self, tokens: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        log_probs, (h_next, c_next) = self.model.step(tokens, (h, c))
+        # the class's step, not the instance's: a serving runtime takes that over (models/runtimes.py)
+        log_probs, (h_next, c_next) = type(self.model).step(self.model, tokens, (h, c))
         return log_probs, h_next, c_next
 
 
@@ -123,8 +125,9 @@ def figures(
 ) -> dict[str, float]:
     """Greedy and beam-search captions of the sample images (RGB uint8, one batch) by the eager
     model and by the export: ``caption_disagreement`` the share of captions whose words differ,
-    ``max_log_prob_diff`` the largest difference of a caption's log-probability."""
-    images = torch.stack([CAPTIONING.model_input(rgb, config) for rgb in samples])
+    ``max_log_prob_diff`` the largest difference of a caption's log-probability. The images go to
+    the model's device."""
+    images = torch.stack([CAPTIONING.model_input(rgb, config) for rgb in samples]).to(device_of(model))
     exported, length = assemble(runners, {}), max_length_of(config)
     differ, total, diff = 0, 0, 0.0
     for beam in (1, PARITY_BEAM_SIZE):

@@ -39,6 +39,7 @@ from torchvision.ops import box_iou
 
 from models.detection import DETECTION, Detection, predict_with
 from models.options import DetectOptions
+from models.task import device_of
 
 INPUTS, OUTPUTS = ("image",), ("boxes", "scores", "labels")
 DYNAMIC = {"image": {1: "height", 2: "width"}, "boxes": {0: "boxes"}, "scores": {0: "boxes"}, "labels": {0: "boxes"}}
@@ -144,21 +145,27 @@ def _pairs(ours: dict[str, Tensor], theirs: dict[str, Tensor]) -> list[tuple[int
     return pairs
 
 
-def agreement(ours: dict[str, Tensor], theirs: dict[str, Tensor], *, threshold: float, band: float) -> dict[str, float]:
+def agreement(
+    ours: dict[str, Tensor], theirs: dict[str, Tensor], *, threshold: float, band: float, cap: int | None = None
+) -> dict[str, float]:
     """Two detectors' outputs for one image, over the boxes scoring at least ``threshold``:
 
     ``unmatched_boxes`` a box of one with no box of the other at IoU > 0.5 (the count differs);
     ``label_disagreements`` paired boxes of different labels; ``max_box_diff_px`` and
     ``max_score_diff`` over the pairs; ``boxes_compared`` the pairs. A box within ``band`` of
     the threshold may be on either side of it in the other: it is paired if it can be, never
-    counted as unmatched."""
+    counted as unmatched. ``cap``: the most boxes the model keeps (``box_detections_per_img``);
+    a list that many long was cut at its lowest score, a second threshold with the same band
+    (a random-weight model's boxes all score within 1e-4 of each other, so that cut is a tie)."""
     keep_o, keep_t = ours["scores"] >= threshold - band, theirs["scores"] >= threshold - band
     o = {k: v[keep_o] for k, v in ours.items()}
     t = {k: v[keep_t] for k, v in theirs.items()}
     pairs = [(i, j) for i, j in _pairs(o, t) if max(o["scores"][i], t["scores"][j]) >= threshold]
     paired_o, paired_t = {i for i, _ in pairs}, {j for _, j in pairs}
-    sure_o = [i for i in range(len(o["scores"])) if o["scores"][i] >= threshold + band and i not in paired_o]
-    sure_t = [j for j in range(len(t["scores"])) if t["scores"][j] >= threshold + band and j not in paired_t]
+    cuts = [float(x["scores"].min()) for x in (ours, theirs) if cap is not None and len(x["scores"]) >= cap]
+    sure = max([threshold, *cuts]) + band
+    sure_o = [i for i in range(len(o["scores"])) if o["scores"][i] >= sure and i not in paired_o]
+    sure_t = [j for j in range(len(t["scores"])) if t["scores"][j] >= sure and j not in paired_t]
     figures = {
         "unmatched_boxes": float(len(sure_o) + len(sure_t)),
         "label_disagreements": float(sum(int(o["labels"][i] != t["labels"][j]) for i, j in pairs)),
@@ -179,13 +186,14 @@ def figures(
     """The agreement over the sample images (RGB uint8), eager model vs export, each image alone,
     over every box the model returns (scores over its ``box_score_thresh``, 0.05 for torchvision's
     builders), so whatever score threshold a request sets is covered; counts summed, the rest
-    the worst."""
+    the worst. The images go to the model's device (the runners take them from there)."""
     exported, threshold = assemble(runners, sizes_of(model)), float(model.roi_heads.score_thresh)
+    cap = int(model.roi_heads.detections_per_img)
     worst = dict.fromkeys(FIGURES, 0.0)
     for rgb in samples:
-        image = DETECTION.model_input(rgb, config)
+        image = DETECTION.model_input(rgb, config).to(device_of(model))
         with torch.no_grad():
             ours, theirs = model([image])[0], exported([image])[0]
-        for key, value in agreement(ours, theirs, threshold=threshold, band=band).items():
+        for key, value in agreement(ours, theirs, threshold=threshold, band=band, cap=cap).items():
             worst[key] = worst[key] + value if key in SUMMED else max(worst[key], value)
     return worst
