@@ -27,7 +27,9 @@ export's sample inputs (two batch sizes, two image sizes: ``check_parity``), par
 own check (``PartsExportable.check``) on synthetic shapes scenes at the model's size
 (``export.sample_images``). At fp32 a disagreement beyond ``TOLERANCES`` fails the load; a
 detector that finds no box to compare only warns (``_check_parts``). That also compiles the shapes
-the server will see first.
+the server will see first, and a compiled model compiles nothing after it (``_run_only``): an input
+its graphs from load do not fit (another image size, say) runs eager at once instead of stalling
+the model's batcher for minutes of compiling.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from models.export import (
 log = logging.getLogger("cvtasks.runtimes")
 
 RUNTIMES = ("eager", "compiled", "onnxruntime")
+RECOMPILE_LIMIT = 64  # graphs of one code object (see _torch_runners)
 PRECISIONS = ("fp32", "bf16", "fp16")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CONFIG_KEY = "serving"  # config.json: "extra": {"serving": {"runtime": "onnxruntime", "precision": "fp32"}}
@@ -281,6 +284,9 @@ def serve_with(
         _check(forwards["forward"], config, device, served)
     else:
         _check_parts(model, spec, runners, config)
+    if choice.runtime == "compiled":
+        for forward in forwards.values():
+            forward.fast = _run_only(forward.fast)
     for name, forward in forwards.items():
         setattr(part, name, forward)  # an instance attribute: nn.Module (and the task code) call it
     log.info("runtime set up", extra={"model": config.name, "runtime": choice.runtime, "precision": choice.precision})
@@ -304,7 +310,21 @@ def _torch_runners(model: nn.Module, config: Any, spec: Any, *, compiled: bool) 
     forward, so that a part which is the served module itself (a one-part export) keeps answering
     eagerly, whatever is set on it."""
     runners = {p.name: _class_method(p.module(model).eval()) for p in spec.parts(model, config)}
-    return {name: torch.compile(run, dynamic=True) for name, run in runners.items()} if compiled else runners
+    if not compiled:
+        return runners
+    # Dynamo keeps graphs per code object: every compiled model of one class (every DCGAN's
+    # nn.Sequential.forward) shares one limit, 8 by default, past which it silently runs eager.
+    # Compiling happens at load only (_run_only), a few graphs a model, so the limit can be higher.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return {name: torch.compile(run, dynamic=True) for name, run in runners.items()}
+
+
+def _run_only(compiled: Callable[..., Any]) -> Callable[..., Any]:
+    """``compiled`` (torch.compile'd) that never compiles again: a call its graphs from load fit runs
+    them, any other runs eager at once. A shape the check did not compile would otherwise stall the
+    model's batcher while inductor compiles (1-5 min for the tiny U-Net on the 2-core CPU, whose timm
+    encoder specialises on image sizes), and dynamo's recompile limit would silently end compiling."""
+    return torch._dynamo.run(compiled)
 
 
 def _check(forward: RuntimeForward, config: Any, device: torch.device, served: Served) -> None:
