@@ -129,7 +129,7 @@ def test_classifications_agree_with_eager(address, images):
             v: [client.classify(b, model=f"tiny-classifier-{v}", top_k=3).classes for b in images]
             for v in _variants(address, "classification")
         }
-    assert {"onnx", "bf16"} <= set(answers)
+    assert "bf16" in answers and set(answers) - {"eager", "bf16"}  # bf16 and a fp32 runtime compared
     decided = 0
     for variant, got in answers.items():
         bound = 2e-2 if variant == "bf16" else 1e-4
